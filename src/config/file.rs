@@ -1,0 +1,130 @@
+//! The process config as ops write it (`config/*.yaml`): read once at start.
+//!
+//! Listeners, certificates, the stats listener, timeouts, limits and where the rules
+//! live. Unknown keys are refused so a typo never silently falls back to a default.
+
+use crate::units::Scalar;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// The whole config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The rules file or directory, relative to this file.
+    pub rules: Spanned<String>,
+    /// Where the proxy listens.
+    pub listeners: ListenersFile,
+    /// Certificates for the HTTPS listeners.
+    #[serde(default)]
+    pub tls: Option<TlsFile>,
+    /// The stats listener (`/healthz`, `/stats`, `/metrics`).
+    #[serde(default)]
+    pub stats: Option<StatsFile>,
+    /// Peers (other proxies) whose `X-Forwarded-For` is believed; nobody else's is.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// Timeouts (all have safe defaults).
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+    /// Size and count limits (all have safe defaults).
+    #[serde(default)]
+    pub limits: LimitsFile,
+    /// The access log: `text` (default), `json` or `off`.
+    #[serde(default)]
+    pub access_log: Option<Spanned<String>>,
+    /// Worker threads (default: one per core).
+    #[serde(default)]
+    pub workers: Option<usize>,
+}
+
+/// HTTPS and plain-HTTP listeners.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenersFile {
+    /// TLS-terminating listeners.
+    #[serde(default)]
+    pub https: Option<HttpsFile>,
+    /// Plain HTTP listeners: redirect to HTTPS (ACME challenges excepted).
+    #[serde(default)]
+    pub http: Option<HttpFile>,
+}
+
+/// TLS-terminating listeners.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsFile {
+    /// Addresses to bind, `ip:port`.
+    pub bind: Vec<Spanned<String>>,
+}
+
+/// Plain HTTP listeners.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFile {
+    /// Addresses to bind, `ip:port`.
+    pub bind: Vec<Spanned<String>>,
+    /// Port written in the `https://` redirect (default 443, which is left out of the URL).
+    #[serde(default)]
+    pub redirect_port: Option<u16>,
+}
+
+/// Certificates, chosen by SNI from the names in each certificate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// Certificate chains and keys (PEM); the first is the default for clients without SNI.
+    pub certificates: Vec<Spanned<CertFile>>,
+}
+
+/// One certificate chain and its key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFile {
+    /// PEM chain, leaf first.
+    pub cert: Spanned<String>,
+    /// PEM private key.
+    pub key: Spanned<String>,
+}
+
+/// The stats listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsFile {
+    /// Address to bind, `ip:port`.
+    pub bind: Spanned<String>,
+}
+
+/// Timeouts; each has a default a production edge can live with.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    /// TLS handshake (default 10s).
+    pub handshake: Option<Spanned<Scalar>>,
+    /// Client request headers, slowloris guard (default 10s).
+    pub request_header: Option<Spanned<Scalar>>,
+    /// Idle client keep-alive connection (default 60s).
+    pub idle: Option<Spanned<Scalar>>,
+    /// Connecting to a server (default 3s).
+    pub connect: Option<Spanned<Scalar>>,
+    /// Server's first response byte (default 60s).
+    pub response: Option<Spanned<Scalar>>,
+    /// Idle keep-alive connection to a server (default 60s).
+    pub upstream_idle: Option<Spanned<Scalar>>,
+    /// How long in-flight requests may finish at shutdown (default 30s).
+    pub drain: Option<Spanned<Scalar>>,
+}
+
+/// Limits that bound memory per connection and per process.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Largest request header block (default 16KiB; 431 beyond it).
+    pub max_header_bytes: Option<Spanned<Scalar>>,
+    /// Most request headers (default 100; 431 beyond it).
+    pub max_headers: Option<usize>,
+    /// Client connections open at once per process (default 20000).
+    pub max_connections: Option<usize>,
+    /// Idle keep-alive connections kept per server (default 64).
+    pub upstream_idle_per_server: Option<usize>,
+}

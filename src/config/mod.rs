@@ -1,0 +1,227 @@
+//! Process config: the serde mirror in `file`, validated here into [`Config`].
+//!
+//! Relative paths are taken from the config file's folder, so a config works the
+//! same from whatever directory the proxy is started in.
+
+pub mod file;
+
+use crate::diag::{Diagnostic, Diagnostics, Pos, parse_yaml, read_file};
+use crate::rules::matcher::AllowList;
+use crate::units::{Scalar, parse_duration, parse_size};
+use file::ConfigFile;
+use ipnet::IpNet;
+use serde_saphyr::Spanned;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The validated process config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file itself.
+    pub path: PathBuf,
+    /// The rules file or directory.
+    pub rules: PathBuf,
+    /// HTTPS listener addresses.
+    pub https: Vec<SocketAddr>,
+    /// Plain HTTP listener addresses.
+    pub http: Vec<SocketAddr>,
+    /// Port written into HTTPS redirects.
+    pub redirect_port: u16,
+    /// Stats listener address.
+    pub stats: Option<SocketAddr>,
+    /// Certificates in order; the first is the default.
+    pub certificates: Vec<CertPaths>,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: AllowList,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Limits.
+    pub limits: Limits,
+    /// Access log format.
+    pub access_log: AccessLog,
+    /// Worker threads.
+    pub workers: usize,
+}
+
+/// Where one certificate and its key are, and where the config named them (for errors).
+#[derive(Debug, Clone)]
+pub struct CertPaths {
+    /// PEM chain.
+    pub cert: PathBuf,
+    /// PEM key.
+    pub key: PathBuf,
+    /// Position of the entry in the config file.
+    pub pos: Pos,
+}
+
+/// Every timeout the proxy applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TLS handshake.
+    pub handshake: Duration,
+    /// Client request headers.
+    pub request_header: Duration,
+    /// Idle client connection.
+    pub idle: Duration,
+    /// Connect to a server.
+    pub connect: Duration,
+    /// Server's first response byte.
+    pub response: Duration,
+    /// Idle upstream keep-alive.
+    pub upstream_idle: Duration,
+    /// Shutdown drain deadline.
+    pub drain: Duration,
+}
+
+/// Bounds on what one client or the whole process may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Request header block bytes.
+    pub max_header_bytes: usize,
+    /// Request header count.
+    pub max_headers: usize,
+    /// Client connections at once.
+    pub max_connections: usize,
+    /// Idle keep-alives per server.
+    pub upstream_idle_per_server: usize,
+}
+
+/// Access log layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    /// One human-readable line per request.
+    Text,
+    /// One JSON object per request.
+    Json,
+    /// No access log (benchmarks).
+    Off,
+}
+
+impl Config {
+    /// Reads and validates the config at `path`, reporting every problem found.
+    pub fn load(path: &Path) -> Result<Config, Diagnostics> {
+        let text = read_file(path, path, Pos::default())?;
+        let raw: ConfigFile = parse_yaml(path, &text)?;
+        validate(path, raw)
+    }
+}
+
+fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let base = path.parent().unwrap_or(Path::new("."));
+    let resolve = |p: &str| base.join(p);
+    let at = |s: &Spanned<String>| Pos::of(&s.referenced);
+    let addr = |diags: &mut Diagnostics, s: &Spanned<String>| match s.value.trim().parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            diags.push(
+                Diagnostic::new(path, at(s), format!("`{}` is not a listen address", s.value))
+                    .hint("ip:port such as 0.0.0.0:443 or [::]:443"),
+            );
+            None
+        }
+    };
+    let https: Vec<SocketAddr> = raw
+        .listeners
+        .https
+        .iter()
+        .flat_map(|h| h.bind.iter())
+        .filter_map(|s| addr(&mut diags, s))
+        .collect();
+    let http: Vec<SocketAddr> = raw
+        .listeners
+        .http
+        .iter()
+        .flat_map(|h| h.bind.iter())
+        .filter_map(|s| addr(&mut diags, s))
+        .collect();
+    let stats = raw.stats.as_ref().and_then(|s| addr(&mut diags, &s.bind));
+    let certificates: Vec<CertPaths> = raw
+        .tls
+        .iter()
+        .flat_map(|t| t.certificates.iter())
+        .map(|c| CertPaths {
+            cert: resolve(&c.value.cert.value),
+            key: resolve(&c.value.key.value),
+            pos: Pos::of(&c.referenced),
+        })
+        .collect();
+    if !https.is_empty() && certificates.is_empty() {
+        diags.push(
+            Diagnostic::new(path, Pos::default(), "HTTPS listeners need at least one certificate")
+                .hint("tls: { certificates: [ { cert: ..., key: ... } ] }"),
+        );
+    }
+    let mut nets = Vec::new();
+    for t in &raw.trusted_proxies {
+        match t.value.parse::<IpNet>().or_else(|_| t.value.parse::<IpAddr>().map(IpNet::from)) {
+            Ok(n) => nets.push(n),
+            Err(_) => diags.push(
+                Diagnostic::new(path, at(t), format!("trusted_proxies: `{}` is not a CIDR", t.value))
+                    .hint("an address or network such as 10.0.0.0/8"),
+            ),
+        }
+    }
+    let mut dur = |v: &Option<Spanned<Scalar>>, default: u64, name: &str| match v {
+        None => Duration::from_secs(default),
+        Some(s) => parse_duration(&s.value.0).unwrap_or_else(|e| {
+            diags.push(Diagnostic::new(path, Pos::of(&s.referenced), format!("timeouts.{name}: {e}")).hint("a duration such as 500ms or 10s"));
+            Duration::from_secs(default)
+        }),
+    };
+    let t = &raw.timeouts;
+    let timeouts = Timeouts {
+        handshake: dur(&t.handshake, 10, "handshake"),
+        request_header: dur(&t.request_header, 10, "request_header"),
+        idle: dur(&t.idle, 60, "idle"),
+        connect: dur(&t.connect, 3, "connect"),
+        response: dur(&t.response, 60, "response"),
+        upstream_idle: dur(&t.upstream_idle, 60, "upstream_idle"),
+        drain: dur(&t.drain, 30, "drain"),
+    };
+    let l = &raw.limits;
+    let max_header_bytes = match &l.max_header_bytes {
+        None => 16 * 1024,
+        Some(s) => match parse_size(&s.value.0) {
+            Ok(n) if (1024..=1 << 20).contains(&n) => n as usize,
+            _ => {
+                diags.push(Diagnostic::new(path, Pos::of(&s.referenced), "limits.max_header_bytes is out of range").hint("a size from 1KiB to 1MiB"));
+                16 * 1024
+            }
+        },
+    };
+    let limits = Limits {
+        max_header_bytes,
+        max_headers: l.max_headers.unwrap_or(100).clamp(8, 1000),
+        max_connections: l.max_connections.unwrap_or(20_000).max(1),
+        upstream_idle_per_server: l.upstream_idle_per_server.unwrap_or(64),
+    };
+    let access_log = match raw.access_log.as_ref().map(|s| (s.value.as_str(), s)) {
+        None | Some(("text", _)) => AccessLog::Text,
+        Some(("json", _)) => AccessLog::Json,
+        Some(("off", _)) => AccessLog::Off,
+        Some((other, s)) => {
+            diags.push(Diagnostic::new(path, at(s), format!("access_log: unknown format `{other}`")).hint("text, json or off"));
+            AccessLog::Text
+        }
+    };
+    let workers = raw
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .max(1);
+    diags.finish(Config {
+        path: path.to_path_buf(),
+        rules: resolve(&raw.rules.value),
+        https,
+        http,
+        redirect_port: raw.listeners.http.as_ref().and_then(|h| h.redirect_port).unwrap_or(443),
+        stats,
+        certificates,
+        trusted_proxies: AllowList::new(vec!["trusted_proxies".into()], &nets),
+        timeouts,
+        limits,
+        access_log,
+        workers,
+    })
+}

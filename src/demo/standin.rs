@@ -1,0 +1,258 @@
+//! A stand-in repository server: what one UI or API server of the demo answers.
+//!
+//! Deterministic so tests can check every byte: `/records/<id>/files/<size>.bin`
+//! streams `size` bytes where byte `i` is `i % 251` (with Range), `/static/*` serves
+//! small assets, POST/PUT count the body they receive, `?delay=2s` waits first, and
+//! every answer carries `X-Served-By: <server name>`.
+
+use crate::units::{parse_duration, parse_size};
+use bytes::Bytes;
+use futures_util::stream;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Bytes of a generated file are `i % PATTERN` so any range can be checked.
+pub const PATTERN: usize = 251;
+const CHUNK: usize = 64 * 1024;
+
+type DemoBody = BoxBody<Bytes, std::io::Error>;
+
+/// One running stand-in server.
+pub struct StandIn {
+    /// Its server name (`ui-blue-1`).
+    pub name: Arc<str>,
+    /// Requests in flight now.
+    pub in_flight: AtomicU64,
+    /// Most in flight at once.
+    pub max_in_flight: AtomicU64,
+    /// Requests served.
+    pub served: AtomicU64,
+}
+
+/// The byte at `offset` of every generated file.
+pub fn byte_at(offset: u64) -> u8 {
+    (offset % PATTERN as u64) as u8
+}
+
+fn pattern() -> &'static Bytes {
+    static P: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    P.get_or_init(|| Bytes::from((0..CHUNK + PATTERN).map(|i| (i % PATTERN) as u8).collect::<Vec<u8>>()))
+}
+
+/// Serves `listener` as the stand-in `name` until `stop` fires.
+pub async fn serve(name: Arc<str>, listener: TcpListener, stop: CancellationToken) -> Arc<StandIn> {
+    let me = Arc::new(StandIn { name, in_flight: 0.into(), max_in_flight: 0.into(), served: 0.into() });
+    let out = me.clone();
+    tokio::spawn(async move {
+        let http = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        let conns = CancellationToken::new();
+        loop {
+            let (tcp, _) = tokio::select! {
+                r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                _ = stop.cancelled() => break,
+            };
+            let me = me.clone();
+            let http = http.clone();
+            let conns = conns.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let svc = service_fn(move |req| answer(me.clone(), req));
+                let conn = http.serve_connection(TokioIo::new(tcp), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = conns.cancelled() => {}
+                }
+            });
+        }
+        // A stopped stand-in drops its open connections too, like a killed process.
+        conns.cancel();
+    });
+    out
+}
+
+struct InFlight(Arc<StandIn>);
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn answer(me: Arc<StandIn>, req: Request<Incoming>) -> Result<Response<DemoBody>, Infallible> {
+    let now = me.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    me.max_in_flight.fetch_max(now, Ordering::Relaxed);
+    me.served.fetch_add(1, Ordering::Relaxed);
+    let guard = InFlight(me.clone());
+    let query = req.uri().query().unwrap_or("");
+    if let Some(d) = query.split('&').find_map(|kv| kv.strip_prefix("delay=")) {
+        if let Ok(d) = parse_duration(d) {
+            tokio::time::sleep(d.min(std::time::Duration::from_secs(120))).await;
+        }
+    }
+    let path = req.uri().path().to_string();
+    let mut resp = if req.method() == http::Method::POST || req.method() == http::Method::PUT {
+        receive(req).await
+    } else if path == "/ping" {
+        text(StatusCode::OK, "text/plain", "pong\n".to_string())
+    } else if let Some(asset) = path.strip_prefix("/static/") {
+        let body = format!("/* static asset {asset} */\nbody {{ font-family: sans-serif; }}\n");
+        text(StatusCode::OK, "text/css", body)
+    } else if let Some(size) = file_size(&path) {
+        file(&req, size, guard)
+    } else {
+        echo(&me, &req)
+    };
+    if let Ok(v) = HeaderValue::from_str(&me.name) {
+        resp.headers_mut().insert("x-served-by", v);
+    }
+    Ok(resp)
+}
+
+/// `/records/<id>/files/<key>` where the key names its size: `10M.bin`, `1G.bin`, `512.bin`.
+fn file_size(path: &str) -> Option<u64> {
+    let mut parts = path.strip_prefix("/records/")?.split('/');
+    let (_id, files, key) = (parts.next()?, parts.next()?, parts.next()?);
+    if files != "files" || parts.next().is_some() {
+        return None;
+    }
+    let stem = key.split('.').next()?;
+    parse_size(stem).ok()
+}
+
+fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<DemoBody> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
+}
+
+fn echo(me: &StandIn, req: &Request<Incoming>) -> Response<DemoBody> {
+    let h = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let body = serde_json::json!({
+        "served_by": &*me.name,
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+        "query": req.uri().query(),
+        "host": h("host"),
+        "x_forwarded_for": h("x-forwarded-for"),
+        "x_forwarded_proto": h("x-forwarded-proto"),
+        "x_forwarded_host": h("x-forwarded-host"),
+        "forwarded": h("forwarded"),
+        "x_real_ip": h("x-real-ip"),
+    });
+    text(StatusCode::OK, "application/json", format!("{body}\n"))
+}
+
+async fn receive(req: Request<Incoming>) -> Response<DemoBody> {
+    let mut body = req.into_body();
+    let mut n: u64 = 0;
+    let mut bad = false;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => {
+                bad = true;
+                break;
+            }
+        }
+    }
+    let status = if bad { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    text(status, "application/json", format!("{{\"received\":{n}}}\n"))
+}
+
+fn file(req: &Request<Incoming>, size: u64, guard: InFlight) -> Response<DemoBody> {
+    let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (start, end, partial) = match range.map(|r| parse_range(r, size)) {
+        None => (0, size, false),
+        Some(Some((s, e))) => (s, e, true),
+        Some(None) => {
+            let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE, "text/plain", String::new());
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return r;
+        }
+    };
+    let head = req.method() == http::Method::HEAD;
+    let chunks = stream::unfold((start, guard), move |(pos, guard)| async move {
+        if pos >= end || head {
+            return None;
+        }
+        let n = (end - pos).min(CHUNK as u64) as usize;
+        let off = (pos % PATTERN as u64) as usize;
+        let data = pattern().slice(off..off + n);
+        Some((Ok::<_, std::io::Error>(Frame::data(data)), (pos + n as u64, guard)))
+    });
+    let body = StreamBody::new(chunks);
+    let mut r = Response::new(BodyExt::boxed(body));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if partial {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{size}", start, end - 1)) {
+            r.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    r
+}
+
+/// One `bytes=` range as [start, end); `None` when unsatisfiable or malformed.
+fn parse_range(r: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = r.strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    match (a.trim(), b.trim()) {
+        (a, "") if digits(a) => {
+            let s: u64 = a.parse().ok()?;
+            (s < size).then_some((s, size))
+        }
+        ("", n) if digits(n) => {
+            let n: u64 = n.parse().ok()?;
+            (n > 0 && size > 0).then(|| (size.saturating_sub(n), size))
+        }
+        (a, b) if digits(a) && digits(b) => {
+            let (s, e): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+            (s <= e && s < size).then(|| (s, e.min(size - 1) + 1))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 10)));
+        assert_eq!(parse_range("bytes=90-", 100), Some((90, 100)));
+        assert_eq!(parse_range("bytes=-10", 100), Some((90, 100)));
+        assert_eq!(parse_range("bytes=95-200", 100), Some((95, 100)));
+        assert_eq!(parse_range("bytes=100-", 100), None);
+        assert_eq!(parse_range("bytes=+1-2", 100), None);
+        assert_eq!(parse_range("bytes=0-1,3-4", 100), None);
+    }
+
+    #[test]
+    fn file_keys_name_their_size() {
+        assert_eq!(file_size("/records/abc/files/1M.bin"), Some(1 << 20));
+        assert_eq!(file_size("/records/abc/files/512.bin"), Some(512));
+        assert_eq!(file_size("/records/abc/files/x.bin"), None);
+        assert_eq!(file_size("/records/abc/other/1M.bin"), None);
+    }
+}

@@ -1,0 +1,67 @@
+//! A live generation: one compiled rule set plus the runtime state it points into.
+//!
+//! Requests load one `Generation` and use it to the end. Pools and counters are looked up
+//! here by index (no hashing per request) but are owned by name across generations, so
+//! a reload keeps slots in use, queue contents and every counter.
+
+use crate::pool::Pool;
+use crate::rules::RuleSet;
+use crate::stats::{Counters, Kind, Stats};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// One installed rule set and the state indexed by it.
+#[derive(Debug)]
+pub struct Generation {
+    /// Increases by one for each successful reload.
+    pub number: u64,
+    /// When it was installed.
+    pub installed: SystemTime,
+    /// The rules.
+    pub rules: RuleSet,
+    /// Runtime pools, by pool index.
+    pub pools: Vec<Arc<Pool>>,
+    /// Site counters, by site index.
+    pub sites: Vec<Arc<Counters>>,
+    /// Service counters, by service index.
+    pub services: Vec<Arc<Counters>>,
+    /// Server counters, by server id.
+    pub servers: Vec<Arc<Counters>>,
+}
+
+impl Generation {
+    /// Builds the generation after `prev`, reusing its pools (resized) and the named counters.
+    pub fn new(rules: RuleSet, prev: Option<&Generation>, stats: &Stats) -> Generation {
+        let old: HashMap<&str, &Arc<Pool>> = prev
+            .map(|g| g.pools.iter().map(|p| (&*p.name, p)).collect())
+            .unwrap_or_default();
+        let pools = rules
+            .pools
+            .iter()
+            .map(|spec| match old.get(&*spec.name) {
+                Some(p) => {
+                    p.resize(spec);
+                    Arc::clone(p)
+                }
+                None => Pool::new(spec),
+            })
+            .collect();
+        let sites = rules.sites.iter().map(|s| stats.counters(Kind::Site, &s.name)).collect();
+        let services = rules.services.iter().map(|s| stats.counters(Kind::Service, &s.name)).collect();
+        let mut servers: Vec<(usize, Arc<Counters>)> = rules
+            .all_servers()
+            .map(|(_, _, s)| (s.id, stats.counters(Kind::Server, &s.name)))
+            .collect();
+        servers.sort_by_key(|(id, _)| *id);
+        Generation {
+            number: prev.map_or(1, |g| g.number + 1),
+            installed: SystemTime::now(),
+            rules,
+            pools,
+            sites,
+            services,
+            servers: servers.into_iter().map(|(_, c)| c).collect(),
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Gatehouse: an edge load balancer and TLS-terminating reverse proxy.
+pub mod accesslog;
+pub mod admin;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod diag;
+pub mod fallback;
+pub mod generation;
+pub mod listener;
+pub mod pool;
+pub mod proxy;
+pub mod reload;
+pub mod rules;
+pub mod server;
+pub mod stats;
+pub mod tls;
+pub mod units;
+pub mod upstream;

@@ -1,0 +1,167 @@
+//! Listeners: accept, bound the number of connections, TLS handshake, serve HTTP/1.1 and HTTP/2.
+//!
+//! A connection permit is taken *before* accepting, so at the connection limit the
+//! kernel backlog absorbs the excess instead of us spawning unbounded tasks. Each
+//! connection is watched by the graceful-shutdown watcher so a drain lets in-flight
+//! requests finish.
+
+use crate::config::Config;
+use crate::proxy::{self, ConnInfo, Shared};
+use crate::tls::CertStore;
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// Everything an accept loop needs.
+#[derive(Clone)]
+pub struct Listening {
+    /// What each connection needs.
+    pub conn: Arc<ConnCtx>,
+    /// Client connections allowed at once, process-wide.
+    pub connections: Arc<Semaphore>,
+    /// Fired to stop accepting.
+    pub stop: CancellationToken,
+    /// Tracks open connections for the drain; only accept loops hold it, so once they
+    /// have stopped the owner can unwrap it and wait for the connections.
+    pub graceful: Arc<GracefulShutdown>,
+}
+
+/// What each connection task needs.
+pub struct ConnCtx {
+    /// Shared request state.
+    pub shared: Arc<Shared>,
+    /// HTTP server settings (h1 and h2).
+    pub http: auto::Builder<TokioExecutor>,
+    /// TLS handshake timeout.
+    pub handshake_timeout: Duration,
+}
+
+/// Binds `addr` with SO_REUSEPORT, so a new process can bind beside an old one during an upgrade.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// The HTTP server settings every client connection uses.
+pub fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.timeouts.request_header)
+        .max_buf_size(config.limits.max_header_bytes.max(8192))
+        .max_headers(config.limits.max_headers)
+        .keep_alive(true)
+        .half_close(false);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(config.limits.max_header_bytes as u32)
+        .max_concurrent_streams(256)
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_send_buf_size(256 * 1024)
+        .keep_alive_interval(Some(config.timeouts.idle))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+/// Accepts TLS connections until stopped.
+pub async fn serve_tls(l: Listening, listener: TcpListener, certs: Arc<ArcSwap<CertStore>>) {
+    let tls = match crate::tls::server_config(certs) {
+        Ok(c) => TlsAcceptor::from(c),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build TLS config");
+            return;
+        }
+    };
+    accept_loop(l, listener, Some(tls)).await
+}
+
+/// Accepts plain HTTP connections (redirects to HTTPS) until stopped.
+pub async fn serve_plain(l: Listening, listener: TcpListener) {
+    accept_loop(l, listener, None).await
+}
+
+async fn accept_loop(l: Listening, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    loop {
+        let permit = tokio::select! {
+            p = l.connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = l.stop.cancelled() => return,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = l.stop.cancelled() => return,
+        };
+        let ctx = l.conn.clone();
+        let watcher = l.graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let stats = &ctx.shared.stats;
+            stats.connections.fetch_add(1, Ordering::Relaxed);
+            stats.connections_total.fetch_add(1, Ordering::Relaxed);
+            serve_connection(&ctx, watcher, tcp, peer, tls).await;
+            stats.connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn serve_connection(l: &ConnCtx, watcher: Watcher, tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+    let _ = tcp.set_nodelay(true);
+    let Some(acceptor) = tls else {
+        let info = Arc::new(ConnInfo { peer, sni: None, tls: false, tls_time: Duration::ZERO });
+        serve_http(l, watcher, TokioIo::new(tcp), info).await;
+        return;
+    };
+    let start = Instant::now();
+    let stream = match tokio::time::timeout(l.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            l.shared.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            l.shared.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    l.shared.stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+    let sni = stream.get_ref().1.server_name().map(|s| s.to_ascii_lowercase().into_boxed_str());
+    let info = Arc::new(ConnInfo { peer, sni, tls: true, tls_time: start.elapsed() });
+    serve_http(l, watcher, TokioIo::new(stream), info).await;
+}
+
+async fn serve_http<I>(l: &ConnCtx, watcher: Watcher, io: TokioIo<I>, info: Arc<ConnInfo>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = l.shared.clone();
+    let svc = service_fn(move |req| proxy::handle(shared.clone(), info.clone(), req));
+    let conn = l.http.serve_connection_with_upgrades(io, svc).into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}

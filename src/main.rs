@@ -1,0 +1,72 @@
+//! The `gatehouse` binary: parse the command line, set up logging, call the library.
+
+use clap::Parser;
+use gatehouse::cli::{Cli, Command};
+use gatehouse::config::Config;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Check { config } => match gatehouse::check::check(&config) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(diags) => {
+                eprintln!("{diags}");
+                eprintln!("{} error(s)", diags.0.len());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(d) => {
+                    eprintln!("{d}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let workers = config.workers;
+            runtime(workers, async move {
+                let running = gatehouse::server::start(config).await?;
+                println!("{}", running.ready_line());
+                running.run_until_signal().await
+            })
+        }
+        Command::Demo { workdir } => {
+            let dir = match workdir {
+                Some(d) => d,
+                None => std::env::temp_dir().join(format!("gatehouse-demo-{}", std::process::id())),
+            };
+            runtime(0, async move { gatehouse::demo::run(&dir).await })
+        }
+    }
+}
+
+fn runtime(workers: usize, fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    let rt = match b.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gatehouse: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatehouse: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Traffic-class pools: slots (requests in flight), a bounded FIFO queue, a queue timeout.
+//!
+//! A `Pool` outlives rule generations (keyed by name), so in-flight requests keep their
+//! slots across a reload and a resize only changes how many new ones may start.
+//! The `PoolPermit` rides inside the response body: a download holds its slot until its
+//! last byte has gone out.
+
+use crate::proxy::error::ProxyError;
+use crate::rules::PoolSpec;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The runtime side of a traffic class.
+#[derive(Debug)]
+pub struct Pool {
+    /// Class name (`static`, `app`, `files`).
+    pub name: Arc<str>,
+    /// Slots: one permit per request in flight. Tokio's semaphore is fair (FIFO), which
+    /// is the queue order we promise.
+    slots: Arc<Semaphore>,
+    /// Configured slot count (the semaphore's total).
+    limit: AtomicU32,
+    /// Requests waiting for a slot now.
+    waiting: AtomicU32,
+    /// Most requests ever waiting at once.
+    pub max_waiting: AtomicU32,
+    /// Queue bound; one more gets 503 at once.
+    queue: AtomicU32,
+    /// Queue timeout in milliseconds.
+    queue_timeout_ms: AtomicU64,
+    /// Refusals because the queue was full.
+    pub queue_full: AtomicU64,
+    /// Refusals because a request waited too long.
+    pub queue_timeouts: AtomicU64,
+}
+
+/// A held slot; dropping it frees the slot for the next queued request.
+#[derive(Debug)]
+pub struct PoolPermit {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Pool {
+    /// A pool sized by `spec`.
+    pub fn new(spec: &PoolSpec) -> Arc<Pool> {
+        Arc::new(Pool {
+            name: spec.name.clone(),
+            slots: Arc::new(Semaphore::new(spec.slots as usize)),
+            limit: AtomicU32::new(spec.slots),
+            waiting: AtomicU32::new(0),
+            max_waiting: AtomicU32::new(0),
+            queue: AtomicU32::new(spec.queue),
+            queue_timeout_ms: AtomicU64::new(spec.queue_timeout.as_millis() as u64),
+            queue_full: AtomicU64::new(0),
+            queue_timeouts: AtomicU64::new(0),
+        })
+    }
+
+    /// Applies new sizes from a reload. Growing adds slots now; shrinking takes slots
+    /// back as in-flight requests finish (held ones are never revoked).
+    pub fn resize(self: &Arc<Self>, spec: &PoolSpec) {
+        let old = self.limit.swap(spec.slots, Ordering::AcqRel);
+        if spec.slots > old {
+            self.slots.add_permits((spec.slots - old) as usize);
+        } else if spec.slots < old {
+            let mut shrink = (old - spec.slots) as usize;
+            shrink -= self.slots.forget_permits(shrink);
+            if shrink > 0 {
+                let sem = self.slots.clone();
+                tokio::spawn(async move {
+                    for _ in 0..shrink {
+                        if let Ok(p) = sem.clone().acquire_owned().await {
+                            p.forget();
+                        }
+                    }
+                });
+            }
+        }
+        self.queue.store(spec.queue, Ordering::Relaxed);
+        self.queue_timeout_ms
+            .store(spec.queue_timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Takes a slot: at once if one is free, else waits in the queue (FIFO) up to the
+    /// queue timeout. A full queue refuses at once.
+    pub async fn acquire(&self) -> Result<PoolPermit, ProxyError> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Ok(PoolPermit { _permit: p });
+        }
+        let queue = self.queue.load(Ordering::Relaxed);
+        let now_waiting = self.waiting.fetch_add(1, Ordering::AcqRel) + 1;
+        let _leave = Leave(&self.waiting);
+        if now_waiting > queue {
+            self.queue_full.fetch_add(1, Ordering::Relaxed);
+            return Err(ProxyError::QueueFull);
+        }
+        self.max_waiting.fetch_max(now_waiting, Ordering::Relaxed);
+        let timeout = Duration::from_millis(self.queue_timeout_ms.load(Ordering::Relaxed));
+        match tokio::time::timeout(timeout, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(PoolPermit { _permit: p }),
+            _ => {
+                self.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(ProxyError::QueueTimeout)
+            }
+        }
+    }
+
+    /// Requests in flight now.
+    pub fn in_use(&self) -> u32 {
+        let limit = self.limit.load(Ordering::Relaxed);
+        limit.saturating_sub(self.slots.available_permits() as u32)
+    }
+
+    /// Configured slots.
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Requests queued now.
+    pub fn waiting(&self) -> u32 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Configured queue bound.
+    pub fn queue_limit(&self) -> u32 {
+        self.queue.load(Ordering::Relaxed)
+    }
+}
+
+/// Leaves the queue count when the waiting request finishes, times out or is cancelled.
+struct Leave<'a>(&'a AtomicU32);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,199 @@
+//! Streaming bodies: the request body with its size limit, and the response body that
+//! carries the request's pool slot and log record until its last byte.
+//!
+//! Nothing here buffers a body: frames pass through one at a time, and hyper's
+//! back-pressure (a frame is only polled when the other side can take it) bounds memory.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+
+/// The error a body yields when its stream breaks or passes its limit.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the request body did, shared with the handler that decides the answer.
+#[derive(Debug, Default)]
+pub struct BodyProgress {
+    /// Bytes read from the client so far.
+    pub bytes: AtomicU64,
+    /// Set when the body passed the route's `max_body`.
+    pub too_large: AtomicBool,
+}
+
+/// Raised when a request body passes its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {0} bytes")]
+pub struct TooLarge(pub u64);
+
+pin_project! {
+    /// The client's request body on its way to the server, cut at `limit` bytes.
+    pub struct LimitedBody {
+        #[pin]
+        inner: Option<Incoming>,
+        limit: u64,
+        progress: Arc<BodyProgress>,
+    }
+}
+
+impl LimitedBody {
+    /// Wraps the client body; `limit` is `u64::MAX` when the route sets none.
+    pub fn new(inner: Incoming, limit: u64, progress: Arc<BodyProgress>) -> Self {
+        LimitedBody { inner: Some(inner), limit, progress }
+    }
+
+    /// An empty body (for a retried request that never had one).
+    pub fn empty(progress: Arc<BodyProgress>) -> Self {
+        LimitedBody { inner: None, limit: 0, progress }
+    }
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(inner.poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let total = this.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+                    if total > *this.limit {
+                        this.progress.too_large.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(TooLarge(*this.limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+/// Something that must live exactly as long as the response body (pool slot, log record).
+pub trait Hold: Send + Sync + 'static {
+    /// Called once with the bytes sent when the body ends or is dropped.
+    fn finish(&mut self, bytes_out: u64, complete: bool);
+}
+
+pin_project! {
+    /// The response body: the server's stream or a page from memory, plus what it holds.
+    pub struct ProxyBody {
+        #[pin]
+        kind: Kind,
+        sent: u64,
+        hold: Option<Box<dyn Hold>>,
+    }
+
+    impl PinnedDrop for ProxyBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(mut h) = this.hold.take() {
+                // hyper stops polling once Content-Length bytes went out, so "ended" is
+                // judged from the stream's own state, not from having seen its end.
+                let complete = match this.kind.project() {
+                    KindProj::Full { data } => data.is_none(),
+                    KindProj::Upstream { inner } => inner.is_end_stream(),
+                };
+                h.finish(*this.sent, complete);
+            }
+        }
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind {
+        Upstream { #[pin] inner: Incoming },
+        Full { data: Option<Bytes> },
+    }
+}
+
+impl ProxyBody {
+    /// A body streamed from the server.
+    pub fn upstream(inner: Incoming) -> Self {
+        ProxyBody { kind: Kind::Upstream { inner }, sent: 0, hold: None }
+    }
+
+    /// A body from memory (pages, redirects, stats).
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        ProxyBody {
+            kind: Kind::Full { data: (!data.is_empty()).then_some(data) },
+            sent: 0,
+            hold: None,
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        ProxyBody::full(Bytes::new())
+    }
+
+    /// Attaches what must be released or recorded when the body ends.
+    pub fn hold(mut self, hold: Box<dyn Hold>) -> Self {
+        self.hold = Some(hold);
+        self
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let next = match this.kind.project() {
+            KindProj::Upstream { inner } => ready!(inner.poll_frame(cx)).map(|r| r.map_err(|e| Box::new(e) as BoxError)),
+            KindProj::Full { data } => data.take().map(|d| Ok(Frame::data(d))),
+        };
+        match &next {
+            Some(Ok(frame)) => {
+                if let Some(d) = frame.data_ref() {
+                    *this.sent += d.len() as u64;
+                }
+            }
+            None => {
+                if let Some(mut h) = this.hold.take() {
+                    h.finish(*this.sent, true);
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(mut h) = this.hold.take() {
+                    h.finish(*this.sent, false);
+                }
+            }
+        }
+        Poll::Ready(next)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Upstream { inner } => inner.is_end_stream(),
+            Kind::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Upstream { inner } => inner.size_hint(),
+            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}

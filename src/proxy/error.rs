@@ -1,0 +1,91 @@
+//! Why a request did not get a server's answer, and the one place that turns that into a status.
+
+use http::StatusCode;
+
+/// Everything that can stop a request before or while it is forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Malformed request (bad path, bad Host): 400 and the connection closed.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// Host differs from the TLS SNI name of the connection: 421.
+    #[error("host does not match the TLS server name")]
+    Misdirected,
+    /// No site claims the host, or no route takes the path: 404.
+    #[error("no site or route")]
+    NotFound,
+    /// The client address is not in the route's allow-list: 403.
+    #[error("client not allowed")]
+    Forbidden,
+    /// A deny route answered.
+    #[error("denied by route")]
+    Denied(StatusCode),
+    /// The body is larger than the route allows: 413.
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// No server of the live colour can take the request: 503 and the backup page.
+    #[error("no server available")]
+    NoServer,
+    /// The pool's queue is full: 503 at once.
+    #[error("queue full")]
+    QueueFull,
+    /// The request waited in the queue too long: 503 with Retry-After.
+    #[error("queue timeout")]
+    QueueTimeout,
+    /// Could not connect to the server (or it reset before answering): 502.
+    #[error("cannot reach server: {0}")]
+    Connect(String),
+    /// The server did not answer in time: 504.
+    #[error("server timed out")]
+    Timeout,
+    /// The server answered with something unusable: 502.
+    #[error("bad answer from server: {0}")]
+    Upstream(String),
+}
+
+impl ProxyError {
+    /// The status the client sees. Decided here and nowhere else.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::NotFound => StatusCode::NOT_FOUND,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::Denied(s) => *s,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NoServer | ProxyError::QueueFull | ProxyError::QueueTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Whether the client connection must close after the answer (framing can't be trusted).
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, ProxyError::BadRequest(_) | ProxyError::BodyTooLarge)
+    }
+
+    /// Whether the service's backup page (maintenance page) is the right answer.
+    pub fn wants_backup_page(&self) -> bool {
+        matches!(self, ProxyError::NoServer | ProxyError::QueueTimeout | ProxyError::QueueFull)
+    }
+
+    /// Short code for the access log termination field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Misdirected => "misdirected",
+            ProxyError::NotFound => "not_found",
+            ProxyError::Forbidden => "forbidden",
+            ProxyError::Denied(_) => "denied",
+            ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::NoServer => "no_server",
+            ProxyError::QueueFull => "queue_full",
+            ProxyError::QueueTimeout => "queue_timeout",
+            ProxyError::Connect(_) => "connect_error",
+            ProxyError::Timeout => "server_timeout",
+            ProxyError::Upstream(_) => "upstream_error",
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! One request, end to end: route, decide, take a slot, forward, stream back.
+//!
+//! [`handle`] never fails: every [`ProxyError`] becomes a status and a page there, and the
+//! access-log line and counters are written once, when the response body ends.
+//! [`handle_inner`] is the `?` chain in data-flow order (see docs/architecture.md §3).
+
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod path;
+
+use crate::accesslog::{self, Entry};
+use crate::config::{AccessLog, Timeouts};
+use crate::fallback;
+use crate::generation::Generation;
+use crate::pool::PoolPermit;
+use crate::rules::matcher::AllowList;
+use crate::rules::{Action, RuleSet, Server};
+use crate::stats::Stats;
+use crate::upstream::UpstreamClient;
+use arc_swap::ArcSwap;
+use body::{BodyProgress, Hold, LimitedBody, ProxyBody};
+use bytes::Bytes;
+use error::ProxyError;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use http::uri::PathAndQuery;
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// What every request handler shares: the live generation, the upstream client, settings.
+#[derive(Debug)]
+pub struct Shared {
+    /// The live generation; swapped whole by the reloader, loaded once per request.
+    pub state: ArcSwap<Generation>,
+    /// Keep-alive client to the servers.
+    pub client: UpstreamClient,
+    /// Peers whose forwarding headers are believed.
+    pub trusted: AllowList,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Access log format.
+    pub access_log: AccessLog,
+    /// Port written into HTTPS redirects (443 is left out).
+    pub redirect_port: u16,
+    /// Counters.
+    pub stats: Arc<Stats>,
+}
+
+/// What is known about the client connection a request came on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// TCP peer.
+    pub peer: SocketAddr,
+    /// TLS server name the client asked for, lower-case.
+    pub sni: Option<Box<str>>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// TLS handshake time.
+    pub tls_time: Duration,
+}
+
+/// Serves one request. Never fails: errors become pages here.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let generation = shared.state.load_full();
+    let mut rec = Record::new(&shared, &conn, &req, generation.clone());
+    let body_pending = !req.body().is_end_stream();
+    let resp = match handle_inner(&shared, &conn, &generation, req, &mut rec).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            rec.termination = e.code();
+            count_error(&generation, &rec, &e);
+            error_response(&generation.rules, &e, rec.backup.as_ref(), body_pending)
+        }
+    };
+    rec.status = resp.status().as_u16();
+    Ok(resp.map(|b| b.hold(Box::new(rec))))
+}
+
+fn count_error(g: &Generation, rec: &Record, e: &ProxyError) {
+    let counters = match (rec.server_id, rec.service_index) {
+        (Some(id), _) => g.servers.get(id),
+        (None, Some(i)) => g.services.get(i),
+        _ => None,
+    };
+    if let Some(c) = counters {
+        match e {
+            ProxyError::Connect(_) => c.connect_errors.fetch_add(1, Ordering::Relaxed),
+            ProxyError::Timeout | ProxyError::Upstream(_) => c.response_errors.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+    }
+}
+
+/// The request's way through the rules, in data-flow order.
+async fn handle_inner(
+    shared: &Shared,
+    conn: &ConnInfo,
+    g: &Generation,
+    req: Request<Incoming>,
+    rec: &mut Record,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let host = request_host(&req)?;
+    rec.host = host.clone();
+    if !conn.tls && !req.uri().path().starts_with("/.well-known/acme-challenge/") {
+        return Ok(redirect_to_https(&req, &host, shared.redirect_port));
+    }
+    if let Some(sni) = &conn.sni {
+        if **sni != *host {
+            return Err(ProxyError::Misdirected);
+        }
+    }
+    if req.headers().contains_key(header::TRANSFER_ENCODING) && req.headers().contains_key(header::CONTENT_LENGTH) {
+        // Ambiguous framing (request smuggling): refuse, never guess.
+        return Err(ProxyError::BadRequest("both Content-Length and Transfer-Encoding"));
+    }
+    let path_and_query = checked_path(req.uri())?;
+    let path = path_and_query.path();
+    let decision = g.rules.route(&host, path).ok_or(ProxyError::NotFound)?;
+    rec.site = decision.site.name.clone();
+    rec.site_index = Some(decision.site.index);
+    rec.route = decision.route.name.clone();
+    let client = forward::client_addr(req.headers(), conn.peer, &shared.trusted);
+    rec.client = client.ip;
+    if !RuleSet::allows(decision.route, client.ip) {
+        return Err(ProxyError::Forbidden);
+    }
+    let (pool_ix, service_ix) = match decision.route.action {
+        Action::Deny(status) => return Err(ProxyError::Denied(status)),
+        Action::Forward { pool, service } => (pool, service),
+    };
+    let limit = decision.route.max_body.unwrap_or(u64::MAX);
+    if req.body().size_hint().lower() > limit {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    let service = g.rules.service(service_ix);
+    let colour = service.colour_for(decision.site.colour);
+    rec.service_index = Some(service_ix);
+    rec.service = service.name.clone();
+    rec.colour = colour.as_str();
+    rec.backup = service.backup_page.clone();
+    let pool = &g.pools[pool_ix];
+    rec.pool = pool.name.clone();
+    let wait_start = Instant::now();
+    rec.permit = Some(pool.acquire().await?);
+    rec.wait = wait_start.elapsed();
+
+    let first = service.pick(colour, None, |_| true).ok_or(ProxyError::NoServer)?.clone();
+    let (mut parts, body) = req.into_parts();
+    let trusted_peer = client.source != forward::AddrSource::Peer || shared.trusted.contains(conn.peer.ip());
+    forward::rewrite_request(&mut parts.headers, &client, trusted_peer, &host, conn.tls);
+    parts.headers.remove(header::EXPECT);
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+    // One Content-Length, ours: the length hyper parsed (or none, and the body is chunked).
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if let Some(n) = body.size_hint().exact() {
+        if n > 0 || !body.is_end_stream() {
+            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+    parts.version = Version::HTTP_11;
+    let bodyless = body.is_end_stream();
+    let progress = Arc::new(BodyProgress::default());
+    rec.progress = Some(progress.clone());
+    let body = LimitedBody::new(body, limit, progress.clone());
+    let retry = bodyless.then(|| (parts.method.clone(), parts.headers.clone()));
+    let mut server = first;
+    let mut request = Request::from_parts(parts, body);
+    let mut attempt = 0;
+    loop {
+        *request.uri_mut() = upstream_uri(&server, &path_and_query)?;
+        rec.server_id = Some(server.id);
+        rec.server = server.name.clone();
+        let sent = Instant::now();
+        let result = tokio::time::timeout(shared.timeouts.response, shared.client.request(request)).await;
+        rec.first_byte = sent.elapsed();
+        match result {
+            Ok(Ok(mut resp)) => {
+                forward::strip_hop_by_hop(resp.headers_mut());
+                if let Some(hsts) = &decision.site.hsts {
+                    if conn.tls {
+                        resp.headers_mut().entry(header::STRICT_TRANSPORT_SECURITY).or_insert_with(|| hsts.clone());
+                    }
+                }
+                return Ok(resp.map(ProxyBody::upstream));
+            }
+            Ok(Err(e)) if progress.too_large.load(Ordering::Relaxed) => {
+                tracing::debug!(error = %e, "request body passed its limit");
+                return Err(ProxyError::BodyTooLarge);
+            }
+            Ok(Err(e)) if e.is_connect() && attempt == 0 => {
+                // Nothing reached the server: safe to try another one once (redispatch).
+                count_connect_error(g, &server);
+                let Some((method, headers)) = &retry else {
+                    return Err(ProxyError::Connect(e.to_string()));
+                };
+                let Some(next) = service.pick(colour, Some(&server), |_| true) else {
+                    return Err(ProxyError::Connect(e.to_string()));
+                };
+                g.servers[next.id].redispatches.fetch_add(1, Ordering::Relaxed);
+                server = next.clone();
+                attempt += 1;
+                let empty = LimitedBody::empty(progress.clone());
+                let mut r = Request::new(empty);
+                *r.method_mut() = method.clone();
+                *r.headers_mut() = headers.clone();
+                request = r;
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                count_connect_error(g, &server);
+                return Err(ProxyError::Connect(e.to_string()));
+            }
+            Ok(Err(e)) => return Err(ProxyError::Upstream(error_chain(&e))),
+            Err(_) => return Err(ProxyError::Timeout),
+        }
+    }
+}
+
+fn count_connect_error(g: &Generation, server: &Server) {
+    g.servers[server.id].connect_errors.fetch_add(1, Ordering::Relaxed);
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// The normalized path (and the query as received): what is routed is what is forwarded.
+/// Clean paths (the common case) reuse the request's own bytes.
+fn checked_path(uri: &Uri) -> Result<PathAndQuery, ProxyError> {
+    let normalized = path::normalize(uri.path()).map_err(|e| ProxyError::BadRequest(e.reason()))?;
+    match (normalized, uri.path_and_query()) {
+        (Cow::Borrowed(_), Some(pq)) => Ok(pq.clone()),
+        (n, _) => {
+            let s = match uri.query() {
+                Some(q) => format!("{n}?{q}"),
+                None => n.into_owned(),
+            };
+            PathAndQuery::try_from(s).map_err(|_| ProxyError::BadRequest("bad path"))
+        }
+    }
+}
+
+fn upstream_uri(server: &Server, pq: &PathAndQuery) -> Result<Uri, ProxyError> {
+    Uri::builder()
+        .scheme("http")
+        .authority(server.authority.clone())
+        .path_and_query(pq.clone())
+        .build()
+        .map_err(|_| ProxyError::BadRequest("bad path"))
+}
+
+/// The host a request names (`:authority` or `Host`), lower-case, without port.
+fn request_host(req: &Request<Incoming>) -> Result<Arc<str>, ProxyError> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.host(),
+        None => {
+            let v = req.headers().get(header::HOST).ok_or(ProxyError::BadRequest("no Host header"))?;
+            let s = v.to_str().map_err(|_| ProxyError::BadRequest("bad Host header"))?;
+            let a: http::uri::Authority = s.parse().map_err(|_| ProxyError::BadRequest("bad Host header"))?;
+            return Ok(normalize_host(a.host()));
+        }
+    };
+    Ok(normalize_host(raw))
+}
+
+fn normalize_host(h: &str) -> Arc<str> {
+    let h = h.trim_end_matches('.');
+    if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        h.to_ascii_lowercase().into()
+    } else {
+        h.into()
+    }
+}
+
+fn redirect_to_https(req: &Request<Incoming>, host: &str, port: u16) -> Response<ProxyBody> {
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{port}{pq}")
+    };
+    let mut resp = Response::new(ProxyBody::empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::try_from(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    if !req.body().is_end_stream() {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// The page the proxy answers with for `e`. Closes the connection when the request body
+/// was not read (so unread bytes can never be taken as the next request) or framing is suspect.
+fn error_response(rules: &RuleSet, e: &ProxyError, backup: Option<&Bytes>, body_pending: bool) -> Response<ProxyBody> {
+    let status = e.status();
+    let page = fallback::page(rules, status, backup.filter(|_| e.wants_backup_page()));
+    let mut resp = Response::new(ProxyBody::full(page));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+    }
+    if body_pending || e.closes_connection() {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// What is known about a request as it goes; logged and counted once when its body ends.
+struct Record {
+    shared_log: AccessLog,
+    generation: Arc<Generation>,
+    stats: Arc<Stats>,
+    start: Instant,
+    tls_time: Duration,
+    client: std::net::IpAddr,
+    method: http::Method,
+    version: Version,
+    path: Box<str>,
+    host: Arc<str>,
+    site: Arc<str>,
+    route: Arc<str>,
+    pool: Arc<str>,
+    service: Arc<str>,
+    service_index: Option<usize>,
+    colour: &'static str,
+    server: Arc<str>,
+    server_id: Option<usize>,
+    status: u16,
+    wait: Duration,
+    first_byte: Duration,
+    termination: &'static str,
+    backup: Option<Bytes>,
+    progress: Option<Arc<BodyProgress>>,
+    permit: Option<PoolPermit>,
+    site_index: Option<usize>,
+}
+
+fn dash() -> Arc<str> {
+    static DASH: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    DASH.get_or_init(|| Arc::from("-")).clone()
+}
+
+impl Record {
+    fn new(shared: &Shared, conn: &ConnInfo, req: &Request<Incoming>, generation: Arc<Generation>) -> Self {
+        shared.stats.frontend.enter();
+        Record {
+            shared_log: shared.access_log,
+            generation,
+            stats: shared.stats.clone(),
+            start: Instant::now(),
+            tls_time: conn.tls_time,
+            client: conn.peer.ip(),
+            method: req.method().clone(),
+            version: req.version(),
+            path: if shared.access_log == AccessLog::Off { "".into() } else { req.uri().path().into() },
+            host: dash(),
+            site: dash(),
+            route: dash(),
+            pool: dash(),
+            service: dash(),
+            service_index: None,
+            colour: "-",
+            server: dash(),
+            server_id: None,
+            status: 0,
+            wait: Duration::ZERO,
+            first_byte: Duration::ZERO,
+            termination: "-",
+            backup: None,
+            progress: None,
+            permit: None,
+            site_index: None,
+        }
+    }
+}
+
+impl Hold for Record {
+    fn finish(&mut self, bytes_out: u64, complete: bool) {
+        self.permit.take();
+        let total = self.start.elapsed();
+        let micros = total.as_micros() as u64;
+        let bytes_in = self.progress.as_ref().map_or(0, |p| p.bytes.load(Ordering::Relaxed));
+        if !complete && self.termination == "-" {
+            self.termination = "client_aborted";
+        }
+        self.stats.frontend.leave(self.status, bytes_in, bytes_out, micros);
+        let g = &self.generation;
+        for c in self
+            .site_index
+            .and_then(|i| g.sites.get(i))
+            .into_iter()
+            .chain(self.service_index.and_then(|i| g.services.get(i)))
+            .chain(self.server_id.and_then(|i| g.servers.get(i)))
+        {
+            c.record(self.status, bytes_in, bytes_out, micros);
+        }
+        if self.shared_log == AccessLog::Off {
+            return;
+        }
+        let version = match self.version {
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
+        accesslog::write(
+            self.shared_log,
+            &Entry {
+                client: self.client.to_string(),
+                method: self.method.as_str(),
+                host: &self.host,
+                path: &self.path,
+                version,
+                status: self.status,
+                bytes_in,
+                bytes_out,
+                site: &self.site,
+                route: &self.route,
+                pool: &self.pool,
+                service: &self.service,
+                colour: self.colour,
+                server: &self.server,
+                tls_ms: self.tls_time.as_millis() as u64,
+                wait_ms: self.wait.as_millis() as u64,
+                first_byte_ms: self.first_byte.as_millis() as u64,
+                total_ms: total.as_millis() as u64,
+                termination: self.termination,
+            },
+        );
+    }
+}

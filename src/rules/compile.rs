@@ -1,0 +1,487 @@
+//! Rules files → an immutable [`RuleSet`], collecting every error with its place.
+//!
+//! Each check records a [`Diagnostic`] and carries on, so `gatehouse check` (and a
+//! refused reload) shows all the mistakes of an edit at once.
+
+use super::file::{PathFile, RouteFile, RulesFile, ServerFile, SiteFile};
+use super::matcher::{AllowList, HostPattern, PathPattern};
+use super::{Action, HostIndex, PoolSpec, Route, RuleSet, Server, Service, Site};
+use crate::diag::{Diagnostic, Diagnostics, Pos, parse_yaml, read_file};
+use crate::units::{parse_duration, parse_size};
+use bytes::Bytes;
+use http::StatusCode;
+use ipnet::IpNet;
+use serde_saphyr::Spanned;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest page the proxy keeps in memory for a backup or error page.
+const MAX_PAGE_BYTES: u64 = 1 << 20;
+
+/// Reads the rules at `path` (one file, or every `*.yaml` in a directory) and compiles them.
+pub fn load(path: &Path) -> Result<RuleSet, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let mut files = Vec::new();
+    for file in rule_files(path).map_err(Diagnostics::from)? {
+        match read_file(&file, &file, Pos::default()) {
+            Ok(text) => files.push((file, text)),
+            Err(d) => diags.push(d),
+        }
+    }
+    if !diags.is_empty() {
+        return diags.finish(RuleSet::empty());
+    }
+    compile(&files)
+}
+
+/// The files a rules path stands for, in name order.
+fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+    let err = |e: std::io::Error| {
+        Diagnostic::new(path, Pos::default(), format!("cannot read rules: {e}"))
+    };
+    if !path.is_dir() {
+        std::fs::metadata(path).map_err(err)?;
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(err)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+                && !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Diagnostic::new(path, Pos::default(), "no *.yaml rules files in this directory"));
+    }
+    Ok(files)
+}
+
+/// Compiles rules files given as (path, text); relative page paths are taken from each file's folder.
+pub fn compile(files: &[(PathBuf, String)]) -> Result<RuleSet, Diagnostics> {
+    let mut c = Compiler::default();
+    let mut parsed = Vec::new();
+    for (path, text) in files {
+        match parse_yaml::<RulesFile>(path, text) {
+            Ok(f) => parsed.push((path.as_path(), f)),
+            Err(d) => c.diags.push(d),
+        }
+    }
+    for (path, f) in &parsed {
+        c.networks(path, f);
+        c.pools(path, f);
+        c.services(path, f);
+    }
+    for (path, f) in &parsed {
+        for site in &f.sites {
+            c.site(path, site);
+        }
+    }
+    for (path, f) in &parsed {
+        c.defaults(path, f);
+    }
+    let Compiler { diags, set, .. } = c;
+    diags.finish(set)
+}
+
+impl RuleSet {
+    /// A rule set with nothing in it (every host 404).
+    pub fn empty() -> Self {
+        RuleSet {
+            sites: Vec::new(),
+            services: Vec::new(),
+            pools: Vec::new(),
+            error_pages: HashMap::new(),
+            hosts: HostIndex::default(),
+            default_site: None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Compiler {
+    diags: Diagnostics,
+    set: RuleSet,
+    networks: HashMap<String, Vec<IpNet>>,
+    pool_index: HashMap<String, usize>,
+    service_index: HashMap<String, usize>,
+    server_names: HashSet<String>,
+    server_count: usize,
+    site_names: HashSet<String>,
+}
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        RuleSet::empty()
+    }
+}
+
+fn at<T>(s: &Spanned<T>) -> Pos {
+    Pos::of(&s.referenced)
+}
+
+impl Compiler {
+    fn err(&mut self, file: &Path, pos: Pos, msg: impl Into<String>) {
+        self.diags.push(Diagnostic::new(file, pos, msg));
+    }
+
+    fn err_hint(&mut self, file: &Path, pos: Pos, msg: impl Into<String>, hint: impl Into<String>) {
+        self.diags.push(Diagnostic::new(file, pos, msg).hint(hint));
+    }
+
+    fn networks(&mut self, file: &Path, f: &RulesFile) {
+        for (name, list) in &f.networks {
+            let mut nets = Vec::new();
+            for cidr in &list.value {
+                let text = cidr.value.trim();
+                let parsed = text
+                    .parse::<IpNet>()
+                    .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
+                match parsed {
+                    Ok(n) => nets.push(n.trunc()),
+                    Err(_) => self.err_hint(
+                        file,
+                        at(cidr),
+                        format!("network `{name}`: `{text}` is not a CIDR"),
+                        "an address or network such as 10.0.0.0/8 or 2001:db8::/32",
+                    ),
+                }
+            }
+            if self.networks.insert(name.clone(), nets).is_some() {
+                self.err(file, at(list), format!("network `{name}` is defined twice"));
+            }
+        }
+    }
+
+    fn pools(&mut self, file: &Path, f: &RulesFile) {
+        for (name, pool) in &f.pools {
+            let p = &pool.value;
+            if p.slots == 0 {
+                self.err(file, at(pool), format!("pool `{name}`: slots must be at least 1"));
+            }
+            let queue_timeout = match &p.queue_timeout {
+                None => Duration::from_secs(10),
+                Some(t) => parse_duration(&t.value.0).unwrap_or_else(|e| {
+                    self.err(file, at(t), format!("pool `{name}`: queue_timeout: {e}"));
+                    Duration::ZERO
+                }),
+            };
+            if self.pool_index.contains_key(name) {
+                self.err(file, at(pool), format!("pool `{name}` is defined twice"));
+                continue;
+            }
+            self.pool_index.insert(name.clone(), self.set.pools.len());
+            self.set.pools.push(PoolSpec {
+                name: name.as_str().into(),
+                slots: p.slots,
+                queue: p.queue,
+                queue_timeout,
+            });
+        }
+    }
+
+    fn services(&mut self, file: &Path, f: &RulesFile) {
+        for (name, svc) in &f.services {
+            let s = &svc.value;
+            let blue = self.servers(file, name, &s.blue);
+            let green = self.servers(file, name, &s.green);
+            let live_empty = match s.live.value {
+                super::Colour::Blue => blue.is_empty(),
+                super::Colour::Green => green.is_empty(),
+            };
+            if live_empty {
+                self.err_hint(
+                    file,
+                    at(&s.live),
+                    format!("service `{name}`: the live colour `{}` has no servers", s.live.value.as_str()),
+                    "at least one server in the live colour's list",
+                );
+            }
+            let backup_page = s.backup_page.as_ref().and_then(|p| self.page(file, p));
+            if self.service_index.contains_key(name) {
+                self.err(file, at(svc), format!("service `{name}` is defined twice"));
+                continue;
+            }
+            self.service_index.insert(name.clone(), self.set.services.len());
+            self.set.services.push(Arc::new(Service {
+                name: name.as_str().into(),
+                live: s.live.value,
+                blue,
+                green,
+                backup_page,
+                cursor: Default::default(),
+            }));
+        }
+    }
+
+    fn servers(&mut self, file: &Path, service: &str, list: &[Spanned<ServerFile>]) -> Vec<Arc<Server>> {
+        let mut out = Vec::new();
+        for s in list {
+            let name = s.value.name.value.trim();
+            if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == ',') {
+                self.err(file, at(&s.value.name), format!("service `{service}`: server name `{name}` must be one word"));
+            }
+            if !self.server_names.insert(name.to_string()) {
+                self.err(file, at(&s.value.name), format!("server name `{name}` is used twice"));
+            }
+            let addr = match s.value.addr.value.trim().parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    self.err_hint(
+                        file,
+                        at(&s.value.addr),
+                        format!("server `{name}`: `{}` is not an address", s.value.addr.value),
+                        "ip:port such as 10.0.1.11:5000 or [2001:db8::1]:5000",
+                    );
+                    continue;
+                }
+            };
+            let Ok(authority) = addr.to_string().parse::<http::uri::Authority>() else {
+                continue;
+            };
+            self.server_count += 1;
+            out.push(Arc::new(Server {
+                id: self.server_count - 1,
+                name: name.into(),
+                addr,
+                authority,
+                weight: s.value.weight.unwrap_or(1),
+            }));
+        }
+        out
+    }
+
+    fn page(&mut self, file: &Path, p: &Spanned<String>) -> Option<Bytes> {
+        let path = file.parent().unwrap_or(Path::new(".")).join(&p.value);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.len() > MAX_PAGE_BYTES => {
+                self.err(file, at(p), format!("page {} is larger than 1 MiB", path.display()));
+                None
+            }
+            Ok(m) if m.len() == 0 => {
+                self.err(file, at(p), format!("page {} is empty", path.display()));
+                None
+            }
+            Ok(_) => match std::fs::read(&path) {
+                Ok(b) => Some(Bytes::from(b)),
+                Err(e) => {
+                    self.err(file, at(p), format!("cannot read page {}: {e}", path.display()));
+                    None
+                }
+            },
+            Err(e) => {
+                self.err_hint(
+                    file,
+                    at(p),
+                    format!("cannot read page {}: {e}", path.display()),
+                    "a path relative to this rules file",
+                );
+                None
+            }
+        }
+    }
+
+    fn allow_list(&mut self, file: &Path, names: &[Spanned<String>]) -> Arc<AllowList> {
+        let mut nets = Vec::new();
+        let mut labels = Vec::new();
+        for n in names {
+            match self.networks.get(&n.value) {
+                Some(list) => nets.extend_from_slice(list),
+                None => {
+                    let known: Vec<&str> = self.networks.keys().map(String::as_str).collect();
+                    self.err_hint(
+                        file,
+                        at(n),
+                        format!("unknown network `{}`", n.value),
+                        format!("one of the networks defined: {}", known.join(", ")),
+                    );
+                }
+            }
+            labels.push(n.value.clone());
+        }
+        Arc::new(AllowList::new(labels, &nets))
+    }
+
+    fn size(&mut self, file: &Path, what: &str, v: &Option<Spanned<crate::units::Scalar>>) -> Option<u64> {
+        let v = v.as_ref()?;
+        match parse_size(&v.value.0) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.err_hint(file, at(v), format!("{what}: {e}"), "a size such as 10MiB or 1048576");
+                None
+            }
+        }
+    }
+
+    fn site(&mut self, file: &Path, spanned: &Spanned<SiteFile>) {
+        let s = &spanned.value;
+        let name = s.name.value.clone();
+        if !self.site_names.insert(name.clone()) {
+            self.err(file, at(&s.name), format!("site `{name}` is defined twice"));
+        }
+        let index = self.set.sites.len();
+        let mut hosts = Vec::new();
+        for h in &s.hosts {
+            match HostPattern::parse(&h.value) {
+                Ok(p) => {
+                    let (map, key) = match &p {
+                        HostPattern::Exact(k) => (&mut self.set.hosts.exact, k),
+                        HostPattern::FirstLabel(k) => (&mut self.set.hosts.first_label, k),
+                        HostPattern::Suffix(k) => (&mut self.set.hosts.suffix, k),
+                    };
+                    if map.insert(key.clone(), index).is_some() {
+                        self.err(file, at(h), format!("site `{name}`: host `{}` is already claimed by another site", h.value));
+                    }
+                    hosts.push(p);
+                }
+                Err(e) => self.err_hint(
+                    file,
+                    at(h),
+                    format!("site `{name}`: {e}"),
+                    "data.example.org, *.example.org or store.*",
+                ),
+            }
+        }
+        if s.hosts.is_empty() {
+            self.err(file, at(spanned), format!("site `{name}` has no hosts"));
+        }
+        let site_allow = s.allow_from.as_ref().map(|l| self.allow_list(file, l));
+        let site_max_body = self.size(file, &format!("site `{name}`: max_body"), &s.max_body);
+        let hsts = s.hosts_hsts(file, self);
+        let mut routes: Vec<Route> = Vec::new();
+        for (i, r) in s.routes.iter().enumerate() {
+            if let Some(route) = self.route(file, &name, i, r, &site_allow, site_max_body) {
+                if let Some(earlier) = routes.iter().find(|e| route.path.is_shadowed_by(&e.path)) {
+                    self.err_hint(
+                        file,
+                        at(r),
+                        format!(
+                            "site `{name}`: route `{}` can never match: route `{}` ({}) takes all its paths first",
+                            route.name,
+                            earlier.name,
+                            earlier.path.describe()
+                        ),
+                        "more specific routes before broader ones",
+                    );
+                }
+                routes.push(route);
+            }
+        }
+        if s.routes.is_empty() {
+            self.err(file, at(spanned), format!("site `{name}` has no routes"));
+        }
+        self.set.sites.push(Site {
+            index,
+            name: name.into(),
+            hosts,
+            colour: s.colour,
+            hsts,
+            routes,
+        });
+    }
+
+    fn route(
+        &mut self,
+        file: &Path,
+        site: &str,
+        i: usize,
+        spanned: &Spanned<RouteFile>,
+        site_allow: &Option<Arc<AllowList>>,
+        site_max_body: Option<u64>,
+    ) -> Option<Route> {
+        let r = &spanned.value;
+        let pos = at(spanned);
+        let name: Arc<str> = match &r.name {
+            Some(n) => n.value.as_str().into(),
+            None => format!("{site}#{}", i + 1).into(),
+        };
+        let path = match &r.path {
+            None => PathPattern::Any,
+            Some(PathFile::Exact(p)) | Some(PathFile::Prefix(p)) if !p.value.starts_with('/') => {
+                self.err_hint(file, at(p), format!("route `{name}`: path `{}` does not start with /", p.value), "a path such as /api/");
+                return None;
+            }
+            Some(PathFile::Exact(p)) => PathPattern::Exact(p.value.clone()),
+            Some(PathFile::Prefix(p)) => PathPattern::prefix(&p.value),
+            Some(PathFile::Regex(p)) => match regex::Regex::new(&format!("^(?:{})$", p.value)) {
+                Ok(re) => PathPattern::Regex(re),
+                Err(e) => {
+                    let first = e.to_string().lines().last().unwrap_or("").trim().to_string();
+                    self.err_hint(file, at(p), format!("route `{name}`: bad regex: {first}"), "a regular expression (Rust regex syntax)");
+                    return None;
+                }
+            },
+        };
+        let action = match (&r.deny, &r.service, &r.pool) {
+            (Some(status), None, None) => match StatusCode::from_u16(status.value) {
+                Ok(s) if (400..600).contains(&status.value) => Action::Deny(s),
+                _ => {
+                    self.err_hint(file, at(status), format!("route `{name}`: deny {} is not an error status", status.value), "a status from 400 to 599");
+                    return None;
+                }
+            },
+            (None, Some(service), Some(pool)) => {
+                let s = self.service_index.get(&service.value).copied();
+                let p = self.pool_index.get(&pool.value).copied();
+                if s.is_none() {
+                    let known: Vec<&str> = self.service_index.keys().map(String::as_str).collect();
+                    self.err_hint(file, at(service), format!("route `{name}`: unknown service `{}`", service.value), format!("one of: {}", known.join(", ")));
+                }
+                if p.is_none() {
+                    let known: Vec<&str> = self.pool_index.keys().map(String::as_str).collect();
+                    self.err_hint(file, at(pool), format!("route `{name}`: unknown pool `{}`", pool.value), format!("one of: {}", known.join(", ")));
+                }
+                Action::Forward { pool: p?, service: s? }
+            }
+            _ => {
+                self.err_hint(file, pos, format!("route `{name}` must either deny or forward"), "`deny: <status>`, or both `service:` and `pool:`");
+                return None;
+            }
+        };
+        let allow = match &r.allow_from {
+            Some(l) => Some(self.allow_list(file, l)),
+            None => site_allow.clone(),
+        };
+        let max_body = self.size(file, &format!("route `{name}`: max_body"), &r.max_body).or(site_max_body);
+        Some(Route { name, path, action, allow, max_body })
+    }
+
+    fn defaults(&mut self, file: &Path, f: &RulesFile) {
+        if let Some(d) = &f.default_site {
+            match self.set.sites.iter().position(|s| *s.name == *d.value) {
+                Some(i) => self.set.default_site = Some(i),
+                None => self.err(file, at(d), format!("default_site `{}` is not a site", d.value)),
+            }
+        }
+        for (code, page) in &f.error_pages {
+            if !(400..600).contains(code) {
+                self.err(file, at(page), format!("error_pages: {code} is not an error status"));
+                continue;
+            }
+            if let Some(body) = self.page(file, page) {
+                self.set.error_pages.insert(*code, body);
+            }
+        }
+    }
+}
+
+impl SiteFile {
+    fn hosts_hsts(&self, file: &Path, c: &mut Compiler) -> Option<http::HeaderValue> {
+        let v = match &self.hsts {
+            None => return http::HeaderValue::from_str("max-age=31536000").ok(),
+            Some(v) => v,
+        };
+        match parse_duration(&v.value.0) {
+            Ok(d) if d.is_zero() => None,
+            Ok(d) => http::HeaderValue::from_str(&format!("max-age={}", d.as_secs())).ok(),
+            Err(e) => {
+                c.err_hint(file, at(v), format!("site `{}`: hsts: {e}", self.name.value), "a max-age such as 365d, or 0 to turn it off");
+                None
+            }
+        }
+    }
+}

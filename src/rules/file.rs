@@ -1,0 +1,162 @@
+//! The rules file as ops write it: a serde mirror whose doc comments are the manual.
+//!
+//! Unknown keys are refused everywhere (`deny_unknown_fields`) so a typo is an error
+//! with a line and column, never a silently ignored setting. Values that later checks
+//! need to point at are wrapped in `Spanned`.
+
+use crate::units::Scalar;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::collections::BTreeMap;
+
+/// One rules file. A rules directory may hold several; their sections are merged.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesFile {
+    /// Named lists of CIDRs, e.g. `campus: [155.198.0.0/16, 2001:630:12::/48]`.
+    #[serde(default)]
+    pub networks: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+    /// Traffic classes: `static`, `app`, `files`, each with its own slots and queue.
+    #[serde(default)]
+    pub pools: BTreeMap<String, Spanned<PoolFile>>,
+    /// Backend services with a blue and a green server list and which colour is live.
+    #[serde(default)]
+    pub services: BTreeMap<String, Spanned<ServiceFile>>,
+    /// Sites chosen by Host, each with ordered routes.
+    #[serde(default)]
+    pub sites: Vec<Spanned<SiteFile>>,
+    /// The site that serves hosts no site names (otherwise such requests get 404).
+    #[serde(default)]
+    pub default_site: Option<Spanned<String>>,
+    /// Replacement HTML pages for the proxy's own error responses, by status code.
+    #[serde(default)]
+    pub error_pages: BTreeMap<u16, Spanned<String>>,
+}
+
+/// A traffic class: requests in flight at once, and how many may wait for a slot.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFile {
+    /// Requests in flight at once across the pool's servers.
+    pub slots: u32,
+    /// How many requests may wait for a slot; beyond that, 503 at once.
+    #[serde(default)]
+    pub queue: u32,
+    /// How long a request may wait in the queue before it gets 503 and Retry-After.
+    #[serde(default)]
+    pub queue_timeout: Option<Spanned<Scalar>>,
+}
+
+/// The two colours of a blue/green deployment.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Colour {
+    /// The blue stack.
+    Blue,
+    /// The green stack.
+    Green,
+}
+
+/// A backend service: the same application deployed twice, blue and green.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    /// Which colour serves the normal hosts; the other one serves the `-dev` hosts.
+    pub live: Spanned<Colour>,
+    /// The blue servers.
+    #[serde(default)]
+    pub blue: Vec<Spanned<ServerFile>>,
+    /// The green servers.
+    #[serde(default)]
+    pub green: Vec<Spanned<ServerFile>>,
+    /// HTML page served with 503 when no server of the service can take the request.
+    #[serde(default)]
+    pub backup_page: Option<Spanned<String>>,
+}
+
+/// One backend server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// Stable name used in logs and stats (e.g. `ui-blue-1`); unique across services.
+    pub name: Spanned<String>,
+    /// `ip:port` the proxy connects to.
+    pub addr: Spanned<String>,
+    /// Relative share of requests under weighted balancing (default 1).
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+/// Which colour of each service a site is served by.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ColourChoice {
+    /// The colour the service names as `live` (the normal hosts).
+    #[default]
+    Live,
+    /// The other colour (the `-dev` hosts, for testing the next release).
+    Other,
+}
+
+/// A site: a set of host names and the routes that serve them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteFile {
+    /// Name used in logs and stats.
+    pub name: Spanned<String>,
+    /// Host patterns: `data.example.org`, `*.example.org`, or `store.*` (first label).
+    pub hosts: Vec<Spanned<String>>,
+    /// `live` (default) or `other`: which colour of each service serves this site.
+    #[serde(default)]
+    pub colour: ColourChoice,
+    /// Only clients from these named networks may use the site; others get 403.
+    #[serde(default)]
+    pub allow_from: Option<Vec<Spanned<String>>>,
+    /// Largest request body for every route of the site (routes may set their own).
+    #[serde(default)]
+    pub max_body: Option<Spanned<Scalar>>,
+    /// `Strict-Transport-Security` max-age for the site's HTTPS responses; `0` turns it off.
+    #[serde(default)]
+    pub hsts: Option<Spanned<Scalar>>,
+    /// Routes tried in order; the first whose path matches serves the request.
+    pub routes: Vec<Spanned<RouteFile>>,
+}
+
+/// How a route matches the (normalized) request path.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathFile {
+    /// The path equals this exactly.
+    Exact(Spanned<String>),
+    /// The path is this or continues it at a `/` (`/api` matches `/api` and `/api/x`, not `/apix`).
+    Prefix(Spanned<String>),
+    /// The whole path matches this regular expression (anchored at both ends).
+    Regex(Spanned<String>),
+}
+
+/// One route: a path match and what to do with matching requests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// Name used in logs and stats (defaults to `<site>#<n>`).
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    /// Which paths the route takes; without it, every path.
+    #[serde(default)]
+    pub path: Option<PathFile>,
+    /// Answer with this status instead of forwarding (e.g. `deny: 403`).
+    #[serde(default)]
+    pub deny: Option<Spanned<u16>>,
+    /// The traffic class whose slots the request uses.
+    #[serde(default)]
+    pub pool: Option<Spanned<String>>,
+    /// The service that serves the request.
+    #[serde(default)]
+    pub service: Option<Spanned<String>>,
+    /// Only clients from these named networks; replaces the site's list for this route.
+    #[serde(default)]
+    pub allow_from: Option<Vec<Spanned<String>>>,
+    /// Largest request body for this route (413 beyond it).
+    #[serde(default)]
+    pub max_body: Option<Spanned<Scalar>>,
+}

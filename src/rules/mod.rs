@@ -1,0 +1,258 @@
+//! Rules: what ops edit while the proxy runs, compiled into an immutable [`RuleSet`].
+//!
+//! Pure: no tokio, no sockets. `file` is the serde mirror (the manual), `compile`
+//! turns it into a `RuleSet` while collecting every error, `matcher` holds the
+//! compiled host/path/network matchers. A `RuleSet` is never edited: a reload
+//! compiles a new one and swaps it in whole.
+
+pub mod compile;
+pub mod file;
+pub mod matcher;
+
+use bytes::Bytes;
+use http::StatusCode;
+use matcher::{AllowList, HostPattern, PathPattern};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub use compile::{compile, load};
+pub use file::{Colour, ColourChoice};
+
+/// A compiled, immutable generation of the rules.
+#[derive(Debug)]
+pub struct RuleSet {
+    /// Sites in file order.
+    pub sites: Vec<Site>,
+    /// Services by index (routes refer to them by index).
+    pub services: Vec<Arc<Service>>,
+    /// Traffic classes by index.
+    pub pools: Vec<PoolSpec>,
+    /// Replacement pages for the proxy's own error responses.
+    pub error_pages: HashMap<u16, Bytes>,
+    hosts: HostIndex,
+    default_site: Option<usize>,
+}
+
+/// Host name → site, exact names first, then `first.*`, then `*.suffix` (longest first).
+#[derive(Debug, Default)]
+struct HostIndex {
+    exact: HashMap<String, usize>,
+    first_label: HashMap<String, usize>,
+    suffix: HashMap<String, usize>,
+}
+
+/// A site: host names and ordered routes.
+#[derive(Debug)]
+pub struct Site {
+    /// Position in `RuleSet::sites` (counters are looked up by it).
+    pub index: usize,
+    /// Name for logs and stats.
+    pub name: Arc<str>,
+    /// The host patterns it claims.
+    pub hosts: Vec<HostPattern>,
+    /// Which colour of each service serves it.
+    pub colour: ColourChoice,
+    /// `Strict-Transport-Security` value for HTTPS responses, if any.
+    pub hsts: Option<http::HeaderValue>,
+    /// Routes in order.
+    pub routes: Vec<Route>,
+}
+
+/// One route of a site.
+#[derive(Debug)]
+pub struct Route {
+    /// Name for logs and stats.
+    pub name: Arc<str>,
+    /// Which paths it takes.
+    pub path: PathPattern,
+    /// Forward, or answer with a status.
+    pub action: Action,
+    /// Who may use it (site list unless the route sets its own); `None` = everyone.
+    pub allow: Option<Arc<AllowList>>,
+    /// Largest request body in bytes; `None` = unlimited.
+    pub max_body: Option<u64>,
+}
+
+/// What a route does with a request.
+#[derive(Debug)]
+pub enum Action {
+    /// Answer with this status (and its error page).
+    Deny(StatusCode),
+    /// Forward to a service through a traffic-class pool.
+    Forward {
+        /// Index into `RuleSet::pools`.
+        pool: usize,
+        /// Index into `RuleSet::services`.
+        service: usize,
+    },
+}
+
+/// A traffic class: its size and queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolSpec {
+    /// `static`, `app`, `files`, ...
+    pub name: Arc<str>,
+    /// Requests in flight at once.
+    pub slots: u32,
+    /// Requests that may wait for a slot.
+    pub queue: u32,
+    /// How long one may wait.
+    pub queue_timeout: Duration,
+}
+
+/// A backend service with its blue and green servers.
+#[derive(Debug)]
+pub struct Service {
+    /// Name for logs and stats.
+    pub name: Arc<str>,
+    /// Which colour the normal hosts use.
+    pub live: Colour,
+    /// Blue servers.
+    pub blue: Vec<Arc<Server>>,
+    /// Green servers.
+    pub green: Vec<Arc<Server>>,
+    /// Page served with 503 when no server can take a request.
+    pub backup_page: Option<Bytes>,
+    /// Round-robin cursor; restarting it on reload is harmless.
+    cursor: AtomicUsize,
+}
+
+/// One backend server.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Server {
+    /// Index among all servers of this rule set (stats slots are looked up by it).
+    pub id: usize,
+    /// Stable name (logs, stats, `X-Served-By` in the demo).
+    pub name: Arc<str>,
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// `ip:port` as a URI authority, built once.
+    pub authority: http::uri::Authority,
+    /// Share under weighted balancing.
+    pub weight: u32,
+}
+
+/// The result of routing one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision<'a> {
+    /// The site that claimed the host.
+    pub site: &'a Site,
+    /// The first route whose path matched.
+    pub route: &'a Route,
+}
+
+impl Colour {
+    /// The other colour.
+    pub fn other(self) -> Colour {
+        match self {
+            Colour::Blue => Colour::Green,
+            Colour::Green => Colour::Blue,
+        }
+    }
+
+    /// Lower-case name, as written in the rules.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Colour::Blue => "blue",
+            Colour::Green => "green",
+        }
+    }
+}
+
+impl Service {
+    /// The colour a site with `choice` is served by.
+    pub fn colour_for(&self, choice: ColourChoice) -> Colour {
+        match choice {
+            ColourChoice::Live => self.live,
+            ColourChoice::Other => self.live.other(),
+        }
+    }
+
+    /// The servers of one colour.
+    pub fn servers(&self, colour: Colour) -> &[Arc<Server>] {
+        match colour {
+            Colour::Blue => &self.blue,
+            Colour::Green => &self.green,
+        }
+    }
+
+    /// The next server in round-robin order among those `usable` says may take a request,
+    /// skipping `avoid` (the server a failed attempt went to).
+    pub fn pick(
+        &self,
+        colour: Colour,
+        avoid: Option<&Server>,
+        usable: impl Fn(&Server) -> bool,
+    ) -> Option<&Arc<Server>> {
+        let servers = self.servers(colour);
+        if servers.is_empty() {
+            return None;
+        }
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        (0..servers.len())
+            .map(|i| &servers[(start + i) % servers.len()])
+            .find(|s| avoid.is_none_or(|a| a.name != s.name) && usable(s))
+    }
+}
+
+impl RuleSet {
+    /// Finds the site for `host` (lower-case, no port) and its first route matching `path`.
+    ///
+    /// `None` for an unknown host without a default site, or a path no route takes.
+    pub fn route(&self, host: &str, path: &str) -> Option<Decision<'_>> {
+        let site = &self.sites[self.site_index(host)?];
+        let route = site.routes.iter().find(|r| r.path.matches(path))?;
+        Some(Decision { site, route })
+    }
+
+    fn site_index(&self, host: &str) -> Option<usize> {
+        let h = &self.hosts;
+        if let Some(&i) = h.exact.get(host) {
+            return Some(i);
+        }
+        let Some((first, mut rest)) = host.split_once('.') else {
+            return self.default_site;
+        };
+        if let Some(&i) = h.first_label.get(first) {
+            return Some(i);
+        }
+        // Longest suffix first: strip one label at a time.
+        loop {
+            if let Some(&i) = h.suffix.get(rest) {
+                return Some(i);
+            }
+            match rest.split_once('.') {
+                Some((_, tail)) => rest = tail,
+                None => return self.default_site,
+            }
+        }
+    }
+
+    /// Whether `ip` may use `route` (no allow-list means everyone).
+    pub fn allows(route: &Route, ip: IpAddr) -> bool {
+        route.allow.as_ref().is_none_or(|a| a.contains(ip))
+    }
+
+    /// The pool spec a forward route uses.
+    pub fn pool(&self, index: usize) -> &PoolSpec {
+        &self.pools[index]
+    }
+
+    /// The service at `index`.
+    pub fn service(&self, index: usize) -> &Arc<Service> {
+        &self.services[index]
+    }
+
+    /// Every server of every service and colour, for health checks and stats.
+    pub fn all_servers(&self) -> impl Iterator<Item = (&Service, Colour, &Arc<Server>)> {
+        self.services.iter().flat_map(|svc| {
+            svc.blue
+                .iter()
+                .map(move |s| (&**svc, Colour::Blue, s))
+                .chain(svc.green.iter().map(move |s| (&**svc, Colour::Green, s)))
+        })
+    }
+}

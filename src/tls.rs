@@ -1,0 +1,136 @@
+//! TLS termination: certificates chosen by SNI, TLS 1.2/1.3, ALPN h2 + http/1.1.
+//!
+//! The certificate store sits behind an `ArcSwap` so certificates can be replaced
+//! while running without touching listeners or established sessions.
+
+use crate::config::CertPaths;
+use crate::diag::{Diagnostic, Diagnostics};
+use arc_swap::ArcSwap;
+use pki_types::pem::PemObject;
+use pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The one crypto provider (aws-lc-rs); passed explicitly so two providers never clash.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Certificates by the names they are valid for.
+#[derive(Debug)]
+pub struct CertStore {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+    /// Names per certificate, in config order (for `check` and the stats page).
+    pub names: Vec<Vec<String>>,
+}
+
+impl CertStore {
+    /// Loads every certificate; the first one is served to clients that send no SNI
+    /// or a name no certificate covers.
+    pub fn load(config_file: &Path, certs: &[CertPaths]) -> Result<CertStore, Diagnostics> {
+        let provider = provider();
+        let mut diags = Diagnostics::default();
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        let mut default = None;
+        let mut all_names = Vec::new();
+        for c in certs {
+            match load_one(&provider, c) {
+                Ok((key, names)) => {
+                    let key = Arc::new(key);
+                    for n in &names {
+                        match n.strip_prefix("*.") {
+                            Some(sfx) => wildcard.entry(sfx.to_string()).or_insert_with(|| key.clone()),
+                            None => exact.entry(n.clone()).or_insert_with(|| key.clone()),
+                        };
+                    }
+                    default.get_or_insert(key);
+                    all_names.push(names);
+                }
+                Err(msg) => diags.push(Diagnostic::new(config_file, c.pos, msg)),
+            }
+        }
+        match default {
+            Some(default) if diags.is_empty() => Ok(CertStore { exact, wildcard, default, names: all_names }),
+            _ => {
+                if diags.is_empty() {
+                    diags.push(Diagnostic::new(config_file, Default::default(), "no certificate configured"));
+                }
+                Err(diags)
+            }
+        }
+    }
+
+    /// The certificate for an SNI name: exact, then `*.` one label up, then the default.
+    pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        if let Some(name) = sni {
+            if let Some(k) = self.exact.get(name) {
+                return k.clone();
+            }
+            if let Some((_, parent)) = name.split_once('.') {
+                if let Some(k) = self.wildcard.get(parent) {
+                    return k.clone();
+                }
+            }
+        }
+        self.default.clone()
+    }
+}
+
+fn load_one(provider: &CryptoProvider, c: &CertPaths) -> Result<(CertifiedKey, Vec<String>), String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("certificate {}: {e}", c.cert.display()))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| format!("certificate {}: no certificate in the file", c.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&c.key).map_err(|e| format!("key {}: {e}", c.key.display()))?;
+    let names = names_of(leaf).map_err(|e| format!("certificate {}: {e}", c.cert.display()))?;
+    let certified = CertifiedKey::from_der(chain, key, provider)
+        .map_err(|e| format!("certificate {} and key {} do not go together: {e}", c.cert.display(), c.key.display()))?;
+    Ok((certified, names))
+}
+
+/// The DNS names a certificate is valid for (subjectAltName), lower-cased.
+fn names_of(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    use x509_parser::prelude::*;
+    let (_, x509) = X509Certificate::from_der(cert.as_ref()).map_err(|e| e.to_string())?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = x509.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// SNI resolver over a swappable store.
+#[derive(Debug)]
+pub struct SniResolver(pub Arc<ArcSwap<CertStore>>);
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().pick(hello.server_name()))
+    }
+}
+
+/// The rustls server config: TLS 1.2 and 1.3 only, ALPN h2 then http/1.1, session
+/// tickets on (resumption is what keeps reconnecting browsers cheap).
+pub fn server_config(store: Arc<ArcSwap<CertStore>>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver(store)));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(20_000);
+    Ok(Arc::new(cfg))
+}
