@@ -110,7 +110,7 @@ impl Config {
 fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
     let mut diags = Diagnostics::default();
     let base = path.parent().unwrap_or(Path::new("."));
-    let resolve = |p: &str| base.join(p);
+    let resolve = |p: &str| lexical(&base.join(p));
     let at = |s: &Spanned<String>| Pos::of(&s.referenced);
     let addr = |diags: &mut Diagnostics, s: &Spanned<String>| match s.value.trim().parse::<SocketAddr>() {
         Ok(a) => Some(a),
@@ -224,4 +224,28 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         access_log,
         workers,
     })
+}
+
+/// Resolves `.` and `..` in a path without touching the disk, so errors name
+/// `rules/repository.yaml`, not `config/../rules/repository.yaml`.
+fn lexical(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir) => {}
+                _ => out.push(".."),
+            },
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }

@@ -10,8 +10,8 @@ use std::path::Path;
 /// The certificates the demo config names: file stem and the names each covers.
 /// The first is the default (clients without SNI).
 pub const DEMO_CERTS: [(&str, &[&str]); 3] = [
-    ("default", &["localhost", "*.localhost"]),
-    ("data", &["data.localhost", "data-dev.localhost"]),
+    ("default", &["localhost", "*.localhost", "127.0.0.1"]),
+    ("data", &["data.localhost", "data-dev.localhost", "*.data.localhost"]),
     ("store", &["store.localhost", "store-dev.localhost"]),
 ];
 

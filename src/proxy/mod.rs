@@ -75,6 +75,12 @@ pub async fn handle(
     let generation = shared.state.load_full();
     let mut rec = Record::new(&shared, &conn, &req, generation.clone());
     let body_pending = !req.body().is_end_stream();
+    // hyper resolves Content-Length + Transfer-Encoding as HAProxy does (chunked wins, the
+    // length is dropped) but would keep the connection open, and it hides which of the two
+    // was sent. So every HTTP/1.1 chunked request closes its connection after the response:
+    // nothing the client sent after it can be taken as a new request. Browsers never send
+    // chunked uploads, so this costs keep-alive only to unusual clients.
+    let close_after = req.version() == Version::HTTP_11 && req.headers().contains_key(header::TRANSFER_ENCODING);
     let resp = match handle_inner(&shared, &conn, &generation, req, &mut rec).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -83,6 +89,10 @@ pub async fn handle(
             error_response(&generation.rules, &e, rec.backup.as_ref(), body_pending)
         }
     };
+    let mut resp = resp;
+    if close_after {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     rec.status = resp.status().as_u16();
     Ok(resp.map(|b| b.hold(Box::new(rec))))
 }
@@ -119,10 +129,6 @@ async fn handle_inner(
         if **sni != *host {
             return Err(ProxyError::Misdirected);
         }
-    }
-    if req.headers().contains_key(header::TRANSFER_ENCODING) && req.headers().contains_key(header::CONTENT_LENGTH) {
-        // Ambiguous framing (request smuggling): refuse, never guess.
-        return Err(ProxyError::BadRequest("both Content-Length and Transfer-Encoding"));
     }
     let path_and_query = checked_path(req.uri())?;
     let path = path_and_query.path();

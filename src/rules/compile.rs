@@ -292,7 +292,8 @@ impl Compiler {
             match self.networks.get(&n.value) {
                 Some(list) => nets.extend_from_slice(list),
                 None => {
-                    let known: Vec<&str> = self.networks.keys().map(String::as_str).collect();
+                    let mut known: Vec<&str> = self.networks.keys().map(String::as_str).collect();
+                    known.sort_unstable();
                     self.err_hint(
                         file,
                         at(n),
@@ -399,20 +400,22 @@ impl Compiler {
             Some(n) => n.value.as_str().into(),
             None => format!("{site}#{}", i + 1).into(),
         };
+        // Every part is checked even when an earlier one failed, so one edit's mistakes
+        // are all reported together.
         let path = match &r.path {
-            None => PathPattern::Any,
+            None => Some(PathPattern::Any),
             Some(PathFile::Exact(p)) | Some(PathFile::Prefix(p)) if !p.value.starts_with('/') => {
                 self.err_hint(file, at(p), format!("route `{name}`: path `{}` does not start with /", p.value), "a path such as /api/");
-                return None;
+                None
             }
-            Some(PathFile::Exact(p)) => PathPattern::Exact(p.value.clone()),
-            Some(PathFile::Prefix(p)) => PathPattern::prefix(&p.value),
+            Some(PathFile::Exact(p)) => Some(PathPattern::Exact(p.value.clone())),
+            Some(PathFile::Prefix(p)) => Some(PathPattern::prefix(&p.value)),
             Some(PathFile::Regex(p)) => match regex::Regex::new(&format!("^(?:{})$", p.value)) {
-                Ok(re) => PathPattern::Regex(re),
+                Ok(re) => Some(PathPattern::Regex(re)),
                 Err(e) => {
                     let first = e.to_string().lines().last().unwrap_or("").trim().to_string();
                     self.err_hint(file, at(p), format!("route `{name}`: bad regex: {first}"), "a regular expression (Rust regex syntax)");
-                    return None;
+                    None
                 }
             },
         };
@@ -428,14 +431,19 @@ impl Compiler {
                 let s = self.service_index.get(&service.value).copied();
                 let p = self.pool_index.get(&pool.value).copied();
                 if s.is_none() {
-                    let known: Vec<&str> = self.service_index.keys().map(String::as_str).collect();
+                    let mut known: Vec<&str> = self.service_index.keys().map(String::as_str).collect();
+                    known.sort_unstable();
                     self.err_hint(file, at(service), format!("route `{name}`: unknown service `{}`", service.value), format!("one of: {}", known.join(", ")));
                 }
                 if p.is_none() {
-                    let known: Vec<&str> = self.pool_index.keys().map(String::as_str).collect();
+                    let mut known: Vec<&str> = self.pool_index.keys().map(String::as_str).collect();
+                    known.sort_unstable();
                     self.err_hint(file, at(pool), format!("route `{name}`: unknown pool `{}`", pool.value), format!("one of: {}", known.join(", ")));
                 }
-                Action::Forward { pool: p?, service: s? }
+                match (p, s) {
+                    (Some(pool), Some(service)) => Action::Forward { pool, service },
+                    _ => return None,
+                }
             }
             _ => {
                 self.err_hint(file, pos, format!("route `{name}` must either deny or forward"), "`deny: <status>`, or both `service:` and `pool:`");
@@ -447,7 +455,7 @@ impl Compiler {
             None => site_allow.clone(),
         };
         let max_body = self.size(file, &format!("route `{name}`: max_body"), &r.max_body).or(site_max_body);
-        Some(Route { name, path, action, allow, max_body })
+        Some(Route { name, path: path?, action, allow, max_body })
     }
 
     fn defaults(&mut self, file: &Path, f: &RulesFile) {

@@ -1,0 +1,94 @@
+//! `gatehouse check`: exit codes and file:line:column errors.
+
+use crate::harness::root;
+use std::process::Command;
+
+fn workdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    gatehouse::demo::prepare(dir.path()).unwrap();
+    dir
+}
+
+fn check(dir: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["check", "-c", "config/gatehouse.yaml"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn edit(dir: &std::path::Path, from: &str, to: &str) {
+    let p = dir.join("rules/repository.yaml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert!(text.contains(from), "{from}");
+    std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn shipped_files_are_valid() {
+    let dir = workdir();
+    let (code, out, err) = check(dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("valid (4 sites"), "{out}");
+    // The shipped files in the repository are the ones the demo writes.
+    let shipped = std::fs::read_to_string(root().join("rules/repository.yaml")).unwrap();
+    assert_eq!(shipped, std::fs::read_to_string(dir.path().join("rules/repository.yaml")).unwrap());
+}
+
+#[test]
+fn typo_key_is_reported_with_line_and_column() {
+    let dir = workdir();
+    edit(dir.path(), "    live: blue", "    lvie: blue");
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("rules/repository.yaml:19:5: unknown field `lvie`"), "{err}");
+}
+
+#[test]
+fn every_semantic_error_at_once() {
+    let dir = workdir();
+    edit(dir.path(), "campus: [127.0.0.1/32]", "campus: [127.0.0.1/33]");
+    edit(dir.path(), "allow_from: [campus]", "allow_from: [campuss]");
+    edit(dir.path(), "service: api, max_body: 1TiB", "service: apii, max_body: 1TiB");
+    edit(dir.path(), "regex: '/records/[^/]+/files/[^/]+' }, pool: files, service: api", "regex: '/records/[^/+/files' }, pool: files, service: api");
+    edit(dir.path(), "backup_page: pages/maintenance.html", "backup_page: pages/nope.html");
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 1);
+    for want in [
+        "rules/repository.yaml:10:12: network `campus`: `127.0.0.1/33` is not a CIDR",
+        "rules/repository.yaml:40:18: unknown network `campuss`",
+        "unknown service `apii` (expected one of: api, ui)",
+        "bad regex",
+        "rules/repository.yaml:26:18: cannot read page",
+        "5 error(s)",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn shadowed_and_duplicate_rules_are_errors() {
+    let dir = workdir();
+    edit(
+        dir.path(),
+        "      - { name: data-static, path: { prefix: /static/ }, pool: static, service: ui }",
+        "      - { name: data-all, path: { prefix: / }, pool: app, service: ui }\n      - { name: data-static, path: { prefix: /static/ }, pool: static, service: ui }",
+    );
+    edit(dir.path(), "hosts: [store-dev.*]", "hosts: [store.*]");
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("route `data-static` can never match: route `data-all`"), "{err}");
+    assert!(err.contains("host `store.*` is already claimed"), "{err}");
+}
+
+#[test]
+fn yaml_syntax_and_missing_certificate() {
+    let dir = workdir();
+    edit(dir.path(), "hosts: [data.*]", "hosts: [data.*");
+    std::fs::remove_file(dir.path().join("certs/store.pem")).unwrap();
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("rules/repository.yaml:"), "{err}");
+    assert!(err.contains("config/gatehouse.yaml:17:7: certificate"), "{err}");
+}

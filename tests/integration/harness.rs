@@ -1,0 +1,311 @@
+//! Test harness: the real `gatehouse` binary with the shipped rules, stand-ins on ephemeral ports.
+//!
+//! The shipped `rules/repository.yaml` and `config/gatehouse.yaml` are used as they are,
+//! except that addresses are rewritten to ports the test bound itself, so every test
+//! exercises the deployment ops will run.
+
+use bytes::Bytes;
+use gatehouse::demo::{certs, standin};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use pki_types::pem::PemObject;
+use pki_types::{CertificateDer, ServerName};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+/// A running proxy process and its stand-in stack.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    pub stats: SocketAddr,
+    pub child: Child,
+    pub standins: HashMap<String, Arc<standin::StandIn>>,
+    pub stops: HashMap<String, CancellationToken>,
+    pub ca: Vec<CertificateDer<'static>>,
+    pub stderr_log: PathBuf,
+}
+
+/// How to shape the rules and config before starting.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Replacements applied to the rules text.
+    pub rules_edits: Vec<(String, String)>,
+    /// Replacements applied to the config text.
+    pub config_edits: Vec<(String, String)>,
+    /// Server names whose stand-in is not started (a dead server).
+    pub dead: Vec<String>,
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Stack::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> Stack {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut rules = std::fs::read_to_string(root().join("rules/repository.yaml")).expect("rules");
+        let mut config = std::fs::read_to_string(root().join("config/gatehouse.yaml")).expect("config");
+        for (a, b) in &opts.rules_edits {
+            rules = rules.replace(a, b);
+        }
+        for (a, b) in &opts.config_edits {
+            config = config.replace(a, b);
+        }
+        // Stand-ins on ephemeral ports, named as the rules name them.
+        let mut standins = HashMap::new();
+        let mut stops = HashMap::new();
+        let addr_re = regex::Regex::new(r"\{ name: ([a-z0-9-]+), +addr: (127\.0\.0\.1:\d+) \}").expect("regex");
+        let pairs: Vec<(String, String)> =
+            addr_re.captures_iter(&rules.clone()).map(|c| (c[1].to_string(), c[2].to_string())).collect();
+        for (name, addr) in pairs {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let new_addr = listener.local_addr().expect("addr").to_string();
+            rules = rules.replace(&addr, &new_addr);
+            if opts.dead.contains(&name) {
+                drop(listener);
+                continue;
+            }
+            let stop = CancellationToken::new();
+            let s = standin::serve(name.as_str().into(), listener, stop.clone()).await;
+            standins.insert(name.clone(), s);
+            stops.insert(name, stop);
+        }
+        for port in ["8443", "8080", "8404"] {
+            config = config.replace(&format!("127.0.0.1:{port}]"), "127.0.0.1:0]");
+            config = config.replace(&format!("bind: 127.0.0.1:{port}"), "bind: 127.0.0.1:0");
+        }
+        std::fs::create_dir_all(dir.path().join("config")).expect("mkdir");
+        std::fs::create_dir_all(dir.path().join("rules/pages")).expect("mkdir");
+        std::fs::write(dir.path().join("config/gatehouse.yaml"), config).expect("write");
+        std::fs::write(dir.path().join("rules/repository.yaml"), rules).expect("write");
+        std::fs::copy(root().join("rules/pages/maintenance.html"), dir.path().join("rules/pages/maintenance.html"))
+            .expect("copy");
+        certs::ensure(&dir.path().join("certs")).expect("certs");
+        let ca = CertificateDer::pem_file_iter(dir.path().join("certs/ca.pem"))
+            .expect("ca")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("ca");
+        let stderr_log = dir.path().join("stderr.log");
+        let (child, https, http, stats) = spawn_proxy(&dir.path().join("config/gatehouse.yaml"), &stderr_log);
+        Stack { dir, https, http, stats, child, standins, stops, ca, stderr_log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory of the proxy process so far, in bytes (VmHWM).
+    pub fn peak_rss(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:") * 1024
+    }
+
+    pub fn stop_server(&self, name: &str) {
+        self.stops[name].cancel();
+    }
+
+    pub fn rules_path(&self) -> PathBuf {
+        self.dir.path().join("rules/repository.yaml")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config/gatehouse.yaml")
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.ca, self.https)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn proc_status_kib(pid: u32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Starts `gatehouse run` and waits for its ready line.
+pub fn spawn_proxy(config: &Path, stderr_log: &Path) -> (Child, SocketAddr, SocketAddr, SocketAddr) {
+    let log = std::fs::File::create(stderr_log).expect("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["run", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn gatehouse");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("ready line");
+    assert!(line.starts_with("gatehouse ready"), "no ready line: {line:?}; log: {}", std::fs::read_to_string(stderr_log).unwrap_or_default());
+    let field = |k: &str| -> SocketAddr {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in {line}"))
+    };
+    let (h, p, s) = (field("https"), field("http"), field("stats"));
+    (child, h, p, s)
+}
+
+/// A TLS client that can choose SNI, ALPN and its source address.
+#[derive(Clone)]
+pub struct Client {
+    roots: Arc<rustls::RootCertStore>,
+    pub addr: SocketAddr,
+}
+
+/// One request's knobs.
+#[derive(Clone)]
+pub struct Req {
+    pub sni: Option<String>,
+    pub h2: bool,
+    pub from: Option<IpAddr>,
+}
+
+impl Default for Req {
+    fn default() -> Self {
+        Req { sni: None, h2: false, from: None }
+    }
+}
+
+pub struct Got {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub version: http::Version,
+}
+
+impl Got {
+    pub fn served_by(&self) -> String {
+        self.headers.get("x-served-by").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Client {
+    pub fn new(ca: &[CertificateDer<'static>], addr: SocketAddr) -> Client {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in ca {
+            roots.add(c.clone()).expect("ca");
+        }
+        Client { roots: Arc::new(roots), addr }
+    }
+
+    /// Opens a TLS connection with the given SNI (None: connect by IP, no SNI) and ALPN.
+    pub async fn connect(&self, sni: Option<&str>, alpn: &[&[u8]], from: Option<IpAddr>) -> std::io::Result<TlsStream<TcpStream>> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(self.roots.clone())
+            .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        let name = match sni {
+            Some(s) => ServerName::try_from(s.to_string()).expect("name"),
+            None => ServerName::IpAddress(self.addr.ip().into()),
+        };
+        let sock = TcpSocket::new_v4()?;
+        if let Some(ip) = from {
+            sock.bind(SocketAddr::new(ip, 0))?;
+        }
+        let tcp = sock.connect(self.addr).await?;
+        TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await
+    }
+
+    /// Sends one request on a new connection and reads the whole answer.
+    pub async fn send(&self, r: &Req, req: Request<Full<Bytes>>) -> Got {
+        let resp = self.send_streaming(r, req).await.expect("request");
+        let version = resp.version();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        Got { status: parts.status.as_u16(), headers: parts.headers, body, version }
+    }
+
+    /// Sends one request on a new connection; the body is left to the caller.
+    pub async fn send_streaming<B>(&self, r: &Req, req: Request<B>) -> hyper::Result<Response<Incoming>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let host = req.headers().get("host").and_then(|v| v.to_str().ok()).map(|h| h.split(':').next().unwrap_or(h).to_string());
+        let sni = r.sni.clone().or(host);
+        let alpn: &[&[u8]] = if r.h2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let tls = self.connect(sni.as_deref(), alpn, r.from).await.expect("connect");
+        let io = hyper_util::rt::TokioIo::new(tls);
+        if r.h2 {
+            let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await?;
+            tokio::spawn(conn);
+            // h2 carries the host in :authority, taken from the URI.
+            let (mut parts, body) = req.into_parts();
+            if let Some(h) = parts.headers.remove("host") {
+                let uri = format!("https://{}{}", h.to_str().unwrap_or(""), parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+                parts.uri = uri.parse().expect("uri");
+            }
+            send.send_request(Request::from_parts(parts, body)).await
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(conn);
+            send.send_request(req).await
+        }
+    }
+
+    /// GET `path` on `host` (a demo host name) with default knobs.
+    pub async fn get(&self, host: &str, path: &str) -> Got {
+        self.get_with(host, path, &Req::default()).await
+    }
+
+    pub async fn get_with(&self, host: &str, path: &str, r: &Req) -> Got {
+        let req = Request::get(path).header("host", host).body(Full::new(Bytes::new())).expect("req");
+        self.send(r, req).await
+    }
+}
+
+/// Writes raw bytes over a TLS connection (ALPN http/1.1) and reads until the server closes
+/// or `wait` passes; for requests a well-behaved client library would refuse to send.
+pub async fn raw_tls(client: &Client, sni: &str, bytes: &[u8], wait: Duration) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = client.connect(Some(sni), &[b"http/1.1"], None).await.expect("connect");
+    tls.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let closed = loop {
+        match tokio::time::timeout(wait, tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}

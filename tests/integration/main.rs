@@ -1,0 +1,9 @@
+//! Integration tests: the real binary over real TLS sockets on loopback.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod check_cmd;
+mod demo_curl;
+mod edge;
+mod harness;
+mod routing;
+mod transfer;
