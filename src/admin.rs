@@ -47,9 +47,16 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, stop: CancellationT
     }
 }
 
-async fn answer(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+async fn answer(
+    admin: Arc<Admin>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into()));
+        return Ok(plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        ));
     }
     let g: Arc<Generation> = admin.shared.state.load_full();
     let path = req.uri().path();
@@ -58,19 +65,39 @@ async fn answer(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Response<Pr
         .query()
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("format=")))
         .unwrap_or("");
-    let view = render::View { generation: &g, stats: &admin.shared.stats, reload: &admin.last_reload.load() };
+    let view = render::View {
+        generation: &g,
+        stats: &admin.shared.stats,
+        reload: &admin.last_reload.load(),
+    };
     let resp = match (path, format) {
         ("/healthz", _) => {
             if admin.draining.load(Ordering::Relaxed) {
-                plain(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".into())
+                plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "draining\n".into(),
+                )
             } else {
                 plain(StatusCode::OK, "text/plain", "ok\n".into())
             }
         }
-        ("/stats;csv", _) | ("/stats", "csv") => plain(StatusCode::OK, "text/csv; charset=utf-8", render::csv(&view)),
+        ("/stats;csv", _) | ("/stats", "csv") => plain(
+            StatusCode::OK,
+            "text/csv; charset=utf-8",
+            render::csv(&view),
+        ),
         ("/stats", "json") => plain(StatusCode::OK, "application/json", render::json(&view)),
-        ("/stats", _) => plain(StatusCode::OK, "text/html; charset=utf-8", render::html(&view)),
-        ("/metrics", _) => plain(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", render::prometheus(&view)),
+        ("/stats", _) => plain(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            render::html(&view),
+        ),
+        ("/metrics", _) => plain(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            render::prometheus(&view),
+        ),
         _ => plain(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
     Ok(resp)
@@ -79,7 +106,9 @@ async fn answer(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Response<Pr
 fn plain(status: StatusCode, ctype: &'static str, body: String) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }

@@ -14,14 +14,24 @@ pub fn check(path: &Path) -> Result<String, Diagnostics> {
     if let Err(d) = &rules {
         all.0.extend(d.0.iter().cloned());
     }
-    let certs = if config.https.is_empty() { None } else { Some(CertStore::load(&config.path, &config.certificates)) };
+    let certs = if config.https.is_empty() {
+        None
+    } else {
+        Some(CertStore::load(&config.path, &config.certificates))
+    };
     if let Some(Err(d)) = &certs {
         all.0.extend(d.0.iter().cloned());
     }
     let (Ok(rules), false) = (rules, !all.is_empty()) else {
         return Err(all);
     };
-    let names = certs.and_then(|c| c.ok()).map(|c| c.names.iter().map(|n| n.join(" ")).collect::<Vec<_>>().join("; "));
+    let names = certs.and_then(|c| c.ok()).map(|c| {
+        c.names
+            .iter()
+            .map(|n| n.join(" "))
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
     Ok(format!(
         "{}: valid ({} sites, {} routes, {} services, {} servers, {} pools{})",
         path.display(),
@@ -30,6 +40,8 @@ pub fn check(path: &Path) -> Result<String, Diagnostics> {
         rules.services.len(),
         rules.all_servers().count(),
         rules.pools.len(),
-        names.map(|n| format!("; certificates: {n}")).unwrap_or_default()
+        names
+            .map(|n| format!("; certificates: {n}"))
+            .unwrap_or_default()
     ))
 }

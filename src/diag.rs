@@ -126,7 +126,10 @@ impl From<Diagnostic> for Diagnostics {
 /// Parses a YAML document into its serde mirror, turning a parse error into a diagnostic.
 ///
 /// Unknown keys, wrong types, duplicate keys and syntax errors all arrive here with a location.
-pub fn parse_yaml<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result<T, Diagnostic> {
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    text: &str,
+) -> Result<T, Diagnostic> {
     let options = serde_saphyr::options! { with_snippet: false };
     serde_saphyr::from_str_with_options::<T>(text, options).map_err(|e| {
         let pos = e.location().map(|l| Pos::of(&l)).unwrap_or_default();
@@ -147,6 +150,10 @@ fn clean_message(msg: &str) -> String {
 /// Reads a file, reporting a missing or unreadable file as a diagnostic at the place that named it.
 pub fn read_file(path: &Path, named_in: &Path, pos: Pos) -> Result<String, Diagnostic> {
     std::fs::read_to_string(path).map_err(|e| {
-        Diagnostic::new(named_in, pos, format!("cannot read {}: {e}", path.display()))
+        Diagnostic::new(
+            named_in,
+            pos,
+            format!("cannot read {}: {e}", path.display()),
+        )
     })
 }

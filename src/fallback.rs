@@ -11,14 +11,32 @@ use http::StatusCode;
 pub fn builtin_page(status: StatusCode) -> Bytes {
     let (title, text) = match status.as_u16() {
         400 => ("Bad request", "The request could not be understood."),
-        403 => ("Forbidden", "You are not allowed to reach this address from your network."),
+        403 => (
+            "Forbidden",
+            "You are not allowed to reach this address from your network.",
+        ),
         404 => ("Not found", "Nothing is served at this address."),
-        413 => ("Request too large", "The request body is larger than this address accepts."),
-        421 => ("Misdirected request", "This connection cannot serve that host. Please retry."),
+        413 => (
+            "Request too large",
+            "The request body is larger than this address accepts.",
+        ),
+        421 => (
+            "Misdirected request",
+            "This connection cannot serve that host. Please retry.",
+        ),
         431 => ("Headers too large", "The request headers are too large."),
-        502 => ("Bad gateway", "The service could not be reached. Please try again shortly."),
-        503 => ("Service unavailable", "The service is busy or under maintenance. Please try again shortly."),
-        504 => ("Gateway timeout", "The service took too long to answer. Please try again shortly."),
+        502 => (
+            "Bad gateway",
+            "The service could not be reached. Please try again shortly.",
+        ),
+        503 => (
+            "Service unavailable",
+            "The service is busy or under maintenance. Please try again shortly.",
+        ),
+        504 => (
+            "Gateway timeout",
+            "The service took too long to answer. Please try again shortly.",
+        ),
         _ => ("Error", "The request could not be served."),
     };
     let code = status.as_u16();

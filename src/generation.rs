@@ -47,8 +47,16 @@ impl Generation {
                 None => Pool::new(spec),
             })
             .collect();
-        let sites = rules.sites.iter().map(|s| stats.counters(Kind::Site, &s.name)).collect();
-        let services = rules.services.iter().map(|s| stats.counters(Kind::Service, &s.name)).collect();
+        let sites = rules
+            .sites
+            .iter()
+            .map(|s| stats.counters(Kind::Site, &s.name))
+            .collect();
+        let services = rules
+            .services
+            .iter()
+            .map(|s| stats.counters(Kind::Service, &s.name))
+            .collect();
         let mut servers: Vec<(usize, Arc<Counters>)> = rules
             .all_servers()
             .map(|(_, _, s)| (s.id, stats.counters(Kind::Server, &s.name)))

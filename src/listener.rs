@@ -48,7 +48,11 @@ pub struct ConnCtx {
 
 /// Binds `addr` with SO_REUSEPORT, so a new process can bind beside an old one during an upgrade.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
     socket.set_nodelay(true)?;
@@ -127,10 +131,21 @@ async fn accept_loop(l: Listening, listener: TcpListener, tls: Option<TlsAccepto
     }
 }
 
-async fn serve_connection(l: &ConnCtx, watcher: Watcher, tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+async fn serve_connection(
+    l: &ConnCtx,
+    watcher: Watcher,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+) {
     let _ = tcp.set_nodelay(true);
     let Some(acceptor) = tls else {
-        let info = Arc::new(ConnInfo { peer, sni: None, tls: false, tls_time: Duration::ZERO });
+        let info = Arc::new(ConnInfo {
+            peer,
+            sni: None,
+            tls: false,
+            tls_time: Duration::ZERO,
+        });
         serve_http(l, watcher, TokioIo::new(tcp), info).await;
         return;
     };
@@ -148,9 +163,21 @@ async fn serve_connection(l: &ConnCtx, watcher: Watcher, tcp: TcpStream, peer: S
             return;
         }
     };
-    l.shared.stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
-    let sni = stream.get_ref().1.server_name().map(|s| s.to_ascii_lowercase().into_boxed_str());
-    let info = Arc::new(ConnInfo { peer, sni, tls: true, tls_time: start.elapsed() });
+    l.shared
+        .stats
+        .tls_handshakes
+        .fetch_add(1, Ordering::Relaxed);
+    let sni = stream
+        .get_ref()
+        .1
+        .server_name()
+        .map(|s| s.to_ascii_lowercase().into_boxed_str());
+    let info = Arc::new(ConnInfo {
+        peer,
+        sni,
+        tls: true,
+        tls_time: start.elapsed(),
+    });
     serve_http(l, watcher, TokioIo::new(stream), info).await;
 }
 

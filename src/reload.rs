@@ -33,7 +33,12 @@ pub struct ReloadCounters {
 }
 
 /// Compiles the rules at `path` and installs them, or logs and records why not.
-pub fn reload(shared: &Shared, path: &Path, status: &ArcSwap<ReloadStatus>, counters: &ReloadCounters) -> bool {
+pub fn reload(
+    shared: &Shared,
+    path: &Path,
+    status: &ArcSwap<ReloadStatus>,
+    counters: &ReloadCounters,
+) -> bool {
     match rules::load(path) {
         Ok(set) => {
             let prev = shared.state.load_full();
@@ -41,15 +46,26 @@ pub fn reload(shared: &Shared, path: &Path, status: &ArcSwap<ReloadStatus>, coun
             let number = next.number;
             shared.state.store(Arc::new(next));
             counters.ok.fetch_add(1, Ordering::Relaxed);
-            status.store(Arc::new(ReloadStatus { at: SystemTime::now(), error: None, generation: number }));
+            status.store(Arc::new(ReloadStatus {
+                at: SystemTime::now(),
+                error: None,
+                generation: number,
+            }));
             tracing::info!(generation = number, "rules reloaded");
             true
         }
         Err(diags) => {
             counters.failed.fetch_add(1, Ordering::Relaxed);
             let generation = shared.state.load().number;
-            tracing::error!(generation, "reload refused, old rules keep serving:\n{diags}");
-            status.store(Arc::new(ReloadStatus { at: SystemTime::now(), error: Some(diags.to_string()), generation }));
+            tracing::error!(
+                generation,
+                "reload refused, old rules keep serving:\n{diags}"
+            );
+            status.store(Arc::new(ReloadStatus {
+                at: SystemTime::now(),
+                error: Some(diags.to_string()),
+                generation,
+            }));
             false
         }
     }

@@ -71,12 +71,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut tasks = Vec::new();
     let mut https = Vec::new();
     if !config.https.is_empty() {
-        let store = CertStore::load(&config.path, &config.certificates).map_err(|d| anyhow::anyhow!("{d}"))?;
+        let store = CertStore::load(&config.path, &config.certificates)
+            .map_err(|d| anyhow::anyhow!("{d}"))?;
         let certs = Arc::new(ArcSwap::from_pointee(store));
         for addr in &config.https {
             let sock = listener::bind(*addr).with_context(|| format!("cannot listen on {addr}"))?;
             https.push(sock.local_addr()?);
-            tasks.push(tokio::spawn(listener::serve_tls(l.clone(), sock, certs.clone())));
+            tasks.push(tokio::spawn(listener::serve_tls(
+                l.clone(),
+                sock,
+                certs.clone(),
+            )));
         }
     }
     let mut http = Vec::new();
@@ -87,12 +92,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     drop(l);
     let draining = Arc::new(AtomicBool::new(false));
-    let reload_status = Arc::new(ArcSwap::from_pointee(ReloadStatus { at: SystemTime::now(), error: None, generation: 1 }));
+    let reload_status = Arc::new(ArcSwap::from_pointee(ReloadStatus {
+        at: SystemTime::now(),
+        error: None,
+        generation: 1,
+    }));
     let mut stats_addr = None;
     if let Some(addr) = config.stats {
         let sock = listener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
         stats_addr = Some(sock.local_addr()?);
-        let admin = Arc::new(Admin { shared: shared.clone(), draining: draining.clone(), last_reload: reload_status.clone() });
+        let admin = Arc::new(Admin {
+            shared: shared.clone(),
+            draining: draining.clone(),
+            last_reload: reload_status.clone(),
+        });
         tokio::spawn(admin::serve(admin, sock, stop.clone()));
     }
     Ok(Running {
@@ -113,7 +126,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 impl Running {
     /// One line saying where the proxy listens (tests and scripts read it from stdout).
     pub fn ready_line(&self) -> String {
-        let list = |v: &[SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+        let list = |v: &[SocketAddr]| {
+            v.iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         format!(
             "gatehouse ready https={} http={} stats={}",
             list(&self.https),
@@ -124,7 +142,12 @@ impl Running {
 
     /// Re-reads the rules; on error the old rules keep serving. Returns whether it applied.
     pub fn reload(&self) -> bool {
-        reload::reload(&self.shared, &self.config.rules, &self.reload_status, &self.reload_counters)
+        reload::reload(
+            &self.shared,
+            &self.config.rules,
+            &self.reload_status,
+            &self.reload_counters,
+        )
     }
 
     /// Stops accepting, lets in-flight requests finish up to the drain deadline.

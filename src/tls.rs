@@ -46,7 +46,9 @@ impl CertStore {
                     let key = Arc::new(key);
                     for n in &names {
                         match n.strip_prefix("*.") {
-                            Some(sfx) => wildcard.entry(sfx.to_string()).or_insert_with(|| key.clone()),
+                            Some(sfx) => wildcard
+                                .entry(sfx.to_string())
+                                .or_insert_with(|| key.clone()),
                             None => exact.entry(n.clone()).or_insert_with(|| key.clone()),
                         };
                     }
@@ -57,10 +59,19 @@ impl CertStore {
             }
         }
         match default {
-            Some(default) if diags.is_empty() => Ok(CertStore { exact, wildcard, default, names: all_names }),
+            Some(default) if diags.is_empty() => Ok(CertStore {
+                exact,
+                wildcard,
+                default,
+                names: all_names,
+            }),
             _ => {
                 if diags.is_empty() {
-                    diags.push(Diagnostic::new(config_file, Default::default(), "no certificate configured"));
+                    diags.push(Diagnostic::new(
+                        config_file,
+                        Default::default(),
+                        "no certificate configured",
+                    ));
                 }
                 Err(diags)
             }
@@ -73,27 +84,39 @@ impl CertStore {
             if let Some(k) = self.exact.get(name) {
                 return k.clone();
             }
-            if let Some((_, parent)) = name.split_once('.') {
-                if let Some(k) = self.wildcard.get(parent) {
-                    return k.clone();
-                }
+            if let Some((_, parent)) = name.split_once('.')
+                && let Some(k) = self.wildcard.get(parent)
+            {
+                return k.clone();
             }
         }
         self.default.clone()
     }
 }
 
-fn load_one(provider: &CryptoProvider, c: &CertPaths) -> Result<(CertifiedKey, Vec<String>), String> {
+fn load_one(
+    provider: &CryptoProvider,
+    c: &CertPaths,
+) -> Result<(CertifiedKey, Vec<String>), String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("certificate {}: {e}", c.cert.display()))?;
-    let leaf = chain
-        .first()
-        .ok_or_else(|| format!("certificate {}: no certificate in the file", c.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&c.key).map_err(|e| format!("key {}: {e}", c.key.display()))?;
+    let leaf = chain.first().ok_or_else(|| {
+        format!(
+            "certificate {}: no certificate in the file",
+            c.cert.display()
+        )
+    })?;
+    let key = PrivateKeyDer::from_pem_file(&c.key)
+        .map_err(|e| format!("key {}: {e}", c.key.display()))?;
     let names = names_of(leaf).map_err(|e| format!("certificate {}: {e}", c.cert.display()))?;
-    let certified = CertifiedKey::from_der(chain, key, provider)
-        .map_err(|e| format!("certificate {} and key {} do not go together: {e}", c.cert.display(), c.key.display()))?;
+    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        format!(
+            "certificate {} and key {} do not go together: {e}",
+            c.cert.display(),
+            c.key.display()
+        )
+    })?;
     Ok((certified, names))
 }
 
@@ -124,7 +147,9 @@ impl ResolvesServerCert for SniResolver {
 
 /// The rustls server config: TLS 1.2 and 1.3 only, ALPN h2 then http/1.1, session
 /// tickets on (resumption is what keeps reconnecting browsers cheap).
-pub fn server_config(store: Arc<ArcSwap<CertStore>>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+pub fn server_config(
+    store: Arc<ArcSwap<CertStore>>,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()

@@ -45,7 +45,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if num.is_empty() || num.chars().filter(|c| *c == '.').count() > 1 {
         return Err(format!("`{s}` is not a duration"));
     }
-    let value: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration"))?;
     let scale = match unit.trim() {
         "ms" => 0.001,
         "" | "s" => 1.0,

@@ -112,16 +112,21 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
     let base = path.parent().unwrap_or(Path::new("."));
     let resolve = |p: &str| lexical(&base.join(p));
     let at = |s: &Spanned<String>| Pos::of(&s.referenced);
-    let addr = |diags: &mut Diagnostics, s: &Spanned<String>| match s.value.trim().parse::<SocketAddr>() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            diags.push(
-                Diagnostic::new(path, at(s), format!("`{}` is not a listen address", s.value))
+    let addr =
+        |diags: &mut Diagnostics, s: &Spanned<String>| match s.value.trim().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                diags.push(
+                    Diagnostic::new(
+                        path,
+                        at(s),
+                        format!("`{}` is not a listen address", s.value),
+                    )
                     .hint("ip:port such as 0.0.0.0:443 or [::]:443"),
-            );
-            None
-        }
-    };
+                );
+                None
+            }
+        };
     let https: Vec<SocketAddr> = raw
         .listeners
         .https
@@ -149,24 +154,43 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         .collect();
     if !https.is_empty() && certificates.is_empty() {
         diags.push(
-            Diagnostic::new(path, Pos::default(), "HTTPS listeners need at least one certificate")
-                .hint("tls: { certificates: [ { cert: ..., key: ... } ] }"),
+            Diagnostic::new(
+                path,
+                Pos::default(),
+                "HTTPS listeners need at least one certificate",
+            )
+            .hint("tls: { certificates: [ { cert: ..., key: ... } ] }"),
         );
     }
     let mut nets = Vec::new();
     for t in &raw.trusted_proxies {
-        match t.value.parse::<IpNet>().or_else(|_| t.value.parse::<IpAddr>().map(IpNet::from)) {
+        match t
+            .value
+            .parse::<IpNet>()
+            .or_else(|_| t.value.parse::<IpAddr>().map(IpNet::from))
+        {
             Ok(n) => nets.push(n),
             Err(_) => diags.push(
-                Diagnostic::new(path, at(t), format!("trusted_proxies: `{}` is not a CIDR", t.value))
-                    .hint("an address or network such as 10.0.0.0/8"),
+                Diagnostic::new(
+                    path,
+                    at(t),
+                    format!("trusted_proxies: `{}` is not a CIDR", t.value),
+                )
+                .hint("an address or network such as 10.0.0.0/8"),
             ),
         }
     }
     let mut dur = |v: &Option<Spanned<Scalar>>, default: u64, name: &str| match v {
         None => Duration::from_secs(default),
         Some(s) => parse_duration(&s.value.0).unwrap_or_else(|e| {
-            diags.push(Diagnostic::new(path, Pos::of(&s.referenced), format!("timeouts.{name}: {e}")).hint("a duration such as 500ms or 10s"));
+            diags.push(
+                Diagnostic::new(
+                    path,
+                    Pos::of(&s.referenced),
+                    format!("timeouts.{name}: {e}"),
+                )
+                .hint("a duration such as 500ms or 10s"),
+            );
             Duration::from_secs(default)
         }),
     };
@@ -186,7 +210,14 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         Some(s) => match parse_size(&s.value.0) {
             Ok(n) if (1024..=1 << 20).contains(&n) => n as usize,
             _ => {
-                diags.push(Diagnostic::new(path, Pos::of(&s.referenced), "limits.max_header_bytes is out of range").hint("a size from 1KiB to 1MiB"));
+                diags.push(
+                    Diagnostic::new(
+                        path,
+                        Pos::of(&s.referenced),
+                        "limits.max_header_bytes is out of range",
+                    )
+                    .hint("a size from 1KiB to 1MiB"),
+                );
                 16 * 1024
             }
         },
@@ -202,20 +233,32 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         Some(("json", _)) => AccessLog::Json,
         Some(("off", _)) => AccessLog::Off,
         Some((other, s)) => {
-            diags.push(Diagnostic::new(path, at(s), format!("access_log: unknown format `{other}`")).hint("text, json or off"));
+            diags.push(
+                Diagnostic::new(path, at(s), format!("access_log: unknown format `{other}`"))
+                    .hint("text, json or off"),
+            );
             AccessLog::Text
         }
     };
     let workers = raw
         .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
         .max(1);
     diags.finish(Config {
         path: path.to_path_buf(),
         rules: resolve(&raw.rules.value),
         https,
         http,
-        redirect_port: raw.listeners.http.as_ref().and_then(|h| h.redirect_port).unwrap_or(443),
+        redirect_port: raw
+            .listeners
+            .http
+            .as_ref()
+            .and_then(|h| h.redirect_port)
+            .unwrap_or(443),
         stats,
         certificates,
         trusted_proxies: AllowList::new(vec!["trusted_proxies".into()], &nets),

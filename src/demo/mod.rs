@@ -17,9 +17,18 @@ use tokio_util::sync::CancellationToken;
 
 /// The shipped config, rules and page, compiled in so the demo needs nothing on disk.
 const FILES: [(&str, &str); 3] = [
-    ("config/gatehouse.yaml", include_str!("../../config/gatehouse.yaml")),
-    ("rules/repository.yaml", include_str!("../../rules/repository.yaml")),
-    ("rules/pages/maintenance.html", include_str!("../../rules/pages/maintenance.html")),
+    (
+        "config/gatehouse.yaml",
+        include_str!("../../config/gatehouse.yaml"),
+    ),
+    (
+        "rules/repository.yaml",
+        include_str!("../../rules/repository.yaml"),
+    ),
+    (
+        "rules/pages/maintenance.html",
+        include_str!("../../rules/pages/maintenance.html"),
+    ),
 ];
 
 /// Writes the demo files into `dir` (keeping any that exist) and returns the config path.
@@ -30,7 +39,8 @@ pub fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
             continue;
         }
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
@@ -49,11 +59,16 @@ pub struct Stack {
 /// Starts a stand-in for every server (both colours) the rules at `rules_path` name.
 pub async fn start_stack(rules_path: &Path) -> anyhow::Result<Stack> {
     let set = rules::load(rules_path).map_err(|d| anyhow::anyhow!("{d}"))?;
-    let mut stack = Stack { stops: HashMap::new(), servers: HashMap::new() };
+    let mut stack = Stack {
+        stops: HashMap::new(),
+        servers: HashMap::new(),
+    };
     for (_, _, server) in set.all_servers() {
         let listener = tokio::net::TcpListener::bind(server.addr)
             .await
-            .with_context(|| format!("stand-in {} cannot listen on {}", server.name, server.addr))?;
+            .with_context(|| {
+                format!("stand-in {} cannot listen on {}", server.name, server.addr)
+            })?;
         let stop = CancellationToken::new();
         let s = standin::serve(server.name.clone(), listener, stop.clone()).await;
         stack.stops.insert(server.name.to_string(), stop);
@@ -65,7 +80,12 @@ pub async fn start_stack(rules_path: &Path) -> anyhow::Result<Stack> {
 /// The curl commands that show every demo rule, printed at start.
 pub fn tour(dir: &Path, https: u16, http: u16) -> String {
     let ca = dir.join("certs/ca.pem");
-    let c = |host: &str| format!("curl -s --cacert {} --resolve {host}:{https}:127.0.0.1", ca.display());
+    let c = |host: &str| {
+        format!(
+            "curl -s --cacert {} --resolve {host}:{https}:127.0.0.1",
+            ca.display()
+        )
+    };
     format!(
         "\nTry these (the demo's campus network is 127.0.0.1/32; 127.0.0.2 is outside):\n\
   {d} -i https://data.localhost:{https}/                    # 200 from ui-blue-*\n\

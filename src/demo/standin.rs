@@ -47,12 +47,23 @@ pub fn byte_at(offset: u64) -> u8 {
 
 fn pattern() -> &'static Bytes {
     static P: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    P.get_or_init(|| Bytes::from((0..CHUNK + PATTERN).map(|i| (i % PATTERN) as u8).collect::<Vec<u8>>()))
+    P.get_or_init(|| {
+        Bytes::from(
+            (0..CHUNK + PATTERN)
+                .map(|i| (i % PATTERN) as u8)
+                .collect::<Vec<u8>>(),
+        )
+    })
 }
 
 /// Serves `listener` as the stand-in `name` until `stop` fires.
 pub async fn serve(name: Arc<str>, listener: TcpListener, stop: CancellationToken) -> Arc<StandIn> {
-    let me = Arc::new(StandIn { name, in_flight: 0.into(), max_in_flight: 0.into(), served: 0.into() });
+    let me = Arc::new(StandIn {
+        name,
+        in_flight: 0.into(),
+        max_in_flight: 0.into(),
+        served: 0.into(),
+    });
     let out = me.clone();
     tokio::spawn(async move {
         let http = Arc::new(auto::Builder::new(TokioExecutor::new()));
@@ -88,16 +99,19 @@ impl Drop for InFlight {
     }
 }
 
-async fn answer(me: Arc<StandIn>, req: Request<Incoming>) -> Result<Response<DemoBody>, Infallible> {
+async fn answer(
+    me: Arc<StandIn>,
+    req: Request<Incoming>,
+) -> Result<Response<DemoBody>, Infallible> {
     let now = me.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
     me.max_in_flight.fetch_max(now, Ordering::Relaxed);
     me.served.fetch_add(1, Ordering::Relaxed);
     let guard = InFlight(me.clone());
     let query = req.uri().query().unwrap_or("");
-    if let Some(d) = query.split('&').find_map(|kv| kv.strip_prefix("delay=")) {
-        if let Ok(d) = parse_duration(d) {
-            tokio::time::sleep(d.min(std::time::Duration::from_secs(120))).await;
-        }
+    if let Some(d) = query.split('&').find_map(|kv| kv.strip_prefix("delay="))
+        && let Ok(d) = parse_duration(d)
+    {
+        tokio::time::sleep(d.min(std::time::Duration::from_secs(120))).await;
     }
     let path = req.uri().path().to_string();
     let mut resp = if req.method() == http::Method::POST || req.method() == http::Method::PUT {
@@ -132,12 +146,19 @@ fn file_size(path: &str) -> Option<u64> {
 fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<DemoBody> {
     let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     r
 }
 
 fn echo(me: &StandIn, req: &Request<Incoming>) -> Response<DemoBody> {
-    let h = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let h = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
     let body = serde_json::json!({
         "served_by": &*me.name,
         "method": req.method().as_str(),
@@ -166,17 +187,32 @@ async fn receive(req: Request<Incoming>) -> Response<DemoBody> {
             }
         }
     }
-    let status = if bad { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-    text(status, "application/json", format!("{{\"received\":{n}}}\n"))
+    let status = if bad {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    text(
+        status,
+        "application/json",
+        format!("{{\"received\":{n}}}\n"),
+    )
 }
 
 fn file(req: &Request<Incoming>, size: u64, guard: InFlight) -> Response<DemoBody> {
-    let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok());
     let (start, end, partial) = match range.map(|r| parse_range(r, size)) {
         None => (0, size, false),
         Some(Some((s, e))) => (s, e, true),
         Some(None) => {
-            let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE, "text/plain", String::new());
+            let mut r = text(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "text/plain",
+                String::new(),
+            );
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 r.headers_mut().insert(header::CONTENT_RANGE, v);
             }
@@ -191,12 +227,18 @@ fn file(req: &Request<Incoming>, size: u64, guard: InFlight) -> Response<DemoBod
         let n = (end - pos).min(CHUNK as u64) as usize;
         let off = (pos % PATTERN as u64) as usize;
         let data = pattern().slice(off..off + n);
-        Some((Ok::<_, std::io::Error>(Frame::data(data)), (pos + n as u64, guard)))
+        Some((
+            Ok::<_, std::io::Error>(Frame::data(data)),
+            (pos + n as u64, guard),
+        ))
     });
     let body = StreamBody::new(chunks);
     let mut r = Response::new(BodyExt::boxed(body));
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if partial {

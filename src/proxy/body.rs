@@ -43,12 +43,20 @@ pin_project! {
 impl LimitedBody {
     /// Wraps the client body; `limit` is `u64::MAX` when the route sets none.
     pub fn new(inner: Incoming, limit: u64, progress: Arc<BodyProgress>) -> Self {
-        LimitedBody { inner: Some(inner), limit, progress }
+        LimitedBody {
+            inner: Some(inner),
+            limit,
+            progress,
+        }
     }
 
     /// An empty body (for a retried request that never had one).
     pub fn empty(progress: Arc<BodyProgress>) -> Self {
-        LimitedBody { inner: None, limit: 0, progress }
+        LimitedBody {
+            inner: None,
+            limit: 0,
+            progress,
+        }
     }
 }
 
@@ -56,7 +64,10 @@ impl Body for LimitedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
             return Poll::Ready(None);
@@ -64,7 +75,11 @@ impl Body for LimitedBody {
         match ready!(inner.poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    let total = this.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+                    let total = this
+                        .progress
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed)
+                        + data.len() as u64;
                     if total > *this.limit {
                         this.progress.too_large.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(Box::new(TooLarge(*this.limit)))));
@@ -82,7 +97,9 @@ impl Body for LimitedBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
     }
 }
 
@@ -128,14 +145,20 @@ pin_project! {
 impl ProxyBody {
     /// A body streamed from the server.
     pub fn upstream(inner: Incoming) -> Self {
-        ProxyBody { kind: Kind::Upstream { inner }, sent: 0, hold: None }
+        ProxyBody {
+            kind: Kind::Upstream { inner },
+            sent: 0,
+            hold: None,
+        }
     }
 
     /// A body from memory (pages, redirects, stats).
     pub fn full(data: impl Into<Bytes>) -> Self {
         let data: Bytes = data.into();
         ProxyBody {
-            kind: Kind::Full { data: (!data.is_empty()).then_some(data) },
+            kind: Kind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
             sent: 0,
             hold: None,
         }
@@ -157,10 +180,15 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let next = match this.kind.project() {
-            KindProj::Upstream { inner } => ready!(inner.poll_frame(cx)).map(|r| r.map_err(|e| Box::new(e) as BoxError)),
+            KindProj::Upstream { inner } => {
+                ready!(inner.poll_frame(cx)).map(|r| r.map_err(|e| Box::new(e) as BoxError))
+            }
             KindProj::Full { data } => data.take().map(|d| Ok(Frame::data(d))),
         };
         match &next {
@@ -193,7 +221,9 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Upstream { inner } => inner.size_hint(),
-            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }

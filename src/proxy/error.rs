@@ -68,7 +68,10 @@ impl ProxyError {
 
     /// Whether the service's backup page (maintenance page) is the right answer.
     pub fn wants_backup_page(&self) -> bool {
-        matches!(self, ProxyError::NoServer | ProxyError::QueueTimeout | ProxyError::QueueFull)
+        matches!(
+            self,
+            ProxyError::NoServer | ProxyError::QueueTimeout | ProxyError::QueueFull
+        )
     }
 
     /// Short code for the access log termination field.

@@ -52,7 +52,11 @@ pub struct ClientAddr {
 /// case the right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
 pub fn client_addr(headers: &HeaderMap, peer: SocketAddr, trusted: &AllowList) -> ClientAddr {
     let peer_ip = canonical(peer.ip());
-    let plain = ClientAddr { ip: peer_ip, peer, source: AddrSource::Peer };
+    let plain = ClientAddr {
+        ip: peer_ip,
+        peer,
+        source: AddrSource::Peer,
+    };
     if !trusted.contains(peer_ip) {
         return plain;
     }
@@ -60,16 +64,26 @@ pub fn client_addr(headers: &HeaderMap, peer: SocketAddr, trusted: &AllowList) -
     for v in headers.get_all("x-forwarded-for").iter().rev() {
         let Ok(s) = v.to_str() else { return plain };
         for item in s.rsplit(',') {
-            let Ok(ip) = item.trim().parse::<IpAddr>() else { return plain };
+            let Ok(ip) = item.trim().parse::<IpAddr>() else {
+                return plain;
+            };
             let ip = canonical(ip);
             found = Some(ip);
             if !trusted.contains(ip) {
-                return ClientAddr { ip, peer, source: AddrSource::TrustedForwardedFor };
+                return ClientAddr {
+                    ip,
+                    peer,
+                    source: AddrSource::TrustedForwardedFor,
+                };
             }
         }
     }
     match found {
-        Some(ip) => ClientAddr { ip, peer, source: AddrSource::TrustedForwardedFor },
+        Some(ip) => ClientAddr {
+            ip,
+            peer,
+            source: AddrSource::TrustedForwardedFor,
+        },
         None => plain,
     }
 }
@@ -102,7 +116,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Rewrites the request headers for the server: hop-by-hop out, forged forwarding
 /// headers out (unless trusted), then `X-Forwarded-*` and `Forwarded` from the connection.
-pub fn rewrite_request(headers: &mut HeaderMap, client: &ClientAddr, trusted_peer: bool, host: &str, tls: bool) {
+pub fn rewrite_request(
+    headers: &mut HeaderMap,
+    client: &ClientAddr,
+    trusted_peer: bool,
+    host: &str,
+    tls: bool,
+) {
     strip_hop_by_hop(headers);
     let peer_ip = canonical(client.peer.ip());
     let proto = if tls { "https" } else { "http" };
@@ -111,7 +131,11 @@ pub fn rewrite_request(headers: &mut HeaderMap, client: &ClientAddr, trusted_pee
     } else {
         None
     };
-    let prior_fwd = if trusted_peer { join_values(headers, "forwarded") } else { None };
+    let prior_fwd = if trusted_peer {
+        join_values(headers, "forwarded")
+    } else {
+        None
+    };
     for h in &FORWARDING {
         headers.remove(h);
     }
@@ -172,26 +196,38 @@ mod tests {
         rewrite_request(&mut h, &c, false, "data.localhost", true);
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert!(h.get("x-real-ip").is_none());
-        assert_eq!(h["forwarded"], "for=192.0.2.7;proto=https;host=\"data.localhost\"");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.7;proto=https;host=\"data.localhost\""
+        );
     }
 
     #[test]
     fn trusted_proxy_chain_is_walked_from_the_right() {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1, 198.51.100.9, 10.0.0.2"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.1.1.1, 198.51.100.9, 10.0.0.2"),
+        );
         let peer: SocketAddr = "10.0.0.1:1".parse().unwrap();
         let trusted = AllowList::new(vec![], &["10.0.0.0/8".parse().unwrap()]);
         let c = client_addr(&h, peer, &trusted);
         assert_eq!(c.ip, "198.51.100.9".parse::<IpAddr>().unwrap());
         assert_eq!(c.source, AddrSource::TrustedForwardedFor);
         rewrite_request(&mut h, &c, true, "x", true);
-        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 198.51.100.9, 10.0.0.2, 10.0.0.1");
+        assert_eq!(
+            h["x-forwarded-for"],
+            "1.1.1.1, 198.51.100.9, 10.0.0.2, 10.0.0.1"
+        );
     }
 
     #[test]
     fn connection_named_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("x-keep", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);

@@ -23,10 +23,10 @@ use body::{BodyProgress, Hold, LimitedBody, ProxyBody};
 use bytes::Bytes;
 use error::ProxyError;
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use http::uri::PathAndQuery;
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -80,7 +80,8 @@ pub async fn handle(
     // was sent. So every HTTP/1.1 chunked request closes its connection after the response:
     // nothing the client sent after it can be taken as a new request. Browsers never send
     // chunked uploads, so this costs keep-alive only to unusual clients.
-    let close_after = req.version() == Version::HTTP_11 && req.headers().contains_key(header::TRANSFER_ENCODING);
+    let close_after =
+        req.version() == Version::HTTP_11 && req.headers().contains_key(header::TRANSFER_ENCODING);
     let resp = match handle_inner(&shared, &conn, &generation, req, &mut rec).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -91,7 +92,8 @@ pub async fn handle(
     };
     let mut resp = resp;
     if close_after {
-        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     rec.status = resp.status().as_u16();
     Ok(resp.map(|b| b.hold(Box::new(rec))))
@@ -106,7 +108,9 @@ fn count_error(g: &Generation, rec: &Record, e: &ProxyError) {
     if let Some(c) = counters {
         match e {
             ProxyError::Connect(_) => c.connect_errors.fetch_add(1, Ordering::Relaxed),
-            ProxyError::Timeout | ProxyError::Upstream(_) => c.response_errors.fetch_add(1, Ordering::Relaxed),
+            ProxyError::Timeout | ProxyError::Upstream(_) => {
+                c.response_errors.fetch_add(1, Ordering::Relaxed)
+            }
             _ => 0,
         };
     }
@@ -125,10 +129,10 @@ async fn handle_inner(
     if !conn.tls && !req.uri().path().starts_with("/.well-known/acme-challenge/") {
         return Ok(redirect_to_https(&req, &host, shared.redirect_port));
     }
-    if let Some(sni) = &conn.sni {
-        if **sni != *host {
-            return Err(ProxyError::Misdirected);
-        }
+    if let Some(sni) = &conn.sni
+        && **sni != *host
+    {
+        return Err(ProxyError::Misdirected);
     }
     let path_and_query = checked_path(req.uri())?;
     let path = path_and_query.path();
@@ -161,24 +165,29 @@ async fn handle_inner(
     rec.permit = Some(pool.acquire().await?);
     rec.wait = wait_start.elapsed();
 
-    let first = service.pick(colour, None, |_| true).ok_or(ProxyError::NoServer)?.clone();
+    let first = service
+        .pick(colour, None, |_| true)
+        .ok_or(ProxyError::NoServer)?
+        .clone();
     let (mut parts, body) = req.into_parts();
-    let trusted_peer = client.source != forward::AddrSource::Peer || shared.trusted.contains(conn.peer.ip());
+    let trusted_peer =
+        client.source != forward::AddrSource::Peer || shared.trusted.contains(conn.peer.ip());
     forward::rewrite_request(&mut parts.headers, &client, trusted_peer, &host, conn.tls);
     parts.headers.remove(header::EXPECT);
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(a) = parts.uri.authority() {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                parts.headers.insert(header::HOST, v);
-            }
-        }
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
     }
     // One Content-Length, ours: the length hyper parsed (or none, and the body is chunked).
     parts.headers.remove(header::CONTENT_LENGTH);
-    if let Some(n) = body.size_hint().exact() {
-        if n > 0 || !body.is_end_stream() {
-            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        }
+    if let Some(n) = body.size_hint().exact()
+        && (n > 0 || !body.is_end_stream())
+    {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     parts.version = Version::HTTP_11;
     let bodyless = body.is_end_stream();
@@ -194,15 +203,18 @@ async fn handle_inner(
         rec.server_id = Some(server.id);
         rec.server = server.name.clone();
         let sent = Instant::now();
-        let result = tokio::time::timeout(shared.timeouts.response, shared.client.request(request)).await;
+        let result =
+            tokio::time::timeout(shared.timeouts.response, shared.client.request(request)).await;
         rec.first_byte = sent.elapsed();
         match result {
             Ok(Ok(mut resp)) => {
                 forward::strip_hop_by_hop(resp.headers_mut());
-                if let Some(hsts) = &decision.site.hsts {
-                    if conn.tls {
-                        resp.headers_mut().entry(header::STRICT_TRANSPORT_SECURITY).or_insert_with(|| hsts.clone());
-                    }
+                if let Some(hsts) = &decision.site.hsts
+                    && conn.tls
+                {
+                    resp.headers_mut()
+                        .entry(header::STRICT_TRANSPORT_SECURITY)
+                        .or_insert_with(|| hsts.clone());
                 }
                 return Ok(resp.map(ProxyBody::upstream));
             }
@@ -219,7 +231,9 @@ async fn handle_inner(
                 let Some(next) = service.pick(colour, Some(&server), |_| true) else {
                     return Err(ProxyError::Connect(e.to_string()));
                 };
-                g.servers[next.id].redispatches.fetch_add(1, Ordering::Relaxed);
+                g.servers[next.id]
+                    .redispatches
+                    .fetch_add(1, Ordering::Relaxed);
                 server = next.clone();
                 attempt += 1;
                 let empty = LimitedBody::empty(progress.clone());
@@ -239,7 +253,9 @@ async fn handle_inner(
 }
 
 fn count_connect_error(g: &Generation, server: &Server) {
-    g.servers[server.id].connect_errors.fetch_add(1, Ordering::Relaxed);
+    g.servers[server.id]
+        .connect_errors
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -283,9 +299,16 @@ fn request_host(req: &Request<Incoming>) -> Result<Arc<str>, ProxyError> {
     let raw = match req.uri().authority() {
         Some(a) => a.host(),
         None => {
-            let v = req.headers().get(header::HOST).ok_or(ProxyError::BadRequest("no Host header"))?;
-            let s = v.to_str().map_err(|_| ProxyError::BadRequest("bad Host header"))?;
-            let a: http::uri::Authority = s.parse().map_err(|_| ProxyError::BadRequest("bad Host header"))?;
+            let v = req
+                .headers()
+                .get(header::HOST)
+                .ok_or(ProxyError::BadRequest("no Host header"))?;
+            let s = v
+                .to_str()
+                .map_err(|_| ProxyError::BadRequest("bad Host header"))?;
+            let a: http::uri::Authority = s
+                .parse()
+                .map_err(|_| ProxyError::BadRequest("bad Host header"))?;
             return Ok(normalize_host(a.host()));
         }
     };
@@ -314,20 +337,29 @@ fn redirect_to_https(req: &Request<Incoming>, host: &str, port: u16) -> Response
         resp.headers_mut().insert(header::LOCATION, v);
     }
     if !req.body().is_end_stream() {
-        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }
 
 /// The page the proxy answers with for `e`. Closes the connection when the request body
 /// was not read (so unread bytes can never be taken as the next request) or framing is suspect.
-fn error_response(rules: &RuleSet, e: &ProxyError, backup: Option<&Bytes>, body_pending: bool) -> Response<ProxyBody> {
+fn error_response(
+    rules: &RuleSet,
+    e: &ProxyError,
+    backup: Option<&Bytes>,
+    body_pending: bool,
+) -> Response<ProxyBody> {
     let status = e.status();
     let page = fallback::page(rules, status, backup.filter(|_| e.wants_backup_page()));
     let mut resp = Response::new(ProxyBody::full(page));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
@@ -374,7 +406,12 @@ fn dash() -> Arc<str> {
 }
 
 impl Record {
-    fn new(shared: &Shared, conn: &ConnInfo, req: &Request<Incoming>, generation: Arc<Generation>) -> Self {
+    fn new(
+        shared: &Shared,
+        conn: &ConnInfo,
+        req: &Request<Incoming>,
+        generation: Arc<Generation>,
+    ) -> Self {
         shared.stats.frontend.enter();
         Record {
             shared_log: shared.access_log,
@@ -385,7 +422,11 @@ impl Record {
             client: conn.peer.ip(),
             method: req.method().clone(),
             version: req.version(),
-            path: if shared.access_log == AccessLog::Off { "".into() } else { req.uri().path().into() },
+            path: if shared.access_log == AccessLog::Off {
+                "".into()
+            } else {
+                req.uri().path().into()
+            },
             host: dash(),
             site: dash(),
             route: dash(),
@@ -412,11 +453,16 @@ impl Hold for Record {
         self.permit.take();
         let total = self.start.elapsed();
         let micros = total.as_micros() as u64;
-        let bytes_in = self.progress.as_ref().map_or(0, |p| p.bytes.load(Ordering::Relaxed));
+        let bytes_in = self
+            .progress
+            .as_ref()
+            .map_or(0, |p| p.bytes.load(Ordering::Relaxed));
         if !complete && self.termination == "-" {
             self.termination = "client_aborted";
         }
-        self.stats.frontend.leave(self.status, bytes_in, bytes_out, micros);
+        self.stats
+            .frontend
+            .leave(self.status, bytes_in, bytes_out, micros);
         let g = &self.generation;
         for c in self
             .site_index

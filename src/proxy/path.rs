@@ -52,7 +52,10 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
                 let (Some(&h), Some(&l)) = (b.get(i + 1), b.get(i + 2)) else {
                     return Err(PathError::BadEscape);
                 };
-                let byte = hex(h).zip(hex(l)).map(|(h, l)| h << 4 | l).ok_or(PathError::BadEscape)?;
+                let byte = hex(h)
+                    .zip(hex(l))
+                    .map(|(h, l)| h << 4 | l)
+                    .ok_or(PathError::BadEscape)?;
                 match byte {
                     b'/' => return Err(PathError::EncodedSlash),
                     b'\\' => return Err(PathError::Backslash),
@@ -139,14 +142,23 @@ mod tests {
 
     #[test]
     fn leaves_clean_paths_alone() {
-        assert!(matches!(normalize("/records/a/files/1M.bin"), Ok(Cow::Borrowed(_))));
-        assert!(matches!(normalize("/a/.well-known/x"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(
+            normalize("/records/a/files/1M.bin"),
+            Ok(Cow::Borrowed(_))
+        ));
+        assert!(matches!(
+            normalize("/a/.well-known/x"),
+            Ok(Cow::Borrowed(_))
+        ));
         assert!(matches!(normalize("/a/..b"), Ok(Cow::Borrowed(_))));
     }
 
     #[test]
     fn resolves_dot_segments_and_slashes() {
-        assert_eq!(n("/records/a/files/../../api/records").unwrap(), "/records/api/records");
+        assert_eq!(
+            n("/records/a/files/../../api/records").unwrap(),
+            "/records/api/records"
+        );
         assert_eq!(n("/records/a/../../../api").unwrap(), "/api");
         assert_eq!(n("/a//b").unwrap(), "/a/b");
         assert_eq!(n("/a/./b/").unwrap(), "/a/b/");

@@ -51,12 +51,19 @@ fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-                && !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+                && !p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.'))
         })
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(Diagnostic::new(path, Pos::default(), "no *.yaml rules files in this directory"));
+        return Err(Diagnostic::new(
+            path,
+            Pos::default(),
+            "no *.yaml rules files in this directory",
+        ));
     }
     Ok(files)
 }
@@ -161,7 +168,11 @@ impl Compiler {
         for (name, pool) in &f.pools {
             let p = &pool.value;
             if p.slots == 0 {
-                self.err(file, at(pool), format!("pool `{name}`: slots must be at least 1"));
+                self.err(
+                    file,
+                    at(pool),
+                    format!("pool `{name}`: slots must be at least 1"),
+                );
             }
             let queue_timeout = match &p.queue_timeout {
                 None => Duration::from_secs(10),
@@ -197,7 +208,10 @@ impl Compiler {
                 self.err_hint(
                     file,
                     at(&s.live),
-                    format!("service `{name}`: the live colour `{}` has no servers", s.live.value.as_str()),
+                    format!(
+                        "service `{name}`: the live colour `{}` has no servers",
+                        s.live.value.as_str()
+                    ),
                     "at least one server in the live colour's list",
                 );
             }
@@ -206,7 +220,8 @@ impl Compiler {
                 self.err(file, at(svc), format!("service `{name}` is defined twice"));
                 continue;
             }
-            self.service_index.insert(name.clone(), self.set.services.len());
+            self.service_index
+                .insert(name.clone(), self.set.services.len());
             self.set.services.push(Arc::new(Service {
                 name: name.as_str().into(),
                 live: s.live.value,
@@ -218,15 +233,28 @@ impl Compiler {
         }
     }
 
-    fn servers(&mut self, file: &Path, service: &str, list: &[Spanned<ServerFile>]) -> Vec<Arc<Server>> {
+    fn servers(
+        &mut self,
+        file: &Path,
+        service: &str,
+        list: &[Spanned<ServerFile>],
+    ) -> Vec<Arc<Server>> {
         let mut out = Vec::new();
         for s in list {
             let name = s.value.name.value.trim();
             if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == ',') {
-                self.err(file, at(&s.value.name), format!("service `{service}`: server name `{name}` must be one word"));
+                self.err(
+                    file,
+                    at(&s.value.name),
+                    format!("service `{service}`: server name `{name}` must be one word"),
+                );
             }
             if !self.server_names.insert(name.to_string()) {
-                self.err(file, at(&s.value.name), format!("server name `{name}` is used twice"));
+                self.err(
+                    file,
+                    at(&s.value.name),
+                    format!("server name `{name}` is used twice"),
+                );
             }
             let addr = match s.value.addr.value.trim().parse::<SocketAddr>() {
                 Ok(a) => a,
@@ -234,7 +262,10 @@ impl Compiler {
                     self.err_hint(
                         file,
                         at(&s.value.addr),
-                        format!("server `{name}`: `{}` is not an address", s.value.addr.value),
+                        format!(
+                            "server `{name}`: `{}` is not an address",
+                            s.value.addr.value
+                        ),
                         "ip:port such as 10.0.1.11:5000 or [2001:db8::1]:5000",
                     );
                     continue;
@@ -259,7 +290,11 @@ impl Compiler {
         let path = file.parent().unwrap_or(Path::new(".")).join(&p.value);
         match std::fs::metadata(&path) {
             Ok(m) if m.len() > MAX_PAGE_BYTES => {
-                self.err(file, at(p), format!("page {} is larger than 1 MiB", path.display()));
+                self.err(
+                    file,
+                    at(p),
+                    format!("page {} is larger than 1 MiB", path.display()),
+                );
                 None
             }
             Ok(m) if m.len() == 0 => {
@@ -269,7 +304,11 @@ impl Compiler {
             Ok(_) => match std::fs::read(&path) {
                 Ok(b) => Some(Bytes::from(b)),
                 Err(e) => {
-                    self.err(file, at(p), format!("cannot read page {}: {e}", path.display()));
+                    self.err(
+                        file,
+                        at(p),
+                        format!("cannot read page {}: {e}", path.display()),
+                    );
                     None
                 }
             },
@@ -307,12 +346,22 @@ impl Compiler {
         Arc::new(AllowList::new(labels, &nets))
     }
 
-    fn size(&mut self, file: &Path, what: &str, v: &Option<Spanned<crate::units::Scalar>>) -> Option<u64> {
+    fn size(
+        &mut self,
+        file: &Path,
+        what: &str,
+        v: &Option<Spanned<crate::units::Scalar>>,
+    ) -> Option<u64> {
         let v = v.as_ref()?;
         match parse_size(&v.value.0) {
             Ok(n) => Some(n),
             Err(e) => {
-                self.err_hint(file, at(v), format!("{what}: {e}"), "a size such as 10MiB or 1048576");
+                self.err_hint(
+                    file,
+                    at(v),
+                    format!("{what}: {e}"),
+                    "a size such as 10MiB or 1048576",
+                );
                 None
             }
         }
@@ -335,7 +384,14 @@ impl Compiler {
                         HostPattern::Suffix(k) => (&mut self.set.hosts.suffix, k),
                     };
                     if map.insert(key.clone(), index).is_some() {
-                        self.err(file, at(h), format!("site `{name}`: host `{}` is already claimed by another site", h.value));
+                        self.err(
+                            file,
+                            at(h),
+                            format!(
+                                "site `{name}`: host `{}` is already claimed by another site",
+                                h.value
+                            ),
+                        );
                     }
                     hosts.push(p);
                 }
@@ -405,7 +461,12 @@ impl Compiler {
         let path = match &r.path {
             None => Some(PathPattern::Any),
             Some(PathFile::Exact(p)) | Some(PathFile::Prefix(p)) if !p.value.starts_with('/') => {
-                self.err_hint(file, at(p), format!("route `{name}`: path `{}` does not start with /", p.value), "a path such as /api/");
+                self.err_hint(
+                    file,
+                    at(p),
+                    format!("route `{name}`: path `{}` does not start with /", p.value),
+                    "a path such as /api/",
+                );
                 None
             }
             Some(PathFile::Exact(p)) => Some(PathPattern::Exact(p.value.clone())),
@@ -413,8 +474,19 @@ impl Compiler {
             Some(PathFile::Regex(p)) => match regex::Regex::new(&format!("^(?:{})$", p.value)) {
                 Ok(re) => Some(PathPattern::Regex(re)),
                 Err(e) => {
-                    let first = e.to_string().lines().last().unwrap_or("").trim().to_string();
-                    self.err_hint(file, at(p), format!("route `{name}`: bad regex: {first}"), "a regular expression (Rust regex syntax)");
+                    let first = e
+                        .to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    self.err_hint(
+                        file,
+                        at(p),
+                        format!("route `{name}`: bad regex: {first}"),
+                        "a regular expression (Rust regex syntax)",
+                    );
                     None
                 }
             },
@@ -423,7 +495,15 @@ impl Compiler {
             (Some(status), None, None) => match StatusCode::from_u16(status.value) {
                 Ok(s) if (400..600).contains(&status.value) => Action::Deny(s),
                 _ => {
-                    self.err_hint(file, at(status), format!("route `{name}`: deny {} is not an error status", status.value), "a status from 400 to 599");
+                    self.err_hint(
+                        file,
+                        at(status),
+                        format!(
+                            "route `{name}`: deny {} is not an error status",
+                            status.value
+                        ),
+                        "a status from 400 to 599",
+                    );
                     return None;
                 }
             },
@@ -431,14 +511,25 @@ impl Compiler {
                 let s = self.service_index.get(&service.value).copied();
                 let p = self.pool_index.get(&pool.value).copied();
                 if s.is_none() {
-                    let mut known: Vec<&str> = self.service_index.keys().map(String::as_str).collect();
+                    let mut known: Vec<&str> =
+                        self.service_index.keys().map(String::as_str).collect();
                     known.sort_unstable();
-                    self.err_hint(file, at(service), format!("route `{name}`: unknown service `{}`", service.value), format!("one of: {}", known.join(", ")));
+                    self.err_hint(
+                        file,
+                        at(service),
+                        format!("route `{name}`: unknown service `{}`", service.value),
+                        format!("one of: {}", known.join(", ")),
+                    );
                 }
                 if p.is_none() {
                     let mut known: Vec<&str> = self.pool_index.keys().map(String::as_str).collect();
                     known.sort_unstable();
-                    self.err_hint(file, at(pool), format!("route `{name}`: unknown pool `{}`", pool.value), format!("one of: {}", known.join(", ")));
+                    self.err_hint(
+                        file,
+                        at(pool),
+                        format!("route `{name}`: unknown pool `{}`", pool.value),
+                        format!("one of: {}", known.join(", ")),
+                    );
                 }
                 match (p, s) {
                     (Some(pool), Some(service)) => Action::Forward { pool, service },
@@ -446,7 +537,12 @@ impl Compiler {
                 }
             }
             _ => {
-                self.err_hint(file, pos, format!("route `{name}` must either deny or forward"), "`deny: <status>`, or both `service:` and `pool:`");
+                self.err_hint(
+                    file,
+                    pos,
+                    format!("route `{name}` must either deny or forward"),
+                    "`deny: <status>`, or both `service:` and `pool:`",
+                );
                 return None;
             }
         };
@@ -454,20 +550,36 @@ impl Compiler {
             Some(l) => Some(self.allow_list(file, l)),
             None => site_allow.clone(),
         };
-        let max_body = self.size(file, &format!("route `{name}`: max_body"), &r.max_body).or(site_max_body);
-        Some(Route { name, path: path?, action, allow, max_body })
+        let max_body = self
+            .size(file, &format!("route `{name}`: max_body"), &r.max_body)
+            .or(site_max_body);
+        Some(Route {
+            name,
+            path: path?,
+            action,
+            allow,
+            max_body,
+        })
     }
 
     fn defaults(&mut self, file: &Path, f: &RulesFile) {
         if let Some(d) = &f.default_site {
             match self.set.sites.iter().position(|s| *s.name == *d.value) {
                 Some(i) => self.set.default_site = Some(i),
-                None => self.err(file, at(d), format!("default_site `{}` is not a site", d.value)),
+                None => self.err(
+                    file,
+                    at(d),
+                    format!("default_site `{}` is not a site", d.value),
+                ),
             }
         }
         for (code, page) in &f.error_pages {
             if !(400..600).contains(code) {
-                self.err(file, at(page), format!("error_pages: {code} is not an error status"));
+                self.err(
+                    file,
+                    at(page),
+                    format!("error_pages: {code} is not an error status"),
+                );
                 continue;
             }
             if let Some(body) = self.page(file, page) {
@@ -487,7 +599,12 @@ impl SiteFile {
             Ok(d) if d.is_zero() => None,
             Ok(d) => http::HeaderValue::from_str(&format!("max-age={}", d.as_secs())).ok(),
             Err(e) => {
-                c.err_hint(file, at(v), format!("site `{}`: hsts: {e}", self.name.value), "a max-age such as 365d, or 0 to turn it off");
+                c.err_hint(
+                    file,
+                    at(v),
+                    format!("site `{}`: hsts: {e}", self.name.value),
+                    "a max-age such as 365d, or 0 to turn it off",
+                );
                 None
             }
         }

@@ -24,9 +24,9 @@ impl HostPattern {
         let s = s.trim().to_ascii_lowercase();
         let valid = |name: &str| {
             !name.is_empty()
-                && name
-                    .split('.')
-                    .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+                && name.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
         };
         if let Some(rest) = s.strip_prefix("*.") {
             if valid(rest) {
@@ -52,7 +52,9 @@ impl HostPattern {
                     && host.as_bytes()[host.len() - sfx.len() - 1] == b'.'
             }
             HostPattern::FirstLabel(l) => {
-                host.len() > l.len() + 1 && host.starts_with(l.as_str()) && host.as_bytes()[l.len()] == b'.'
+                host.len() > l.len() + 1
+                    && host.starts_with(l.as_str())
+                    && host.as_bytes()[l.len()] == b'.'
             }
         }
     }

@@ -67,6 +67,9 @@ impl Counters {
     }
 }
 
+/// Counter sets by kind and stable name.
+type Families = HashMap<(Kind, Arc<str>), Arc<Counters>>;
+
 /// Process-wide figures and the named counter families.
 #[derive(Debug)]
 pub struct Stats {
@@ -82,7 +85,7 @@ pub struct Stats {
     pub tls_failures: AtomicU64,
     /// All requests, as a frontend total.
     pub frontend: Counters,
-    families: Mutex<HashMap<(Kind, Arc<str>), Arc<Counters>>>,
+    families: Mutex<Families>,
 }
 
 /// Which family a named counter set belongs to.
@@ -123,7 +126,10 @@ impl Stats {
     /// Every named counter set, sorted by kind and name (for rendering).
     pub fn snapshot(&self) -> Vec<(Kind, Arc<str>, Arc<Counters>)> {
         let map = self.families.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<_> = map.iter().map(|((k, n), c)| (*k, n.clone(), c.clone())).collect();
+        let mut v: Vec<_> = map
+            .iter()
+            .map(|((k, n), c)| (*k, n.clone(), c.clone()))
+            .collect();
         v.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         v
     }

@@ -28,8 +28,14 @@ struct Row {
 
 impl Row {
     fn new(px: &str, sv: &str, kind: u8) -> Row {
-        let n = CSV_HEADER.trim_start_matches("# ").trim_end_matches(',').split(',').count();
-        let mut r = Row { cells: vec![String::new(); n] };
+        let n = CSV_HEADER
+            .trim_start_matches("# ")
+            .trim_end_matches(',')
+            .split(',')
+            .count();
+        let mut r = Row {
+            cells: vec![String::new(); n],
+        };
         r.set("pxname", px);
         r.set("svname", sv);
         r.set("type", kind);
@@ -39,7 +45,11 @@ impl Row {
     }
 
     fn set(&mut self, col: &str, v: impl std::fmt::Display) {
-        if let Some(i) = CSV_HEADER.trim_start_matches("# ").split(',').position(|c| c == col) {
+        if let Some(i) = CSV_HEADER
+            .trim_start_matches("# ")
+            .split(',')
+            .position(|c| c == col)
+        {
             self.cells[i] = v.to_string();
         }
     }
@@ -55,7 +65,17 @@ impl Row {
         self.set("eresp", c.response_errors.load(Relaxed));
         self.set("wredis", c.redispatches.load(Relaxed));
         self.set("wretr", 0);
-        for (i, col) in ["hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other"].iter().enumerate() {
+        for (i, col) in [
+            "hrsp_1xx",
+            "hrsp_2xx",
+            "hrsp_3xx",
+            "hrsp_4xx",
+            "hrsp_5xx",
+            "hrsp_other",
+        ]
+        .iter()
+        .enumerate()
+        {
             self.set(col, c.responses[i].load(Relaxed));
         }
         let n = c.requests.load(Relaxed);
@@ -84,7 +104,10 @@ pub fn csv(v: &View<'_>) -> String {
     for (i, svc) in g.rules.services.iter().enumerate() {
         let live = svc.live;
         let mut up = 0;
-        for (colour, servers) in [(crate::rules::Colour::Blue, &svc.blue), (crate::rules::Colour::Green, &svc.green)] {
+        for (colour, servers) in [
+            (crate::rules::Colour::Blue, &svc.blue),
+            (crate::rules::Colour::Green, &svc.green),
+        ] {
             for s in servers.iter() {
                 let mut r = Row::new(&svc.name, &s.name, 2);
                 r.counters(&g.servers[s.id]);
@@ -109,7 +132,10 @@ pub fn csv(v: &View<'_>) -> String {
         r.set("status", if up > 0 { "UP" } else { "DOWN" });
         r.set("act", svc.servers(live).len());
         r.set("bck", svc.servers(live.other()).len());
-        r.set("weight", svc.servers(live).iter().map(|s| s.weight).sum::<u32>());
+        r.set(
+            "weight",
+            svc.servers(live).iter().map(|s| s.weight).sum::<u32>(),
+        );
         r.set("qcur", 0);
         r.set("qmax", 0);
         r.set("mode", "http");
@@ -137,7 +163,13 @@ pub fn json(v: &View<'_>) -> String {
             "redispatches": c.redispatches.load(Relaxed),
         })
     };
-    let sites: Vec<_> = g.rules.sites.iter().enumerate().map(|(i, s)| serde_json::json!({"name": &*s.name, "counters": counters(&g.sites[i])})).collect();
+    let sites: Vec<_> = g
+        .rules
+        .sites
+        .iter()
+        .enumerate()
+        .map(|(i, s)| serde_json::json!({"name": &*s.name, "counters": counters(&g.sites[i])}))
+        .collect();
     let services: Vec<_> = g
         .rules
         .services
@@ -171,10 +203,20 @@ pub fn json(v: &View<'_>) -> String {
 pub fn prometheus(v: &View<'_>) -> String {
     let g = v.generation;
     let mut o = String::new();
-    let _ = writeln!(o, "# HELP gatehouse_requests_total Requests answered.\n# TYPE gatehouse_requests_total counter");
+    let _ = writeln!(
+        o,
+        "# HELP gatehouse_requests_total Requests answered.\n# TYPE gatehouse_requests_total counter"
+    );
     let family = |o: &mut String, label: &str, name: &str, c: &Counters| {
-        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx", "other"].iter().enumerate() {
-            let _ = writeln!(o, "gatehouse_requests_total{{{label}=\"{name}\",code=\"{class}\"}} {}", c.responses[i].load(Relaxed));
+        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx", "other"]
+            .iter()
+            .enumerate()
+        {
+            let _ = writeln!(
+                o,
+                "gatehouse_requests_total{{{label}=\"{name}\",code=\"{class}\"}} {}",
+                c.responses[i].load(Relaxed)
+            );
         }
     };
     for (i, s) in g.rules.sites.iter().enumerate() {
@@ -186,26 +228,62 @@ pub fn prometheus(v: &View<'_>) -> String {
     for (_, _, s) in g.rules.all_servers() {
         family(&mut o, "server", &s.name, &g.servers[s.id]);
     }
-    let _ = writeln!(o, "# HELP gatehouse_pool_slots_in_use Requests in flight per pool.\n# TYPE gatehouse_pool_slots_in_use gauge");
+    let _ = writeln!(
+        o,
+        "# HELP gatehouse_pool_slots_in_use Requests in flight per pool.\n# TYPE gatehouse_pool_slots_in_use gauge"
+    );
     for p in &g.pools {
-        let _ = writeln!(o, "gatehouse_pool_slots_in_use{{pool=\"{}\"}} {}", p.name, p.in_use());
+        let _ = writeln!(
+            o,
+            "gatehouse_pool_slots_in_use{{pool=\"{}\"}} {}",
+            p.name,
+            p.in_use()
+        );
     }
-    let _ = writeln!(o, "# HELP gatehouse_connections Client connections open.\n# TYPE gatehouse_connections gauge\ngatehouse_connections {}", v.stats.connections.load(Relaxed));
-    let _ = writeln!(o, "# HELP gatehouse_rules_generation Rules generation serving.\n# TYPE gatehouse_rules_generation gauge\ngatehouse_rules_generation {}", g.number);
+    let _ = writeln!(
+        o,
+        "# HELP gatehouse_connections Client connections open.\n# TYPE gatehouse_connections gauge\ngatehouse_connections {}",
+        v.stats.connections.load(Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "# HELP gatehouse_rules_generation Rules generation serving.\n# TYPE gatehouse_rules_generation gauge\ngatehouse_rules_generation {}",
+        g.number
+    );
     o
 }
 
 /// The human stats page (a first cut: the stats issue makes it complete).
 pub fn html(v: &View<'_>) -> String {
     let g = v.generation;
-    let mut o = String::from("<!doctype html><html><head><meta charset=\"utf-8\"><title>Gatehouse stats</title></head><body>");
-    let _ = write!(o, "<h1>Gatehouse {}</h1><p>generation {} · uptime {}s · connections {}</p>", env!("CARGO_PKG_VERSION"), g.number, v.stats.started.elapsed().as_secs(), v.stats.connections.load(Relaxed));
+    let mut o = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Gatehouse stats</title></head><body>",
+    );
+    let _ = write!(
+        o,
+        "<h1>Gatehouse {}</h1><p>generation {} · uptime {}s · connections {}</p>",
+        env!("CARGO_PKG_VERSION"),
+        g.number,
+        v.stats.started.elapsed().as_secs(),
+        v.stats.connections.load(Relaxed)
+    );
     if let Some(e) = &v.reload.error {
-        let _ = write!(o, "<p class=\"reload-error\">last reload refused: <pre>{}</pre></p>", escape(e));
+        let _ = write!(
+            o,
+            "<p class=\"reload-error\">last reload refused: <pre>{}</pre></p>",
+            escape(e)
+        );
     }
     o.push_str("<table><tr><th>service</th><th>server</th><th>colour</th><th>status</th><th>requests</th></tr>");
     for (svc, colour, s) in g.rules.all_servers() {
-        let _ = write!(o, "<tr><td>{}</td><td>{}</td><td>{}</td><td>UP</td><td>{}</td></tr>", escape(&svc.name), escape(&s.name), colour.as_str(), g.servers[s.id].requests.load(Relaxed));
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>UP</td><td>{}</td></tr>",
+            escape(&svc.name),
+            escape(&s.name),
+            colour.as_str(),
+            g.servers[s.id].requests.load(Relaxed)
+        );
     }
     o.push_str("</table></body></html>");
     o
@@ -213,5 +291,8 @@ pub fn html(v: &View<'_>) -> String {
 
 /// HTML-escapes text from rules or errors.
 pub fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }

@@ -15,7 +15,11 @@ fn check(dir: &std::path::Path) -> (i32, String, String) {
         .current_dir(dir)
         .output()
         .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 fn edit(dir: &std::path::Path, from: &str, to: &str) {
@@ -33,7 +37,10 @@ fn shipped_files_are_valid() {
     assert!(out.contains("valid (4 sites"), "{out}");
     // The shipped files in the repository are the ones the demo writes.
     let shipped = std::fs::read_to_string(root().join("rules/repository.yaml")).unwrap();
-    assert_eq!(shipped, std::fs::read_to_string(dir.path().join("rules/repository.yaml")).unwrap());
+    assert_eq!(
+        shipped,
+        std::fs::read_to_string(dir.path().join("rules/repository.yaml")).unwrap()
+    );
 }
 
 #[test]
@@ -42,17 +49,36 @@ fn typo_key_is_reported_with_line_and_column() {
     edit(dir.path(), "    live: blue", "    lvie: blue");
     let (code, _, err) = check(dir.path());
     assert_eq!(code, 1);
-    assert!(err.contains("rules/repository.yaml:19:5: unknown field `lvie`"), "{err}");
+    assert!(
+        err.contains("rules/repository.yaml:19:5: unknown field `lvie`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn every_semantic_error_at_once() {
     let dir = workdir();
-    edit(dir.path(), "campus: [127.0.0.1/32]", "campus: [127.0.0.1/33]");
+    edit(
+        dir.path(),
+        "campus: [127.0.0.1/32]",
+        "campus: [127.0.0.1/33]",
+    );
     edit(dir.path(), "allow_from: [campus]", "allow_from: [campuss]");
-    edit(dir.path(), "service: api, max_body: 1TiB", "service: apii, max_body: 1TiB");
-    edit(dir.path(), "regex: '/records/[^/]+/files/[^/]+' }, pool: files, service: api", "regex: '/records/[^/+/files' }, pool: files, service: api");
-    edit(dir.path(), "backup_page: pages/maintenance.html", "backup_page: pages/nope.html");
+    edit(
+        dir.path(),
+        "service: api, max_body: 1TiB",
+        "service: apii, max_body: 1TiB",
+    );
+    edit(
+        dir.path(),
+        "regex: '/records/[^/]+/files/[^/]+' }, pool: files, service: api",
+        "regex: '/records/[^/+/files' }, pool: files, service: api",
+    );
+    edit(
+        dir.path(),
+        "backup_page: pages/maintenance.html",
+        "backup_page: pages/nope.html",
+    );
     let (code, _, err) = check(dir.path());
     assert_eq!(code, 1);
     for want in [
@@ -78,7 +104,10 @@ fn shadowed_and_duplicate_rules_are_errors() {
     edit(dir.path(), "hosts: [store-dev.*]", "hosts: [store.*]");
     let (code, _, err) = check(dir.path());
     assert_eq!(code, 1);
-    assert!(err.contains("route `data-static` can never match: route `data-all`"), "{err}");
+    assert!(
+        err.contains("route `data-static` can never match: route `data-all`"),
+        "{err}"
+    );
     assert!(err.contains("host `store.*` is already claimed"), "{err}");
 }
 
@@ -90,5 +119,8 @@ fn yaml_syntax_and_missing_certificate() {
     let (code, _, err) = check(dir.path());
     assert_eq!(code, 1);
     assert!(err.contains("rules/repository.yaml:"), "{err}");
-    assert!(err.contains("config/gatehouse.yaml:17:7: certificate"), "{err}");
+    assert!(
+        err.contains("config/gatehouse.yaml:17:7: certificate"),
+        "{err}"
+    );
 }

@@ -12,7 +12,11 @@ impl Drop for Demo {
 }
 
 fn curl(args: &[&str]) -> String {
-    let out = Command::new("curl").args(["-s", "--max-time", "20"]).args(args).output().expect("curl is installed (.ci/run installs it)");
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -29,7 +33,11 @@ fn demo_serves_every_rule_to_curl() {
     let stdout = child.stdout.take().unwrap();
     let demo = Demo(child);
     let mut lines = BufReader::new(stdout).lines();
-    let ready = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("gatehouse ready")).expect("ready line");
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("gatehouse ready"))
+        .expect("ready line");
     assert!(ready.contains("https=127.0.0.1:8443"), "{ready}");
     let ca = dir.path().join("certs/ca.pem");
     let ca = ca.to_str().unwrap();
@@ -37,16 +45,34 @@ fn demo_serves_every_rule_to_curl() {
     let hdr = |host: &str, path: &str, extra: &[&str]| {
         let resolve = format!("{host}:8443:127.0.0.1");
         let url = format!("https://{host}:8443{path}");
-        let mut a = vec!["--cacert", ca, "--resolve", resolve.as_str(), "-D", "-", "-o", "/dev/null", "-w", w];
+        let mut a = vec![
+            "--cacert",
+            ca,
+            "--resolve",
+            resolve.as_str(),
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-w",
+            w,
+        ];
         a.extend_from_slice(extra);
         a.push(url.as_str());
         curl(&a)
     };
     let r = hdr("data.localhost", "/", &[]);
-    assert!(r.contains("x-served-by: ui-blue-") && r.ends_with("200 0 2") == false && r.contains("200"), "{r}");
+    assert!(
+        r.contains("x-served-by: ui-blue-") && !r.ends_with("200 0 2") && r.contains("200"),
+        "{r}"
+    );
     let r = hdr("data.localhost", "/", &["--interface", "127.0.0.2"]);
     assert!(r.starts_with("HTTP/2 403"), "{r}");
-    let r = hdr("store.localhost", "/records/abc/files/1M.bin", &["--interface", "127.0.0.2"]);
+    let r = hdr(
+        "store.localhost",
+        "/records/abc/files/1M.bin",
+        &["--interface", "127.0.0.2"],
+    );
     assert!(r.ends_with("200 1048576 2"), "{r}");
     let r = hdr("store.localhost", "/api/records", &[]);
     assert!(r.starts_with("HTTP/2 403"), "{r}");
@@ -56,9 +82,21 @@ fn demo_serves_every_rule_to_curl() {
     assert!(r.contains("x-served-by: api-blue-"), "{r}");
     let r = hdr("data.localhost", "/", &["--http1.1"]);
     assert!(r.starts_with("HTTP/1.1 200") && r.ends_with(" 1.1"), "{r}");
-    let r = curl(&["-D", "-", "-o", "/dev/null", "--resolve", "data.localhost:8080:127.0.0.1", "http://data.localhost:8080/x?y=1"]);
+    let r = curl(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "--resolve",
+        "data.localhost:8080:127.0.0.1",
+        "http://data.localhost:8080/x?y=1",
+    ]);
     assert!(r.starts_with("HTTP/1.1 308"), "{r}");
-    assert!(r.to_lowercase().contains("location: https://data.localhost:8443/x?y=1"), "{r}");
+    assert!(
+        r.to_lowercase()
+            .contains("location: https://data.localhost:8443/x?y=1"),
+        "{r}"
+    );
     let r = curl(&["http://127.0.0.1:8404/healthz"]);
     assert_eq!(r, "ok\n");
     drop(demo);

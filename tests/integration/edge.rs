@@ -32,7 +32,13 @@ async fn traversal_never_reaches_the_api() {
     }
     assert_eq!(served(&s, "api-"), 0, "nothing may reach the API servers");
     // The checked path is the forwarded path.
-    let (resp, _) = raw_tls(&c, "data.localhost", b"GET /api/a/./b//c/../d HTTP/1.1\r\nHost: data.localhost\r\n\r\n", WAIT).await;
+    let (resp, _) = raw_tls(
+        &c,
+        "data.localhost",
+        b"GET /api/a/./b//c/../d HTTP/1.1\r\nHost: data.localhost\r\n\r\n",
+        WAIT,
+    )
+    .await;
     assert!(resp.contains("\"path\":\"/api/a/b/d\""), "{resp}");
 }
 
@@ -48,7 +54,11 @@ async fn ambiguous_framing_is_refused_and_closed() {
     ];
     for raw in cases {
         let (resp, closed) = raw_tls(&c, "data.localhost", raw, WAIT).await;
-        assert!(resp.starts_with("HTTP/1.1 400"), "{:?} -> {resp}", String::from_utf8_lossy(raw));
+        assert!(
+            resp.starts_with("HTTP/1.1 400"),
+            "{:?} -> {resp}",
+            String::from_utf8_lossy(raw)
+        );
         assert!(closed, "connection must close after a framing error");
         assert!(!resp.contains("smuggled"));
     }
@@ -62,16 +72,26 @@ async fn ambiguous_framing_is_refused_and_closed() {
 async fn content_length_with_chunked_is_resolved_and_closed() {
     let s = Stack::start().await;
     let c = s.client();
-    for te in ["Transfer-Encoding: chunked\r\nContent-Length: 4", "Content-Length: 4\r\nTransfer-Encoding: chunked"] {
+    for te in [
+        "Transfer-Encoding: chunked\r\nContent-Length: 4",
+        "Content-Length: 4\r\nTransfer-Encoding: chunked",
+    ] {
         let raw = format!(
             "POST /api/x HTTP/1.1\r\nHost: data.localhost\r\n{te}\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /api/smuggled HTTP/1.1\r\nHost: data.localhost\r\n\r\n"
         );
         let (resp, closed) = raw_tls(&c, "data.localhost", raw.as_bytes(), WAIT).await;
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-        assert!(resp.contains("\"received\":3"), "chunked framing wins: {resp}");
+        assert!(
+            resp.contains("\"received\":3"),
+            "chunked framing wins: {resp}"
+        );
         assert!(resp.to_lowercase().contains("connection: close"), "{resp}");
         assert!(closed);
-        assert_eq!(resp.matches("HTTP/1.1 ").count(), 1, "the trailing request is never served: {resp}");
+        assert_eq!(
+            resp.matches("HTTP/1.1 ").count(),
+            1,
+            "the trailing request is never served: {resp}"
+        );
     }
     assert_eq!(served(&s, "api-"), 2);
 }
@@ -83,7 +103,10 @@ async fn encoded_separators_are_bad_requests() {
     for path in ["/api/a%2fb", "/api/a%5cb", "/api/a%00b", "/api/%zz"] {
         let r = c.get("data.localhost", path).await;
         assert_eq!(r.status, 400, "{path}");
-        assert_eq!(r.headers.get("connection").map(|v| v.to_str().unwrap()), Some("close"));
+        assert_eq!(
+            r.headers.get("connection").map(|v| v.to_str().unwrap()),
+            Some("close")
+        );
     }
 }
 
@@ -109,23 +132,49 @@ async fn body_limits_on_every_path() {
     let two_mib = Bytes::from(vec![b'x'; 2 << 20]);
 
     // Content-Length over the limit: 413 before any byte is forwarded.
-    let req = http::Request::post("/api/upload").header("host", "data.localhost").body(Full::new(two_mib.clone())).unwrap();
+    let req = http::Request::post("/api/upload")
+        .header("host", "data.localhost")
+        .body(Full::new(two_mib.clone()))
+        .unwrap();
     let r = c.send(&Req::default(), req).await;
     assert_eq!(r.status, 413);
-    assert_eq!(served(&s, "api-"), 0, "refused from Content-Length, never forwarded");
+    assert_eq!(
+        served(&s, "api-"),
+        0,
+        "refused from Content-Length, never forwarded"
+    );
 
     // Within the limit: forwarded whole.
-    let req = http::Request::post("/api/upload").header("host", "data.localhost").body(Full::new(Bytes::from(vec![1u8; 1000]))).unwrap();
+    let req = http::Request::post("/api/upload")
+        .header("host", "data.localhost")
+        .body(Full::new(Bytes::from(vec![1u8; 1000])))
+        .unwrap();
     let r = c.send(&Req::default(), req).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["received"], 1000);
 
     // Chunked (HTTP/1.1) and length-less HTTP/2 bodies are cut at the limit.
     for h2 in [false, true] {
-        let chunks = (0..32).map(|_| Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![b'y'; 64 * 1024]))));
+        let chunks = (0..32).map(|_| {
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![
+                b'y';
+                64 * 1024
+            ])))
+        });
         let body = StreamBody::new(futures_util::stream::iter(chunks));
-        let req = http::Request::post("/api/upload").header("host", "data.localhost").body(body).unwrap();
-        let got = c.send_streaming(&Req { h2, ..Req::default() }, req).await;
+        let req = http::Request::post("/api/upload")
+            .header("host", "data.localhost")
+            .body(body)
+            .unwrap();
+        let got = c
+            .send_streaming(
+                &Req {
+                    h2,
+                    ..Req::default()
+                },
+                req,
+            )
+            .await;
         match got {
             Ok(resp) => assert_eq!(resp.status(), 413, "h2={h2}"),
             Err(e) => assert!(!h2, "h2 must get a 413, got {e}"), // h1: the connection may be closed mid-upload

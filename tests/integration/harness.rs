@@ -58,8 +58,10 @@ impl Stack {
 
     pub async fn start_with(opts: Options) -> Stack {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut rules = std::fs::read_to_string(root().join("rules/repository.yaml")).expect("rules");
-        let mut config = std::fs::read_to_string(root().join("config/gatehouse.yaml")).expect("config");
+        let mut rules =
+            std::fs::read_to_string(root().join("rules/repository.yaml")).expect("rules");
+        let mut config =
+            std::fs::read_to_string(root().join("config/gatehouse.yaml")).expect("config");
         for (a, b) in &opts.rules_edits {
             rules = rules.replace(a, b);
         }
@@ -69,11 +71,16 @@ impl Stack {
         // Stand-ins on ephemeral ports, named as the rules name them.
         let mut standins = HashMap::new();
         let mut stops = HashMap::new();
-        let addr_re = regex::Regex::new(r"\{ name: ([a-z0-9-]+), +addr: (127\.0\.0\.1:\d+) \}").expect("regex");
-        let pairs: Vec<(String, String)> =
-            addr_re.captures_iter(&rules.clone()).map(|c| (c[1].to_string(), c[2].to_string())).collect();
+        let addr_re = regex::Regex::new(r"\{ name: ([a-z0-9-]+), +addr: (127\.0\.0\.1:\d+) \}")
+            .expect("regex");
+        let pairs: Vec<(String, String)> = addr_re
+            .captures_iter(&rules.clone())
+            .map(|c| (c[1].to_string(), c[2].to_string()))
+            .collect();
         for (name, addr) in pairs {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
             let new_addr = listener.local_addr().expect("addr").to_string();
             rules = rules.replace(&addr, &new_addr);
             if opts.dead.contains(&name) {
@@ -93,16 +100,30 @@ impl Stack {
         std::fs::create_dir_all(dir.path().join("rules/pages")).expect("mkdir");
         std::fs::write(dir.path().join("config/gatehouse.yaml"), config).expect("write");
         std::fs::write(dir.path().join("rules/repository.yaml"), rules).expect("write");
-        std::fs::copy(root().join("rules/pages/maintenance.html"), dir.path().join("rules/pages/maintenance.html"))
-            .expect("copy");
+        std::fs::copy(
+            root().join("rules/pages/maintenance.html"),
+            dir.path().join("rules/pages/maintenance.html"),
+        )
+        .expect("copy");
         certs::ensure(&dir.path().join("certs")).expect("certs");
         let ca = CertificateDer::pem_file_iter(dir.path().join("certs/ca.pem"))
             .expect("ca")
             .collect::<Result<Vec<_>, _>>()
             .expect("ca");
         let stderr_log = dir.path().join("stderr.log");
-        let (child, https, http, stats) = spawn_proxy(&dir.path().join("config/gatehouse.yaml"), &stderr_log);
-        Stack { dir, https, http, stats, child, standins, stops, ca, stderr_log }
+        let (child, https, http, stats) =
+            spawn_proxy(&dir.path().join("config/gatehouse.yaml"), &stderr_log);
+        Stack {
+            dir,
+            https,
+            http,
+            stats,
+            child,
+            standins,
+            stops,
+            ca,
+            stderr_log,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -122,12 +143,40 @@ impl Stack {
         self.dir.path().join("rules/repository.yaml")
     }
 
-    pub fn config_path(&self) -> PathBuf {
-        self.dir.path().join("config/gatehouse.yaml")
-    }
-
     pub fn client(&self) -> Client {
         Client::new(&self.ca, self.https)
+    }
+
+    /// Sends SIGHUP (reload) to the proxy we started.
+    pub fn hup(&self) {
+        let ok = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .map(|s| s.success());
+        assert_eq!(ok.ok(), Some(true));
+    }
+
+    /// GET on the stats listener: (status, body).
+    pub async fn stats_get(&self, path: &str) -> (u16, String) {
+        let tcp = TcpStream::connect(self.stats).await.expect("stats");
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .expect("h1");
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header("host", "stats")
+            .body(Full::new(Bytes::new()))
+            .expect("req");
+        let resp = send.send_request(req).await.expect("send");
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        (status, String::from_utf8_lossy(&body).into_owned())
     }
 
     pub fn log(&self) -> String {
@@ -152,7 +201,10 @@ pub fn proc_status_kib(pid: u32, key: &str) -> u64 {
 }
 
 /// Starts `gatehouse run` and waits for its ready line.
-pub fn spawn_proxy(config: &Path, stderr_log: &Path) -> (Child, SocketAddr, SocketAddr, SocketAddr) {
+pub fn spawn_proxy(
+    config: &Path,
+    stderr_log: &Path,
+) -> (Child, SocketAddr, SocketAddr, SocketAddr) {
     let log = std::fs::File::create(stderr_log).expect("log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["run", "-c"])
@@ -164,8 +216,14 @@ pub fn spawn_proxy(config: &Path, stderr_log: &Path) -> (Child, SocketAddr, Sock
         .expect("spawn gatehouse");
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("ready line");
-    assert!(line.starts_with("gatehouse ready"), "no ready line: {line:?}; log: {}", std::fs::read_to_string(stderr_log).unwrap_or_default());
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("ready line");
+    assert!(
+        line.starts_with("gatehouse ready"),
+        "no ready line: {line:?}; log: {}",
+        std::fs::read_to_string(stderr_log).unwrap_or_default()
+    );
     let field = |k: &str| -> SocketAddr {
         line.split_whitespace()
             .find_map(|f| f.strip_prefix(&format!("{k}=")))
@@ -185,17 +243,11 @@ pub struct Client {
 }
 
 /// One request's knobs.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Req {
     pub sni: Option<String>,
     pub h2: bool,
     pub from: Option<IpAddr>,
-}
-
-impl Default for Req {
-    fn default() -> Self {
-        Req { sni: None, h2: false, from: None }
-    }
 }
 
 pub struct Got {
@@ -207,7 +259,11 @@ pub struct Got {
 
 impl Got {
     pub fn served_by(&self) -> String {
-        self.headers.get("x-served-by").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+        self.headers
+            .get("x-served-by")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
@@ -220,11 +276,19 @@ impl Client {
         for c in ca {
             roots.add(c.clone()).expect("ca");
         }
-        Client { roots: Arc::new(roots), addr }
+        Client {
+            roots: Arc::new(roots),
+            addr,
+        }
     }
 
     /// Opens a TLS connection with the given SNI (None: connect by IP, no SNI) and ALPN.
-    pub async fn connect(&self, sni: Option<&str>, alpn: &[&[u8]], from: Option<IpAddr>) -> std::io::Result<TlsStream<TcpStream>> {
+    pub async fn connect(
+        &self,
+        sni: Option<&str>,
+        alpn: &[&[u8]],
+        from: Option<IpAddr>,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -249,28 +313,54 @@ impl Client {
         let resp = self.send_streaming(r, req).await.expect("request");
         let version = resp.version();
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        Got { status: parts.status.as_u16(), headers: parts.headers, body, version }
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Got {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+            version,
+        }
     }
 
     /// Sends one request on a new connection; the body is left to the caller.
-    pub async fn send_streaming<B>(&self, r: &Req, req: Request<B>) -> hyper::Result<Response<Incoming>>
+    pub async fn send_streaming<B>(
+        &self,
+        r: &Req,
+        req: Request<B>,
+    ) -> hyper::Result<Response<Incoming>>
     where
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let host = req.headers().get("host").and_then(|v| v.to_str().ok()).map(|h| h.split(':').next().unwrap_or(h).to_string());
+        let host = req
+            .headers()
+            .get("host")
+            .and_then(|v| v.to_str().ok())
+            .map(|h| h.split(':').next().unwrap_or(h).to_string());
         let sni = r.sni.clone().or(host);
         let alpn: &[&[u8]] = if r.h2 { &[b"h2"] } else { &[b"http/1.1"] };
-        let tls = self.connect(sni.as_deref(), alpn, r.from).await.expect("connect");
+        let tls = self
+            .connect(sni.as_deref(), alpn, r.from)
+            .await
+            .expect("connect");
         let io = hyper_util::rt::TokioIo::new(tls);
         if r.h2 {
-            let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await?;
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await?;
             tokio::spawn(conn);
             // h2 carries the host in :authority, taken from the URI.
             let (mut parts, body) = req.into_parts();
             if let Some(h) = parts.headers.remove("host") {
-                let uri = format!("https://{}{}", h.to_str().unwrap_or(""), parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+                let uri = format!(
+                    "https://{}{}",
+                    h.to_str().unwrap_or(""),
+                    parts.uri.path_and_query().map_or("/", |p| p.as_str())
+                );
                 parts.uri = uri.parse().expect("uri");
             }
             send.send_request(Request::from_parts(parts, body)).await
@@ -287,7 +377,10 @@ impl Client {
     }
 
     pub async fn get_with(&self, host: &str, path: &str, r: &Req) -> Got {
-        let req = Request::get(path).header("host", host).body(Full::new(Bytes::new())).expect("req");
+        let req = Request::get(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .expect("req");
         self.send(r, req).await
     }
 }
@@ -296,7 +389,10 @@ impl Client {
 /// or `wait` passes; for requests a well-behaved client library would refuse to send.
 pub async fn raw_tls(client: &Client, sni: &str, bytes: &[u8], wait: Duration) -> (String, bool) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tls = client.connect(Some(sni), &[b"http/1.1"], None).await.expect("connect");
+    let mut tls = client
+        .connect(Some(sni), &[b"http/1.1"], None)
+        .await
+        .expect("connect");
     tls.write_all(bytes).await.expect("write");
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];

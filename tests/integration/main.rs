@@ -5,5 +5,7 @@ mod check_cmd;
 mod demo_curl;
 mod edge;
 mod harness;
+mod reload;
 mod routing;
+mod stats;
 mod transfer;

@@ -8,7 +8,10 @@ use std::net::IpAddr;
 const OUTSIDE: &str = "127.0.0.2";
 
 fn outside() -> Req {
-    Req { from: Some(OUTSIDE.parse::<IpAddr>().unwrap()), ..Req::default() }
+    Req {
+        from: Some(OUTSIDE.parse::<IpAddr>().unwrap()),
+        ..Req::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -22,7 +25,10 @@ async fn repository_rules() {
     assert_eq!(r.headers["strict-transport-security"], "max-age=31536000");
 
     let r = c.get_with("data.localhost", "/", &outside()).await;
-    assert_eq!(r.status, 403, "campus-only site must refuse outside clients");
+    assert_eq!(
+        r.status, 403,
+        "campus-only site must refuse outside clients"
+    );
     assert_eq!(r.served_by(), "");
 
     let r = c.get("data.localhost", "/api/records?q=1").await;
@@ -35,20 +41,46 @@ async fn repository_rules() {
     assert_eq!(r.headers["content-type"], "text/css");
 
     let r = c.get("data-dev.localhost", "/").await;
-    assert!(r.served_by().starts_with("ui-green-"), "-dev hosts use the other colour: {}", r.served_by());
+    assert!(
+        r.served_by().starts_with("ui-green-"),
+        "-dev hosts use the other colour: {}",
+        r.served_by()
+    );
     let r = c.get("data-dev.localhost", "/api/x").await;
     assert!(r.served_by().starts_with("api-green-"), "{}", r.served_by());
 
-    let r = c.get_with("store.localhost", "/records/abc/files/1M.bin", &outside()).await;
+    let r = c
+        .get_with("store.localhost", "/records/abc/files/1M.bin", &outside())
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), 1 << 20);
-    assert!(r.body.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
-    let r = c.get_with("store-dev.localhost", "/records/abc/files/1K.bin", &outside()).await;
+    assert!(
+        r.body
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i % 251) as u8)
+    );
+    let r = c
+        .get_with(
+            "store-dev.localhost",
+            "/records/abc/files/1K.bin",
+            &outside(),
+        )
+        .await;
     assert!(r.served_by().starts_with("api-green-"));
 
-    for path in ["/api/records", "/", "/records/abc", "/records/a/files/b/c", "/records/a/files/"] {
+    for path in [
+        "/api/records",
+        "/",
+        "/records/abc",
+        "/records/a/files/b/c",
+        "/records/a/files/",
+    ] {
         let r = c.get_with("store.localhost", path, &outside()).await;
-        assert_eq!(r.status, 403, "store.* must only serve file downloads: {path}");
+        assert_eq!(
+            r.status, 403,
+            "store.* must only serve file downloads: {path}"
+        );
     }
 
     let r = c.get("nowhere.data.localhost", "/").await;
@@ -64,20 +96,39 @@ async fn round_robin_spreads_over_the_live_colour() {
     for _ in 0..6 {
         seen.insert(c.get("data.localhost", "/").await.served_by());
     }
-    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec!["ui-blue-1", "ui-blue-2"]);
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        vec!["ui-blue-1", "ui-blue-2"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_and_http1() {
     let s = Stack::start().await;
     let c = s.client();
-    let h2 = Req { h2: true, ..Req::default() };
+    let h2 = Req {
+        h2: true,
+        ..Req::default()
+    };
     let r = c.get_with("data.localhost", "/api/v", &h2).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.version, http::Version::HTTP_2);
     assert!(r.served_by().starts_with("api-blue-"));
-    assert_eq!(r.json()["host"], "data.localhost", "the server sees the host from :authority");
-    let r = c.get_with("store.localhost", "/api/records", &Req { h2: true, ..outside() }).await;
+    assert_eq!(
+        r.json()["host"],
+        "data.localhost",
+        "the server sees the host from :authority"
+    );
+    let r = c
+        .get_with(
+            "store.localhost",
+            "/api/records",
+            &Req {
+                h2: true,
+                ..outside()
+            },
+        )
+        .await;
     assert_eq!(r.status, 403);
     let r = c.get("data.localhost", "/").await;
     assert_eq!(r.version, http::Version::HTTP_11);
@@ -87,11 +138,39 @@ async fn http2_and_http1() {
 async fn host_must_match_sni() {
     let s = Stack::start().await;
     let c = s.client();
-    let r = c.get_with("data.localhost", "/", &Req { sni: Some("store.localhost".into()), ..Req::default() }).await;
+    let r = c
+        .get_with(
+            "data.localhost",
+            "/",
+            &Req {
+                sni: Some("store.localhost".into()),
+                ..Req::default()
+            },
+        )
+        .await;
     assert_eq!(r.status, 421);
-    let r = c.get_with("data.localhost", "/", &Req { sni: Some("store.localhost".into()), h2: true, ..Req::default() }).await;
+    let r = c
+        .get_with(
+            "data.localhost",
+            "/",
+            &Req {
+                sni: Some("store.localhost".into()),
+                h2: true,
+                ..Req::default()
+            },
+        )
+        .await;
     assert_eq!(r.status, 421);
-    let r = c.get_with("DATA.localhost", "/", &Req { sni: Some("data.localhost".into()), ..Req::default() }).await;
+    let r = c
+        .get_with(
+            "DATA.localhost",
+            "/",
+            &Req {
+                sni: Some("data.localhost".into()),
+                ..Req::default()
+            },
+        )
+        .await;
     assert_eq!(r.status, 200, "host comparison ignores case");
 }
 
@@ -103,7 +182,11 @@ async fn certificate_chosen_by_sni() {
         let der = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
         let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
         let san = cert.subject_alternative_name().unwrap().unwrap();
-        san.value.general_names.iter().map(|n| n.to_string()).collect()
+        san.value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
     };
     for (sni, want) in [
         (Some("data.localhost"), "data.localhost"),
@@ -123,20 +206,38 @@ async fn plain_http_redirects_to_https() {
     let s = Stack::start().await;
     let (status, head) = plain_get(s.http, "data.localhost", "/x?y=1").await;
     assert_eq!(status, 308);
-    assert!(head.contains("location: https://data.localhost:8443/x?y=1"), "{head}");
-    let (status, head) = plain_get(s.http, "data.localhost", "/.well-known/acme-challenge/token").await;
+    assert!(
+        head.contains("location: https://data.localhost:8443/x?y=1"),
+        "{head}"
+    );
+    let (status, head) = plain_get(
+        s.http,
+        "data.localhost",
+        "/.well-known/acme-challenge/token",
+    )
+    .await;
     assert_eq!(status, 200, "ACME challenges are not redirected: {head}");
     assert!(head.contains("x-served-by: ui-blue-"));
-    assert!(!head.contains("strict-transport-security"), "no HSTS over plain HTTP");
+    assert!(
+        !head.contains("strict-transport-security"),
+        "no HSTS over plain HTTP"
+    );
 }
 
 async fn plain_get(addr: std::net::SocketAddr, host: &str, path: &str) -> (u16, String) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let req = http::Request::get(path).header("host", host).body(Full::new(Bytes::new())).unwrap();
+    let req = http::Request::get(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let resp = send.send_request(req).await.unwrap();
-    let head = format!("{:?}", resp.headers()).to_lowercase().replace("\": \"", ": ");
+    let head = format!("{:?}", resp.headers())
+        .to_lowercase()
+        .replace("\": \"", ": ");
     (resp.status().as_u16(), head)
 }
 
@@ -152,7 +253,10 @@ async fn spoofed_forwarding_headers_are_ignored_and_rewritten() {
         .body(Full::new(Bytes::new()))
         .unwrap();
     let r = c.send(&outside(), req).await;
-    assert_eq!(r.status, 403, "a forged X-Forwarded-For must not open the campus site");
+    assert_eq!(
+        r.status, 403,
+        "a forged X-Forwarded-For must not open the campus site"
+    );
 
     let req = http::Request::get("/api/who")
         .header("host", "data.localhost")
@@ -167,16 +271,26 @@ async fn spoofed_forwarding_headers_are_ignored_and_rewritten() {
     assert_eq!(j["x_forwarded_proto"], "https");
     assert_eq!(j["x_forwarded_host"], "data.localhost");
     assert_eq!(j["x_real_ip"], "");
-    assert_eq!(j["forwarded"], "for=127.0.0.1;proto=https;host=\"data.localhost\"");
+    assert_eq!(
+        j["forwarded"],
+        "for=127.0.0.1;proto=https;host=\"data.localhost\""
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_servers() {
-    let s = Stack::start_with(crate::harness::Options { dead: vec!["ui-blue-1".into()], ..Default::default() }).await;
+    let s = Stack::start_with(crate::harness::Options {
+        dead: vec!["ui-blue-1".into()],
+        ..Default::default()
+    })
+    .await;
     let c = s.client();
     for _ in 0..4 {
         let r = c.get("data.localhost", "/").await;
-        assert_eq!(r.status, 200, "a refused connect is retried on the other server");
+        assert_eq!(
+            r.status, 200,
+            "a refused connect is retried on the other server"
+        );
         assert_eq!(r.served_by(), "ui-blue-2");
     }
     s.stop_server("ui-blue-2");

@@ -13,10 +13,16 @@ const RSS_LIMIT: u64 = 64 << 20;
 async fn one_gib_download_and_upload_in_bounded_memory() {
     let s = Stack::start().await;
     let c = s.client();
-    let outside = Req { from: Some("127.0.0.2".parse().unwrap()), ..Req::default() };
+    let outside = Req {
+        from: Some("127.0.0.2".parse().unwrap()),
+        ..Req::default()
+    };
 
     // Download: count and spot-check every byte against the generator.
-    let req = http::Request::get("/records/big/files/1G.bin").header("host", "store.localhost").body(http_body_util::Empty::<Bytes>::new()).unwrap();
+    let req = http::Request::get("/records/big/files/1G.bin")
+        .header("host", "store.localhost")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
     let resp = c.send_streaming(&outside, req).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-length"], GIB.to_string().as_str());
@@ -50,7 +56,11 @@ async fn one_gib_download_and_upload_in_bounded_memory() {
     let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(j["received"], GIB);
     let peak = s.peak_rss();
-    eprintln!("peak RSS of the proxy: after 1 GiB download {} KiB; after 1 GiB upload {} KiB", after_download / 1024, peak / 1024);
+    eprintln!(
+        "peak RSS of the proxy: after 1 GiB download {} KiB; after 1 GiB upload {} KiB",
+        after_download / 1024,
+        peak / 1024
+    );
     assert!(peak < RSS_LIMIT, "proxy peak RSS {} MiB", peak >> 20);
 }
 
@@ -66,5 +76,8 @@ async fn ranges_pass_through() {
     let r = c.send(&Req::default(), req).await;
     assert_eq!(r.status, 206);
     assert_eq!(r.headers["content-range"], "bytes 1000-1009/1048576");
-    assert_eq!(r.body.to_vec(), (1000..1010).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    assert_eq!(
+        r.body.to_vec(),
+        (1000..1010).map(|i| (i % 251) as u8).collect::<Vec<_>>()
+    );
 }
