@@ -44,6 +44,8 @@ pub struct ConnCtx {
     pub http: auto::Builder<TokioExecutor>,
     /// TLS handshake timeout.
     pub handshake_timeout: Duration,
+    /// Whether plain connections are redirected to HTTPS.
+    pub redirect_http: bool,
 }
 
 /// Binds `addr` with SO_REUSEPORT, so a new process can bind beside an old one during an upgrade.
@@ -144,6 +146,7 @@ async fn serve_connection(
             peer,
             sni: None,
             tls: false,
+            redirect_https: l.redirect_http,
             tls_time: Duration::ZERO,
         });
         serve_http(l, watcher, TokioIo::new(tcp), info).await;
@@ -176,6 +179,7 @@ async fn serve_connection(
         peer,
         sni,
         tls: true,
+        redirect_https: false,
         tls_time: start.elapsed(),
     });
     serve_http(l, watcher, TokioIo::new(stream), info).await;

@@ -63,6 +63,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             shared: shared.clone(),
             http: listener::http_builder(&config),
             handshake_timeout: config.timeouts.handshake,
+            redirect_http: config.redirect_http,
         }),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
         stop: stop.clone(),

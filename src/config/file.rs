@@ -67,6 +67,10 @@ pub struct HttpFile {
     /// Port written in the `https://` redirect (default 443, which is left out of the URL).
     #[serde(default)]
     pub redirect_port: Option<u16>,
+    /// `true` (default): answer 308 to HTTPS. `false`: proxy plain HTTP like HTTPS (for an
+    /// inner tier behind another TLS terminator, or benchmarks).
+    #[serde(default)]
+    pub redirect: Option<bool>,
 }
 
 /// Certificates, chosen by SNI from the names in each certificate.

@@ -28,6 +28,8 @@ pub struct Config {
     pub http: Vec<SocketAddr>,
     /// Port written into HTTPS redirects.
     pub redirect_port: u16,
+    /// Whether plain HTTP is redirected to HTTPS (else proxied).
+    pub redirect_http: bool,
     /// Stats listener address.
     pub stats: Option<SocketAddr>,
     /// Certificates in order; the first is the default.
@@ -259,6 +261,12 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
             .as_ref()
             .and_then(|h| h.redirect_port)
             .unwrap_or(443),
+        redirect_http: raw
+            .listeners
+            .http
+            .as_ref()
+            .and_then(|h| h.redirect)
+            .unwrap_or(true),
         stats,
         certificates,
         trusted_proxies: AllowList::new(vec!["trusted_proxies".into()], &nets),

@@ -62,6 +62,8 @@ pub struct ConnInfo {
     pub sni: Option<Box<str>>,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// Whether a plain connection's requests are redirected to HTTPS.
+    pub redirect_https: bool,
     /// TLS handshake time.
     pub tls_time: Duration,
 }
@@ -126,7 +128,7 @@ async fn handle_inner(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let host = request_host(&req)?;
     rec.host = host.clone();
-    if !conn.tls && !req.uri().path().starts_with("/.well-known/acme-challenge/") {
+    if conn.redirect_https && !req.uri().path().starts_with("/.well-known/acme-challenge/") {
         return Ok(redirect_to_https(&req, &host, shared.redirect_port));
     }
     if let Some(sni) = &conn.sni

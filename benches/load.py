@@ -1,0 +1,279 @@
+#!/usr/bin/env python3
+"""Side-by-side load benchmark: gatehouse, haproxy and nginx on loopback.
+
+One origin (nginx, its own core, never the bottleneck); each proxy in turn on the other
+core (taskset), with the same P-256 certificate, keep-alive to the origin, one worker,
+no access logs. Proxies are interleaved (A B C A B C ...), medians are reported with the
+ratio to haproxy from the same run. Run: benches/load.sh [--quick] [--rounds N].
+Ratios are information, never a pass/fail: only a broken harness fails.
+"""
+import argparse
+import asyncio
+import os
+import re
+import resource
+import shutil
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEERS = os.path.join(ROOT, "benches", "peers")
+HTTPS = "https://localhost:18443"
+HTTP = "http://localhost:18080"
+PROXY_CPU = "0"
+LOAD_CPU = "1"
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def render(src, dst, d):
+    with open(src) as f:
+        text = f.read().replace("@DIR@", d)
+    with open(dst, "w") as f:
+        f.write(text)
+
+
+def proc_stat_cpu(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def proc_status(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def wait_port(port, timeout=10):
+    import socket
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened")
+
+
+class Proxy:
+    def __init__(self, name, argv, d):
+        self.name, self.argv, self.dir, self.p = name, argv, d, None
+
+    def start(self):
+        log = open(os.path.join(self.dir, f"{self.name}.log"), "w")
+        self.p = subprocess.Popen(["taskset", "-c", PROXY_CPU] + self.argv, stdout=log, stderr=log)
+        try:
+            wait_port(18443)
+            wait_port(18080)
+        except RuntimeError:
+            log.close()
+            sys.exit(f"{self.name} did not start:\n" + open(os.path.join(self.dir, f"{self.name}.log")).read()[-2000:])
+        time.sleep(0.3)
+
+    def stop(self):
+        if self.p and self.p.poll() is None:
+            self.p.send_signal(signal.SIGKILL)
+            self.p.wait()
+        self.p = None
+        time.sleep(0.3)
+
+
+def run_wrk(url, conns, dur, headers=()):
+    cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{dur}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
+    out = sh(cmd + [url]).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    tr = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
+    scale = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}[tr.group(2)]
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock_err = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+
+    def pct(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        if not m:
+            return None
+        return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+
+    return {"value": rps, "mbps": float(tr.group(1)) * scale / 1e6, "total": total, "p50": pct(50), "p99": pct(99),
+            "errors": int(errors.group(1)) if errors else 0,
+            "sock_errors": sum(int(x) for x in sock_err.groups()) if sock_err else 0}
+
+
+def run_h2load(url, dur):
+    cmd = ["taskset", "-c", LOAD_CPU, "h2load", "-t1", "-c64", "-m10", f"-D{dur}", "--warm-up-time=1", url]
+    out = sh(cmd).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
+    return {"value": rps, "total": int(m.group(3)), "p50": None, "p99": None, "errors": int(m.group(4)), "sock_errors": 0}
+
+
+SCENARIOS = [
+    # name, unit, function(dur)
+    ("HTTPS h1 keep-alive, small", "req/s", lambda d: run_wrk(f"{HTTPS}/small", 64, d)),
+    ("HTTPS h2 (64 conns x 10 streams), small", "req/s", lambda d: run_h2load(f"{HTTPS}/small", d)),
+    ("New TLS connections", "conn/s", lambda d: run_wrk(f"{HTTPS}/small", 32, d, ["Connection: close"])),
+    ("100 KiB downloads", "MB/s", lambda d: run_wrk(f"{HTTPS}/100k.bin", 16, d)),
+    ("1 MiB downloads", "MB/s", lambda d: run_wrk(f"{HTTPS}/1m.bin", 16, d)),
+    ("Plain h1 keep-alive, small", "req/s", lambda d: run_wrk(f"{HTTP}/small", 64, d)),
+]
+
+
+async def hold_idle(n):
+    """Opens n TLS keep-alive connections, one request each, and keeps them open."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    conns, sem = [], asyncio.Semaphore(200)
+
+    async def one():
+        async with sem:
+            try:
+                r, w = await asyncio.open_connection("127.0.0.1", 18443, ssl=ctx, server_hostname="localhost")
+                w.write(b"GET /small HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                await w.drain()
+                await asyncio.wait_for(r.readuntil(b"ok\n"), 10)
+                conns.append(w)
+            except Exception:
+                pass
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return conns
+
+
+def idle_memory(proxy, n):
+    pid = proxy.p.pid
+    idle = proc_status(pid, "VmRSS:")
+    loop = asyncio.new_event_loop()
+    conns = loop.run_until_complete(hold_idle(n))
+    time.sleep(1)
+    held = proc_status(pid, "VmRSS:")
+    for w in conns:
+        w.close()
+    loop.close()
+    return idle, held, len(conns)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="short runs, one round (under 3 minutes)")
+    ap.add_argument("--smoke", action="store_true", help="CI: prove the harness works (seconds)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--idle", type=int, default=9900, help="idle keep-alive connections for the memory row (HAProxy 2.6 tops out at ~9,990 under the 20,000-fd hard limit of these machines)")
+    ap.add_argument("--only", default="gatehouse,haproxy,nginx")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench-results", "latest.md"))
+    a = ap.parse_args()
+    if a.quick:
+        a.rounds, a.duration = 1, 4
+    if a.smoke:
+        a.rounds, a.duration, a.idle = 1, 1, 200
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    for tool in ["wrk", "h2load", "haproxy", "nginx", "taskset", "openssl"]:
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            sys.exit(f"missing {tool}: run .ci/run (or apt-get install haproxy nginx wrk nghttp2-client)")
+    gh = os.path.join(ROOT, "target", "release", "gatehouse")
+    sh(["cargo", "build", "--release", "--quiet", "--bin", "gatehouse"], cwd=ROOT)
+
+    d = tempfile.mkdtemp(prefix="gatehouse-bench-")
+    os.makedirs(os.path.join(d, "www"))
+    os.makedirs(os.path.join(d, "tmp"))
+    for name, size in [("1k.bin", 1024), ("100k.bin", 100 * 1024), ("1m.bin", 1 << 20)]:
+        with open(os.path.join(d, "www", name), "wb") as f:
+            f.write(bytes(i % 251 for i in range(size)))
+    sh(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+        "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+        "-keyout", os.path.join(d, "bench.key"), "-out", os.path.join(d, "bench.crt")])
+    with open(os.path.join(d, "bench.pem"), "w") as f:
+        f.write(open(os.path.join(d, "bench.crt")).read() + open(os.path.join(d, "bench.key")).read())
+    render(os.path.join(PEERS, "origin-nginx.conf"), os.path.join(d, "origin.conf"), d)
+    render(os.path.join(PEERS, "haproxy.cfg"), os.path.join(d, "haproxy.cfg"), d)
+    render(os.path.join(PEERS, "nginx-proxy.conf"), os.path.join(d, "nginx-proxy.conf"), d)
+    render(os.path.join(PEERS, "gatehouse", "gatehouse.yaml"), os.path.join(d, "gatehouse.yaml"), d)
+    shutil.copy(os.path.join(PEERS, "gatehouse", "rules.yaml"), os.path.join(d, "rules.yaml"))
+
+    origin = subprocess.Popen(["taskset", "-c", LOAD_CPU, "nginx", "-c", os.path.join(d, "origin.conf")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(18000)
+    all_proxies = {
+        "gatehouse": Proxy("gatehouse", [gh, "run", "-c", os.path.join(d, "gatehouse.yaml")], d),
+        "haproxy": Proxy("haproxy", ["haproxy", "-db", "-f", os.path.join(d, "haproxy.cfg")], d),
+        "nginx": Proxy("nginx", ["nginx", "-c", os.path.join(d, "nginx-proxy.conf")], d),
+    }
+    proxies = [all_proxies[n] for n in a.only.split(",")]
+    results = {(p.name, s[0]): [] for p in proxies for s in SCENARIOS}
+    cpu = {(p.name, s[0]): [] for p in proxies for s in SCENARIOS}
+    mem = {}
+    start = time.time()
+    try:
+        for rnd in range(a.rounds):
+            for p in proxies:
+                p.start()
+                try:
+                    for name, unit, fn in SCENARIOS:
+                        c0 = proc_stat_cpu(p.p.pid)
+                        r = fn(a.duration)
+                        c1 = proc_stat_cpu(p.p.pid)
+                        if r["total"] == 0 or r["errors"] > r["total"] * 0.01:
+                            raise RuntimeError(f"{p.name}: {name}: {r}")
+                        if unit == "MB/s":
+                            r["value"] = r["mbps"]
+                        results[(p.name, name)].append(r)
+                        cpu[(p.name, name)].append((c1 - c0) / max(r["total"], 1) * 1e6)
+                        print(f"round {rnd + 1} {p.name:9} {name:42} {r['value']:>12.1f} {unit}", flush=True)
+                    if rnd == 0:
+                        idle, held, n = idle_memory(p, a.idle)
+                        peak = proc_status(p.p.pid, "VmHWM:")
+                        mem[p.name] = (idle, held, n, peak)
+                        print(f"round 1 {p.name:9} memory idle {idle >> 20} MiB, {n} idle conns {held >> 20} MiB, peak {peak >> 20} MiB", flush=True)
+                finally:
+                    p.stop()
+    finally:
+        origin.send_signal(signal.SIGKILL)
+        origin.wait()
+
+    base = "haproxy" if "haproxy" in [p.name for p in proxies] else proxies[0].name
+    lines = [f"Run {time.strftime('%Y-%m-%d %H:%M')} · {a.rounds} round(s) × {a.duration}s · proxy pinned to CPU {PROXY_CPU}, "
+             f"load + origin on CPU {LOAD_CPU} · {os.cpu_count()} cores · {time.time() - start:.0f}s total", "",
+             "| scenario | proxy | median | ratio to " + base + " | p50 ms | p99 ms | CPU µs/req |",
+             "|---|---|---|---|---|---|---|"]
+    for name, unit, _ in SCENARIOS:
+        b = statistics.median(r["value"] for r in results[(base, name)])
+        for p in proxies:
+            rs = results[(p.name, name)]
+            v = statistics.median(r["value"] for r in rs)
+            p50 = [r["p50"] for r in rs if r["p50"] is not None]
+            p99 = [r["p99"] for r in rs if r["p99"] is not None]
+            lines.append(f"| {name} | {p.name} | {v:,.1f} {unit} | {v / b:.2f} | "
+                         f"{statistics.median(p50):.2f} | {statistics.median(p99):.2f} | "
+                         f"{statistics.median(cpu[(p.name, name)]):.1f} |" if p50 else
+                         f"| {name} | {p.name} | {v:,.1f} {unit} | {v / b:.2f} | – | – | {statistics.median(cpu[(p.name, name)]):.1f} |")
+    lines += ["", f"| memory | proxy | idle RSS | RSS with idle keep-alive conns | conns held | peak RSS (whole run) |", "|---|---|---|---|---|---|"]
+    for p in proxies:
+        idle, held, n, peak = mem[p.name]
+        lines.append(f"| memory | {p.name} | {idle / 2**20:.1f} MiB | {held / 2**20:.1f} MiB | {n} | {peak / 2**20:.1f} MiB |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        f.write(table + "\n")
+    shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
