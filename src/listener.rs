@@ -7,17 +7,16 @@
 
 use crate::config::Config;
 use crate::proxy::{self, ConnInfo, Shared};
-use crate::tls::CertStore;
-use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -46,20 +45,29 @@ pub struct ConnCtx {
     pub handshake_timeout: Duration,
     /// Whether plain connections are redirected to HTTPS.
     pub redirect_http: bool,
+    /// This worker's keep-alive client to the servers.
+    pub upstream: crate::upstream::UpstreamClient,
 }
 
-/// Binds `addr` with SO_REUSEPORT, so a new process can bind beside an old one during an upgrade.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
+/// Binds `addr` once per worker with SO_REUSEPORT: the kernel spreads connections over the
+/// workers' sockets, and a new process can bind beside an old one during an upgrade.
+/// Port 0 is resolved by the first socket and reused for the others.
+pub fn bind_group(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut out = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_tcp_nodelay(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        let l: std::net::TcpListener = socket.into();
+        addr = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
 }
 
 /// The HTTP server settings every client connection uses.
@@ -84,16 +92,10 @@ pub fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Accepts TLS connections until stopped.
-pub async fn serve_tls(l: Listening, listener: TcpListener, certs: Arc<ArcSwap<CertStore>>) {
-    let tls = match crate::tls::server_config(certs) {
-        Ok(c) => TlsAcceptor::from(c),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build TLS config");
-            return;
-        }
-    };
-    accept_loop(l, listener, Some(tls)).await
+/// Accepts TLS connections until stopped. The TLS config is shared by every worker so
+/// session tickets and the session cache work whichever worker a client lands on.
+pub async fn serve_tls(l: Listening, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+    accept_loop(l, listener, Some(TlsAcceptor::from(tls))).await
 }
 
 /// Accepts plain HTTP connections (redirects to HTTPS) until stopped.
@@ -148,6 +150,7 @@ async fn serve_connection(
             tls: false,
             redirect_https: l.redirect_http,
             tls_time: Duration::ZERO,
+            upstream: l.upstream.clone(),
         });
         serve_http(l, watcher, TokioIo::new(tcp), info).await;
         return;
@@ -181,6 +184,7 @@ async fn serve_connection(
         tls: true,
         redirect_https: false,
         tls_time: start.elapsed(),
+        upstream: l.upstream.clone(),
     });
     serve_http(l, watcher, TokioIo::new(stream), info).await;
 }

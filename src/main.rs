@@ -34,8 +34,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let workers = config.workers;
-            runtime(workers, async move {
+            // The proxy's workers run their own runtimes; this one serves stats and signals.
+            runtime(1, async move {
                 let running = gatehouse::server::start(config).await?;
                 println!("{}", running.ready_line());
                 running.run_until_signal().await
@@ -52,10 +52,11 @@ fn main() -> ExitCode {
 }
 
 fn runtime(workers: usize, fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        b.worker_threads(workers);
-    }
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     let rt = match b.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,7 +1,13 @@
-//! Wires the parts into a running proxy: listeners, the stats listener, reloads, shutdown.
+//! Wires the parts into a running proxy: worker threads, listeners, the stats listener,
+//! reloads and shutdown.
 //!
-//! The only place that knows every module; `proxy` never imports `listener`, `reload`
-//! or `admin`.
+//! One `current_thread` tokio runtime per worker thread, each with its own SO_REUSEPORT
+//! socket per listen address and its own upstream keep-alive pool: a request, its client
+//! connection and its server connection stay on one thread (no cross-thread wake-ups,
+//! no work-stealing overhead). Shared state is read-mostly: the `ArcSwap` generation and
+//! atomic counters. The stats listener and signal handling run on the caller's runtime.
+//! This is the only module that knows every other; `proxy` never imports `listener`,
+//! `reload` or `admin`.
 
 use crate::admin::{self, Admin};
 use crate::config::Config;
@@ -20,7 +26,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// A started proxy: its bound addresses and the handles to reload and stop it.
@@ -35,63 +40,84 @@ pub struct Running {
     pub shared: Arc<Shared>,
     config: Config,
     stop: CancellationToken,
-    graceful: Arc<GracefulShutdown>,
-    tasks: Vec<JoinHandle<()>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
     draining: Arc<AtomicBool>,
     reload_status: Arc<ArcSwap<ReloadStatus>>,
     reload_counters: Arc<ReloadCounters>,
 }
 
-/// Loads the rules and certificates, binds every listener and starts serving.
+/// The sockets one worker serves.
+struct WorkerSockets {
+    tls: Vec<std::net::TcpListener>,
+    plain: Vec<std::net::TcpListener>,
+}
+
+/// Loads the rules and certificates, binds every listener, starts the workers.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let set = rules::load(&config.rules).map_err(|d| anyhow::anyhow!("{d}"))?;
     let stats = Arc::new(Stats::default());
     let generation = Generation::new(set, None, &stats);
     let shared = Arc::new(Shared {
         state: ArcSwap::from_pointee(generation),
-        client: upstream::client(&config),
         trusted: config.trusted_proxies.clone(),
         timeouts: config.timeouts,
         access_log: config.access_log,
         redirect_port: config.redirect_port,
         stats,
     });
-    let stop = CancellationToken::new();
-    let graceful = Arc::new(GracefulShutdown::new());
-    let l = Listening {
-        conn: Arc::new(ConnCtx {
-            shared: shared.clone(),
-            http: listener::http_builder(&config),
-            handshake_timeout: config.timeouts.handshake,
-            redirect_http: config.redirect_http,
-        }),
-        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-        stop: stop.clone(),
-        graceful: graceful.clone(),
-    };
-    let mut tasks = Vec::new();
-    let mut https = Vec::new();
-    if !config.https.is_empty() {
+    let tls = if config.https.is_empty() {
+        None
+    } else {
         let store = CertStore::load(&config.path, &config.certificates)
             .map_err(|d| anyhow::anyhow!("{d}"))?;
         let certs = Arc::new(ArcSwap::from_pointee(store));
-        for addr in &config.https {
-            let sock = listener::bind(*addr).with_context(|| format!("cannot listen on {addr}"))?;
-            https.push(sock.local_addr()?);
-            tasks.push(tokio::spawn(listener::serve_tls(
-                l.clone(),
-                sock,
-                certs.clone(),
-            )));
+        Some(crate::tls::server_config(certs).context("cannot build the TLS config")?)
+    };
+
+    let n = config.workers.max(1);
+    let mut sockets: Vec<WorkerSockets> = (0..n)
+        .map(|_| WorkerSockets {
+            tls: Vec::new(),
+            plain: Vec::new(),
+        })
+        .collect();
+    let mut https = Vec::new();
+    for addr in &config.https {
+        let group =
+            listener::bind_group(*addr, n).with_context(|| format!("cannot listen on {addr}"))?;
+        https.push(group[0].local_addr()?);
+        for (w, s) in group.into_iter().enumerate() {
+            sockets[w].tls.push(s);
         }
     }
     let mut http = Vec::new();
     for addr in &config.http {
-        let sock = listener::bind(*addr).with_context(|| format!("cannot listen on {addr}"))?;
-        http.push(sock.local_addr()?);
-        tasks.push(tokio::spawn(listener::serve_plain(l.clone(), sock)));
+        let group =
+            listener::bind_group(*addr, n).with_context(|| format!("cannot listen on {addr}"))?;
+        http.push(group[0].local_addr()?);
+        for (w, s) in group.into_iter().enumerate() {
+            sockets[w].plain.push(s);
+        }
     }
-    drop(l);
+
+    let stop = CancellationToken::new();
+    let connections = Arc::new(Semaphore::new(config.limits.max_connections));
+    let mut workers = Vec::with_capacity(n);
+    for (w, socks) in sockets.into_iter().enumerate() {
+        let (shared, config, stop, connections, tls) = (
+            shared.clone(),
+            config.clone(),
+            stop.clone(),
+            connections.clone(),
+            tls.clone(),
+        );
+        let handle = std::thread::Builder::new()
+            .name(format!("gatehouse-w{w}"))
+            .spawn(move || worker(shared, config, socks, tls, connections, stop))
+            .context("cannot start a worker thread")?;
+        workers.push(handle);
+    }
+
     let draining = Arc::new(AtomicBool::new(false));
     let reload_status = Arc::new(ArcSwap::from_pointee(ReloadStatus {
         at: SystemTime::now(),
@@ -100,8 +126,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }));
     let mut stats_addr = None;
     if let Some(addr) = config.stats {
-        let sock = listener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+        let sock = listener::bind_group(addr, 1)
+            .with_context(|| format!("cannot listen on {addr}"))?
+            .remove(0);
         stats_addr = Some(sock.local_addr()?);
+        let sock = tokio::net::TcpListener::from_std(sock)?;
         let admin = Arc::new(Admin {
             shared: shared.clone(),
             draining: draining.clone(),
@@ -116,12 +145,79 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shared,
         config,
         stop,
-        graceful,
-        tasks,
+        workers,
         draining,
         reload_status,
         reload_counters: Arc::new(ReloadCounters::default()),
     })
+}
+
+/// One worker thread: its runtime, its accept loops, its upstream pool; drains on stop.
+fn worker(
+    shared: Arc<Shared>,
+    config: Config,
+    socks: WorkerSockets,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    connections: Arc<Semaphore>,
+    stop: CancellationToken,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "worker cannot start its runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let graceful = Arc::new(GracefulShutdown::new());
+        let l = Listening {
+            conn: Arc::new(ConnCtx {
+                shared,
+                http: listener::http_builder(&config),
+                handshake_timeout: config.timeouts.handshake,
+                redirect_http: config.redirect_http,
+                upstream: upstream::client(&config),
+            }),
+            connections,
+            stop: stop.clone(),
+            graceful: graceful.clone(),
+        };
+        let mut tasks = Vec::new();
+        for s in socks.tls {
+            match (tokio::net::TcpListener::from_std(s), &tls) {
+                (Ok(s), Some(tls)) => {
+                    tasks.push(tokio::spawn(listener::serve_tls(l.clone(), s, tls.clone())))
+                }
+                (Err(e), _) => tracing::error!(error = %e, "cannot register a listener"),
+                _ => {}
+            }
+        }
+        for s in socks.plain {
+            match tokio::net::TcpListener::from_std(s) {
+                Ok(s) => tasks.push(tokio::spawn(listener::serve_plain(l.clone(), s))),
+                Err(e) => tracing::error!(error = %e, "cannot register a listener"),
+            }
+        }
+        drop(l);
+        stop.cancelled().await;
+        for t in tasks {
+            let _ = t.await;
+        }
+        match Arc::try_unwrap(graceful) {
+            Ok(g) => {
+                if tokio::time::timeout(config.timeouts.drain, g.shutdown())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("drain deadline passed; closing the remaining connections");
+                }
+            }
+            Err(_) => tracing::warn!("connections still referenced; not waiting"),
+        }
+    });
 }
 
 impl Running {
@@ -151,22 +247,17 @@ impl Running {
         )
     }
 
-    /// Stops accepting, lets in-flight requests finish up to the drain deadline.
+    /// Stops accepting and waits for the workers to drain (each up to the drain deadline).
     pub async fn shutdown(self) {
         self.draining.store(true, Ordering::Relaxed);
         self.stop.cancel();
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        let deadline = self.config.timeouts.drain;
-        match Arc::try_unwrap(self.graceful) {
-            Ok(g) => {
-                if tokio::time::timeout(deadline, g.shutdown()).await.is_err() {
-                    tracing::warn!("drain deadline passed; closing the remaining connections");
-                }
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
             }
-            Err(_) => tracing::warn!("connections still referenced; not waiting"),
-        }
+        })
+        .await;
     }
 
     /// Serves until SIGTERM or SIGINT (drain, then return; a second signal exits at once),

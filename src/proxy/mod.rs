@@ -39,8 +39,6 @@ use std::time::{Duration, Instant};
 pub struct Shared {
     /// The live generation; swapped whole by the reloader, loaded once per request.
     pub state: ArcSwap<Generation>,
-    /// Keep-alive client to the servers.
-    pub client: UpstreamClient,
     /// Peers whose forwarding headers are believed.
     pub trusted: AllowList,
     /// Timeouts.
@@ -66,6 +64,9 @@ pub struct ConnInfo {
     pub redirect_https: bool,
     /// TLS handshake time.
     pub tls_time: Duration,
+    /// The worker's keep-alive client to the servers (one per worker runtime, so a
+    /// request and its upstream connection always run on the same thread).
+    pub upstream: UpstreamClient,
 }
 
 /// Serves one request. Never fails: errors become pages here.
@@ -206,7 +207,7 @@ async fn handle_inner(
         rec.server = server.name.clone();
         let sent = Instant::now();
         let result =
-            tokio::time::timeout(shared.timeouts.response, shared.client.request(request)).await;
+            tokio::time::timeout(shared.timeouts.response, conn.upstream.request(request)).await;
         rec.first_byte = sent.elapsed();
         match result {
             Ok(Ok(mut resp)) => {
