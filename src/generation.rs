@@ -7,6 +7,7 @@
 use crate::pool::Pool;
 use crate::rules::RuleSet;
 use crate::stats::{Counters, Kind, Stats};
+use crate::upstream::health::{HealthTable, ServerState};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -28,11 +29,18 @@ pub struct Generation {
     pub services: Vec<Arc<Counters>>,
     /// Server counters, by server id.
     pub servers: Vec<Arc<Counters>>,
+    /// Server health and admin state, by server id (owned by name across generations).
+    pub health: Vec<Arc<ServerState>>,
 }
 
 impl Generation {
     /// Builds the generation after `prev`, reusing its pools (resized) and the named counters.
-    pub fn new(rules: RuleSet, prev: Option<&Generation>, stats: &Stats) -> Generation {
+    pub fn new(
+        rules: RuleSet,
+        prev: Option<&Generation>,
+        stats: &Stats,
+        health: &HealthTable,
+    ) -> Generation {
         let old: HashMap<&str, &Arc<Pool>> = prev
             .map(|g| g.pools.iter().map(|p| (&*p.name, p)).collect())
             .unwrap_or_default();
@@ -62,7 +70,9 @@ impl Generation {
             .map(|(_, _, s)| (s.id, stats.counters(Kind::Server, &s.name)))
             .collect();
         servers.sort_by_key(|(id, _)| *id);
+        let health = health.states_for(&rules);
         Generation {
+            health,
             number: prev.map_or(1, |g| g.number + 1),
             installed: SystemTime::now(),
             rules,

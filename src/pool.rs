@@ -7,6 +7,7 @@
 
 use crate::proxy::error::ProxyError;
 use crate::rules::PoolSpec;
+use crate::stats::Counters;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -85,7 +86,8 @@ impl Pool {
 
     /// Takes a slot: at once if one is free, else waits in the queue (FIFO) up to the
     /// queue timeout. A full queue refuses at once.
-    pub async fn acquire(&self) -> Result<PoolPermit, ProxyError> {
+    /// `service` counts the wait too (HAProxy reports queues per backend).
+    pub async fn acquire(&self, service: &Counters) -> Result<PoolPermit, ProxyError> {
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
             return Ok(PoolPermit { _permit: p });
         }
@@ -97,6 +99,9 @@ impl Pool {
             return Err(ProxyError::QueueFull);
         }
         self.max_waiting.fetch_max(now_waiting, Ordering::Relaxed);
+        let q = service.queued.fetch_add(1, Ordering::Relaxed) + 1;
+        service.max_queued.fetch_max(q, Ordering::Relaxed);
+        let _leave_service = LeaveU64(&service.queued);
         let timeout = Duration::from_millis(self.queue_timeout_ms.load(Ordering::Relaxed));
         match tokio::time::timeout(timeout, self.slots.clone().acquire_owned()).await {
             Ok(Ok(p)) => Ok(PoolPermit { _permit: p }),
@@ -126,6 +131,15 @@ impl Pool {
     /// Configured queue bound.
     pub fn queue_limit(&self) -> u32 {
         self.queue.load(Ordering::Relaxed)
+    }
+}
+
+/// Leaves the service's queue count likewise.
+struct LeaveU64<'a>(&'a AtomicU64);
+
+impl Drop for LeaveU64<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -42,7 +42,7 @@ pub fn reload(
     match rules::load(path) {
         Ok(set) => {
             let prev = shared.state.load_full();
-            let next = Generation::new(set, Some(&prev), &shared.stats);
+            let next = Generation::new(set, Some(&prev), &shared.stats, &shared.health);
             let number = next.number;
             shared.state.store(Arc::new(next));
             counters.ok.fetch_add(1, Ordering::Relaxed);

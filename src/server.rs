@@ -56,8 +56,10 @@ struct WorkerSockets {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let set = rules::load(&config.rules).map_err(|d| anyhow::anyhow!("{d}"))?;
     let stats = Arc::new(Stats::default());
-    let generation = Generation::new(set, None, &stats);
+    let health = crate::upstream::health::HealthTable::default();
+    let generation = Generation::new(set, None, &stats, &health);
     let shared = Arc::new(Shared {
+        health,
         state: ArcSwap::from_pointee(generation),
         trusted: config.trusted_proxies.clone(),
         timeouts: config.timeouts,
@@ -118,6 +120,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         workers.push(handle);
     }
 
+    let checked = shared.clone();
+    tokio::spawn(crate::upstream::health::run_checks(
+        move || checked.state.load_full(),
+        stop.clone(),
+    ));
     let draining = Arc::new(AtomicBool::new(false));
     let reload_status = Arc::new(ArcSwap::from_pointee(ReloadStatus {
         at: SystemTime::now(),

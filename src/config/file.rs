@@ -117,6 +117,8 @@ pub struct TimeoutsFile {
     pub upstream_idle: Option<Spanned<Scalar>>,
     /// How long in-flight requests may finish at shutdown (default 30s).
     pub drain: Option<Spanned<Scalar>>,
+    /// Inactivity on an upgraded (WebSocket) connection (default 1h).
+    pub tunnel: Option<Spanned<Scalar>>,
 }
 
 /// Limits that bound memory per connection and per process.

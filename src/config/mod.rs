@@ -74,6 +74,8 @@ pub struct Timeouts {
     pub upstream_idle: Duration,
     /// Shutdown drain deadline.
     pub drain: Duration,
+    /// Upgraded-connection inactivity.
+    pub tunnel: Duration,
 }
 
 /// Bounds on what one client or the whole process may hold.
@@ -205,6 +207,7 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         response: dur(&t.response, 60, "response"),
         upstream_idle: dur(&t.upstream_idle, 60, "upstream_idle"),
         drain: dur(&t.drain, 30, "drain"),
+        tunnel: dur(&t.tunnel, 3600, "tunnel"),
     };
     let l = &raw.limits;
     let max_header_bytes = match &l.max_header_bytes {

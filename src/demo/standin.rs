@@ -36,8 +36,10 @@ pub struct StandIn {
     pub in_flight: AtomicU64,
     /// Most in flight at once.
     pub max_in_flight: AtomicU64,
-    /// Requests served.
+    /// Requests served (health checks not counted: see `pings`).
     pub served: AtomicU64,
+    /// Health checks (`/ping`) answered.
+    pub pings: AtomicU64,
 }
 
 /// The byte at `offset` of every generated file.
@@ -63,6 +65,7 @@ pub async fn serve(name: Arc<str>, listener: TcpListener, stop: CancellationToke
         in_flight: 0.into(),
         max_in_flight: 0.into(),
         served: 0.into(),
+        pings: 0.into(),
     });
     let out = me.clone();
     tokio::spawn(async move {
@@ -105,7 +108,11 @@ async fn answer(
 ) -> Result<Response<DemoBody>, Infallible> {
     let now = me.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
     me.max_in_flight.fetch_max(now, Ordering::Relaxed);
-    me.served.fetch_add(1, Ordering::Relaxed);
+    if req.uri().path() == "/ping" {
+        me.pings.fetch_add(1, Ordering::Relaxed);
+    } else {
+        me.served.fetch_add(1, Ordering::Relaxed);
+    }
     let guard = InFlight(me.clone());
     let query = req.uri().query().unwrap_or("");
     if let Some(d) = query.split('&').find_map(|kv| kv.strip_prefix("delay="))

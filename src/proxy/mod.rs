@@ -8,6 +8,7 @@ pub mod body;
 pub mod error;
 pub mod forward;
 pub mod path;
+pub mod tunnel;
 
 use crate::accesslog::{self, Entry};
 use crate::config::{AccessLog, Timeouts};
@@ -15,9 +16,11 @@ use crate::fallback;
 use crate::generation::Generation;
 use crate::pool::PoolPermit;
 use crate::rules::matcher::AllowList;
-use crate::rules::{Action, RuleSet, Server};
+use crate::rules::select::stable_hash;
+use crate::rules::{Action, Balance, Colour, RuleSet, Server, Service};
 use crate::stats::Stats;
 use crate::upstream::UpstreamClient;
+use crate::upstream::health::{HealthTable, ServerGuard};
 use arc_swap::ArcSwap;
 use body::{BodyProgress, Hold, LimitedBody, ProxyBody};
 use bytes::Bytes;
@@ -26,6 +29,7 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -49,6 +53,8 @@ pub struct Shared {
     pub redirect_port: u16,
     /// Counters.
     pub stats: Arc<Stats>,
+    /// Server health and admin states, by name (survives reloads).
+    pub health: HealthTable,
 }
 
 /// What is known about the client connection a request came on.
@@ -85,9 +91,15 @@ pub async fn handle(
     // chunked uploads, so this costs keep-alive only to unusual clients.
     let close_after =
         req.version() == Version::HTTP_11 && req.headers().contains_key(header::TRANSFER_ENCODING);
-    let resp = match handle_inner(&shared, &conn, &generation, req, &mut rec).await {
+    let mut slot = Some(req);
+    let resp = match handle_inner(&shared, &conn, &generation, &mut slot, &mut rec).await {
         Ok(resp) => resp,
         Err(e) => {
+            if let Some(req) = slot.take()
+                && body_pending
+            {
+                drain(req.into_body());
+            }
             rec.termination = e.code();
             count_error(&generation, &rec, &e);
             error_response(&generation.rules, &e, rec.backup.as_ref(), body_pending)
@@ -111,6 +123,7 @@ fn count_error(g: &Generation, rec: &Record, e: &ProxyError) {
     if let Some(c) = counters {
         match e {
             ProxyError::Connect(_) => c.connect_errors.fetch_add(1, Ordering::Relaxed),
+            ProxyError::NoServer => c.no_server.fetch_add(1, Ordering::Relaxed),
             ProxyError::Timeout | ProxyError::Upstream(_) => {
                 c.response_errors.fetch_add(1, Ordering::Relaxed)
             }
@@ -124,13 +137,16 @@ async fn handle_inner(
     shared: &Shared,
     conn: &ConnInfo,
     g: &Generation,
-    req: Request<Incoming>,
+    slot: &mut Option<Request<Incoming>>,
     rec: &mut Record,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let host = request_host(&req)?;
+    // The request stays in `slot` until it is forwarded, so an answer of our own can
+    // still drain its body (see `drain`).
+    let req = slot.as_ref().ok_or(ProxyError::BadRequest("no request"))?;
+    let host = request_host(req)?;
     rec.host = host.clone();
     if conn.redirect_https && !req.uri().path().starts_with("/.well-known/acme-challenge/") {
-        return Ok(redirect_to_https(&req, &host, shared.redirect_port));
+        return Ok(redirect_to_https(req, &host, shared.redirect_port));
     }
     if let Some(sni) = &conn.sni
         && **sni != *host
@@ -156,7 +172,7 @@ async fn handle_inner(
     if req.body().size_hint().lower() > limit {
         return Err(ProxyError::BodyTooLarge);
     }
-    let service = g.rules.service(service_ix);
+    let service: &Service = g.rules.service(service_ix);
     let colour = service.colour_for(decision.site.colour);
     rec.service_index = Some(service_ix);
     rec.service = service.name.clone();
@@ -165,17 +181,50 @@ async fn handle_inner(
     let pool = &g.pools[pool_ix];
     rec.pool = pool.name.clone();
     let wait_start = Instant::now();
-    rec.permit = Some(pool.acquire().await?);
+    rec.permit = Some(pool.acquire(&g.services[service_ix]).await?);
+    let balance = g.rules.pool(pool_ix).balance.unwrap_or(service.balance);
+    let key = match balance {
+        Balance::HashSource => stable_hash(client.ip),
+        Balance::HashUri => stable_hash(path),
+        _ => 0,
+    };
+    let deadline = wait_start + g.rules.pool(pool_ix).queue_timeout;
+    let (mut service, mut colour) = (service, colour);
+    let (first, guard) = match choose_server(g, service, colour, balance, key, None, deadline).await
+    {
+        Ok(x) => x,
+        Err(ProxyError::NoServer) if service.backup_service.is_some() => {
+            // Every server (backups too) is out: the backup site takes the request.
+            let backup = g
+                .rules
+                .service(service.backup_service.unwrap_or(service_ix));
+            g.services[service_ix]
+                .no_server
+                .fetch_add(1, Ordering::Relaxed);
+            service = backup;
+            colour = backup.live;
+            rec.service = backup.name.clone();
+            rec.colour = colour.as_str();
+            choose_server(g, backup, colour, backup.balance, key, None, deadline).await?
+        }
+        Err(e) => return Err(e),
+    };
     rec.wait = wait_start.elapsed();
+    rec.server_guard = Some(guard);
 
-    let first = service
-        .pick(colour, None, |_| true)
-        .ok_or(ProxyError::NoServer)?
-        .clone();
+    let upgrade = upgrade_protocol(req);
+    let mut req = slot.take().ok_or(ProxyError::BadRequest("no request"))?;
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let trusted_peer =
         client.source != forward::AddrSource::Peer || shared.trusted.contains(conn.peer.ip());
     forward::rewrite_request(&mut parts.headers, &client, trusted_peer, &host, conn.tls);
+    if let Some(proto) = &upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, proto.clone());
+    }
     parts.headers.remove(header::EXPECT);
     if !parts.headers.contains_key(header::HOST)
         && let Some(a) = parts.uri.authority()
@@ -197,6 +246,7 @@ async fn handle_inner(
     let progress = Arc::new(BodyProgress::default());
     rec.progress = Some(progress.clone());
     let body = LimitedBody::new(body, limit, progress.clone());
+    // Kept only for requests without a body: those alone may be re-sent elsewhere.
     let retry = bodyless.then(|| (parts.method.clone(), parts.headers.clone()));
     let mut server = first;
     let mut request = Request::from_parts(parts, body);
@@ -211,6 +261,27 @@ async fn handle_inner(
         rec.first_byte = sent.elapsed();
         match result {
             Ok(Ok(mut resp)) => {
+                g.health[server.id].observe(true, &service.health, &server.name);
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    let (Some(client_upgrade), Some(proto)) = (client_upgrade, &upgrade) else {
+                        return Err(ProxyError::Upstream(
+                            "101 without an upgrade request".into(),
+                        ));
+                    };
+                    let server_upgrade = hyper::upgrade::on(&mut resp);
+                    let hold = (rec.permit.take(), rec.server_guard.take());
+                    tokio::spawn(tunnel::run(
+                        client_upgrade,
+                        server_upgrade,
+                        shared.timeouts.tunnel,
+                        hold,
+                    ));
+                    forward::strip_hop_by_hop(resp.headers_mut());
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    resp.headers_mut().insert(header::UPGRADE, proto.clone());
+                    return Ok(resp.map(|_| ProxyBody::empty()));
+                }
                 forward::strip_hop_by_hop(resp.headers_mut());
                 if let Some(hsts) = &decision.site.hsts
                     && conn.tls
@@ -225,34 +296,109 @@ async fn handle_inner(
                 tracing::debug!(error = %e, "request body passed its limit");
                 return Err(ProxyError::BodyTooLarge);
             }
-            Ok(Err(e)) if e.is_connect() && attempt == 0 => {
-                // Nothing reached the server: safe to try another one once (redispatch).
+            Ok(Err(e)) if e.is_connect() => {
+                // Passive health: a refused or timed-out connect counts as a failed check.
                 count_connect_error(g, &server);
-                let Some((method, headers)) = &retry else {
-                    return Err(ProxyError::Connect(e.to_string()));
+                g.health[server.id].observe(false, &service.health, &server.name);
+                // Nothing reached the server: a request without a body may try another
+                // one, once (redispatch). One whose body has started is never re-sent.
+                let (Some((method, headers)), 0) = (&retry, attempt) else {
+                    return Err(ProxyError::Connect(error_chain(&e)));
                 };
-                let Some(next) = service.pick(colour, Some(&server), |_| true) else {
-                    return Err(ProxyError::Connect(e.to_string()));
+                let Ok((next, guard)) =
+                    choose_server(g, service, colour, balance, key, Some(&server), deadline).await
+                else {
+                    return Err(ProxyError::Connect(error_chain(&e)));
                 };
                 g.servers[next.id]
                     .redispatches
                     .fetch_add(1, Ordering::Relaxed);
-                server = next.clone();
+                rec.server_guard = Some(guard);
+                server = next;
                 attempt += 1;
-                let empty = LimitedBody::empty(progress.clone());
-                let mut r = Request::new(empty);
+                let mut r = Request::new(LimitedBody::empty(progress.clone()));
                 *r.method_mut() = method.clone();
                 *r.headers_mut() = headers.clone();
                 request = r;
             }
-            Ok(Err(e)) if e.is_connect() => {
-                count_connect_error(g, &server);
-                return Err(ProxyError::Connect(e.to_string()));
-            }
             Ok(Err(e)) => return Err(ProxyError::Upstream(error_chain(&e))),
-            Err(_) => return Err(ProxyError::Timeout),
+            Err(_) => {
+                g.health[server.id].observe(false, &service.health, &server.name);
+                return Err(ProxyError::Timeout);
+            }
         }
     }
+}
+
+/// Reads and discards the unread body of a request the proxy answered itself (lingering
+/// close, as nginx does): a client still sending gets to finish and read the answer instead
+/// of a reset. Bounded: 4 MiB or 5 s, then the body is dropped and the connection closes
+/// (the answer carries `Connection: close`).
+fn drain(mut body: Incoming) {
+    tokio::spawn(async move {
+        let mut left: i64 = 4 << 20;
+        let read = async {
+            while left > 0 {
+                match body.frame().await {
+                    Some(Ok(f)) => left -= f.data_ref().map_or(0, |d| d.len() as i64),
+                    _ => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    });
+}
+
+/// Chooses a usable server with room (health UP, admin READY, below maxconn). When every
+/// usable one is at its maxconn, waits for a slot on the balancer's choice until the
+/// pool's queue deadline (HAProxy semantics: a server never exceeds maxconn; the rest queue).
+async fn choose_server(
+    g: &Generation,
+    service: &Service,
+    colour: Colour,
+    balance: Balance,
+    key: u64,
+    avoid: Option<&Server>,
+    deadline: Instant,
+) -> Result<(Arc<Server>, ServerGuard), ProxyError> {
+    let group = service.group(colour);
+    let load = |s: &Server| g.health[s.id].active.load(Ordering::Relaxed);
+    for _ in 0..3 {
+        let room = |s: &Server| g.health[s.id].usable() && g.health[s.id].has_room();
+        let Some(s) = group.pick(balance, key, avoid, &room, &load) else {
+            break;
+        };
+        if let Some(guard) = g.health[s.id].try_enter() {
+            return Ok((s.clone(), guard));
+        }
+    }
+    let usable = |s: &Server| g.health[s.id].usable();
+    let s = group
+        .pick(balance, key, avoid, &usable, &load)
+        .ok_or(ProxyError::NoServer)?;
+    match tokio::time::timeout_at(deadline.into(), g.health[s.id].enter()).await {
+        Ok(guard) => Ok((s.clone(), guard)),
+        Err(_) => Err(ProxyError::QueueTimeout),
+    }
+}
+
+/// The protocol a request asks to upgrade to (HTTP/1.1 `Connection: upgrade` + `Upgrade`),
+/// never `h2c` (a smuggling vector). The tunnel opens only after the server's 101.
+fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let wants = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    let proto = req.headers().get(header::UPGRADE)?;
+    (wants && !proto.as_bytes().eq_ignore_ascii_case(b"h2c")).then(|| proto.clone())
 }
 
 fn count_connect_error(g: &Generation, server: &Server) {
@@ -400,6 +546,7 @@ struct Record {
     backup: Option<Bytes>,
     progress: Option<Arc<BodyProgress>>,
     permit: Option<PoolPermit>,
+    server_guard: Option<ServerGuard>,
     site_index: Option<usize>,
 }
 
@@ -446,6 +593,7 @@ impl Record {
             backup: None,
             progress: None,
             permit: None,
+            server_guard: None,
             site_index: None,
         }
     }
@@ -454,6 +602,7 @@ impl Record {
 impl Hold for Record {
     fn finish(&mut self, bytes_out: u64, complete: bool) {
         self.permit.take();
+        self.server_guard.take();
         let total = self.start.elapsed();
         let micros = total.as_micros() as u64;
         let bytes_in = self

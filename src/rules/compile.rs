@@ -3,9 +3,11 @@
 //! Each check records a [`Diagnostic`] and carries on, so `gatehouse check` (and a
 //! refused reload) shows all the mistakes of an edit at once.
 
-use super::file::{PathFile, RouteFile, RulesFile, ServerFile, SiteFile};
+use super::file::{HealthFile, PathFile, RouteFile, RulesFile, ServerFile, SiteFile};
 use super::matcher::{AllowList, HostPattern, PathPattern};
-use super::{Action, HostIndex, PoolSpec, Route, RuleSet, Server, Service, Site};
+use super::{
+    Action, Group, HealthSpec, HostIndex, PoolSpec, Route, RuleSet, Server, Service, Site,
+};
 use crate::diag::{Diagnostic, Diagnostics, Pos, parse_yaml, read_file};
 use crate::units::{parse_duration, parse_size};
 use bytes::Bytes;
@@ -82,6 +84,9 @@ pub fn compile(files: &[(PathBuf, String)]) -> Result<RuleSet, Diagnostics> {
         c.networks(path, f);
         c.pools(path, f);
         c.services(path, f);
+    }
+    for (path, f) in &parsed {
+        c.backup_services(path, f);
     }
     for (path, f) in &parsed {
         for site in &f.sites {
@@ -191,6 +196,7 @@ impl Compiler {
                 slots: p.slots,
                 queue: p.queue,
                 queue_timeout,
+                balance: p.balance,
             });
         }
     }
@@ -201,8 +207,8 @@ impl Compiler {
             let blue = self.servers(file, name, &s.blue);
             let green = self.servers(file, name, &s.green);
             let live_empty = match s.live.value {
-                super::Colour::Blue => blue.is_empty(),
-                super::Colour::Green => green.is_empty(),
+                super::Colour::Blue => !blue.iter().any(|s| !s.backup),
+                super::Colour::Green => !green.iter().any(|s| !s.backup),
             };
             if live_empty {
                 self.err_hint(
@@ -216,6 +222,7 @@ impl Compiler {
                 );
             }
             let backup_page = s.backup_page.as_ref().and_then(|p| self.page(file, p));
+            let health = self.health(file, name, s.health.as_ref());
             if self.service_index.contains_key(name) {
                 self.err(file, at(svc), format!("service `{name}` is defined twice"));
                 continue;
@@ -225,10 +232,12 @@ impl Compiler {
             self.set.services.push(Arc::new(Service {
                 name: name.as_str().into(),
                 live: s.live.value,
-                blue,
-                green,
+                blue: Group::new(blue),
+                green: Group::new(green),
                 backup_page,
-                cursor: Default::default(),
+                backup_service: None,
+                health,
+                balance: s.balance.unwrap_or_default(),
             }));
         }
     }
@@ -281,9 +290,83 @@ impl Compiler {
                 addr,
                 authority,
                 weight: s.value.weight.unwrap_or(1),
+                maxconn: s.value.maxconn.filter(|m| *m > 0),
+                backup: s.value.backup,
             }));
         }
         out
+    }
+
+    fn health(&mut self, file: &Path, service: &str, h: Option<&HealthFile>) -> HealthSpec {
+        let mut spec = HealthSpec {
+            path: None,
+            expect: None,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        };
+        let Some(h) = h else { return spec };
+        if let Some(p) = &h.path {
+            if !p.value.starts_with('/') {
+                self.err(
+                    file,
+                    at(p),
+                    format!("service `{service}`: health path must start with /"),
+                );
+            }
+            spec.path = Some(p.value.clone());
+        }
+        spec.expect = h.expect;
+        for (field, value, target) in [
+            ("interval", &h.interval, &mut spec.interval),
+            ("timeout", &h.timeout, &mut spec.timeout),
+        ] {
+            if let Some(v) = value {
+                match parse_duration(&v.value.0) {
+                    Ok(d) if d >= Duration::from_millis(10) => *target = d,
+                    _ => self.err_hint(
+                        file,
+                        at(v),
+                        format!("service `{service}`: health {field} is not a duration"),
+                        "a duration of at least 10ms, such as 2s",
+                    ),
+                }
+            }
+        }
+        spec.rise = h.rise.unwrap_or(2).max(1);
+        spec.fall = h.fall.unwrap_or(3).max(1);
+        spec
+    }
+
+    fn backup_services(&mut self, file: &Path, f: &RulesFile) {
+        for (name, svc) in &f.services {
+            let Some(b) = &svc.value.backup_service else {
+                continue;
+            };
+            let (Some(&me), target) = (
+                self.service_index.get(name),
+                self.service_index.get(&b.value).copied(),
+            ) else {
+                continue;
+            };
+            match target {
+                Some(t) if t != me => {
+                    if let Some(s) = Arc::get_mut(&mut self.set.services[me]) {
+                        s.backup_service = Some(t);
+                    }
+                }
+                _ => self.err_hint(
+                    file,
+                    at(b),
+                    format!(
+                        "service `{name}`: backup_service `{}` is not another service",
+                        b.value
+                    ),
+                    "the name of another service",
+                ),
+            }
+        }
     }
 
     fn page(&mut self, file: &Path, p: &Spanned<String>) -> Option<Bytes> {

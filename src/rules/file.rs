@@ -45,6 +45,49 @@ pub struct PoolFile {
     /// How long a request may wait in the queue before it gets 503 and Retry-After.
     #[serde(default)]
     pub queue_timeout: Option<Spanned<Scalar>>,
+    /// Balancing for requests of this class (overrides the service's); the shipped
+    /// `files` pool uses `leastconn`, so long downloads spread by load, not by turn.
+    #[serde(default)]
+    pub balance: Option<Balance>,
+}
+
+/// How a server is chosen among the usable ones.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Weighted round robin (default).
+    #[default]
+    Roundrobin,
+    /// Fewest requests in flight (ties by weight).
+    Leastconn,
+    /// Consistent hash of the client address: a client sticks to a server.
+    HashSource,
+    /// Consistent hash of the path: a URI sticks to a server (cache locality).
+    HashUri,
+}
+
+/// Active health checks for a service's servers (like HAProxy's `check inter rise fall`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    /// HTTP path to GET; without it, a TCP connect is the check.
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    /// Status that counts as healthy (default: any 2xx or 3xx).
+    #[serde(default)]
+    pub expect: Option<u16>,
+    /// Time between checks (default 2s; ±10 % jitter so checks never march in step).
+    #[serde(default)]
+    pub interval: Option<Spanned<Scalar>>,
+    /// How long one check may take (default 1s).
+    #[serde(default)]
+    pub timeout: Option<Spanned<Scalar>>,
+    /// Passing checks in a row that bring a DOWN server UP (default 2).
+    #[serde(default)]
+    pub rise: Option<u32>,
+    /// Failing checks (or failed connects) in a row that take an UP server DOWN (default 3).
+    #[serde(default)]
+    pub fall: Option<u32>,
 }
 
 /// The two colours of a blue/green deployment.
@@ -72,6 +115,16 @@ pub struct ServiceFile {
     /// HTML page served with 503 when no server of the service can take the request.
     #[serde(default)]
     pub backup_page: Option<Spanned<String>>,
+    /// Another service (e.g. a static maintenance site) that takes requests when no
+    /// server of this one (backups included) is usable; tried before the backup page.
+    #[serde(default)]
+    pub backup_service: Option<Spanned<String>>,
+    /// Active health checks (default: TCP connect every 2s, rise 2, fall 3).
+    #[serde(default)]
+    pub health: Option<HealthFile>,
+    /// Balancing: `roundrobin` (default), `leastconn`, `hash-source`, `hash-uri`.
+    #[serde(default)]
+    pub balance: Option<Balance>,
 }
 
 /// One backend server.
@@ -82,9 +135,15 @@ pub struct ServerFile {
     pub name: Spanned<String>,
     /// `ip:port` the proxy connects to.
     pub addr: Spanned<String>,
-    /// Relative share of requests under weighted balancing (default 1).
+    /// Relative share of requests under weighted balancing (default 1; 0 = never chosen).
     #[serde(default)]
     pub weight: Option<u32>,
+    /// Requests in flight at once on this server; the rest wait (HAProxy `maxconn`).
+    #[serde(default)]
+    pub maxconn: Option<u32>,
+    /// A backup server: used only when no primary server of its colour is usable.
+    #[serde(default)]
+    pub backup: bool,
 }
 
 /// Which colour of each service a site is served by.

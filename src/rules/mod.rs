@@ -8,6 +8,7 @@
 pub mod compile;
 pub mod file;
 pub mod matcher;
+pub mod select;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -15,11 +16,11 @@ use matcher::{AllowList, HostPattern, PathPattern};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use compile::{compile, load};
-pub use file::{Colour, ColourChoice};
+pub use file::{Balance, Colour, ColourChoice};
+pub use select::Group;
 
 /// A compiled, immutable generation of the rules.
 #[derive(Debug)]
@@ -101,6 +102,25 @@ pub struct PoolSpec {
     pub queue: u32,
     /// How long one may wait.
     pub queue_timeout: Duration,
+    /// Balancing for this class, overriding the service's.
+    pub balance: Option<Balance>,
+}
+
+/// Active health checking of a service's servers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthSpec {
+    /// HTTP path to GET, or `None` for a TCP connect check.
+    pub path: Option<String>,
+    /// Healthy status, or `None` for any 2xx/3xx.
+    pub expect: Option<u16>,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time one check may take.
+    pub timeout: Duration,
+    /// Passes in a row to come UP.
+    pub rise: u32,
+    /// Failures in a row to go DOWN.
+    pub fall: u32,
 }
 
 /// A backend service with its blue and green servers.
@@ -111,13 +131,17 @@ pub struct Service {
     /// Which colour the normal hosts use.
     pub live: Colour,
     /// Blue servers.
-    pub blue: Vec<Arc<Server>>,
+    pub blue: Group,
     /// Green servers.
-    pub green: Vec<Arc<Server>>,
+    pub green: Group,
     /// Page served with 503 when no server can take a request.
     pub backup_page: Option<Bytes>,
-    /// Round-robin cursor; restarting it on reload is harmless.
-    cursor: AtomicUsize,
+    /// Service that takes requests when none of this one's servers can.
+    pub backup_service: Option<usize>,
+    /// Health checks.
+    pub health: HealthSpec,
+    /// Balancing unless the pool says otherwise.
+    pub balance: Balance,
 }
 
 /// One backend server.
@@ -133,6 +157,10 @@ pub struct Server {
     pub authority: http::uri::Authority,
     /// Share under weighted balancing.
     pub weight: u32,
+    /// Most requests in flight at once on this server.
+    pub maxconn: Option<u32>,
+    /// Used only when no primary of its colour is usable.
+    pub backup: bool,
 }
 
 /// The result of routing one request.
@@ -171,30 +199,17 @@ impl Service {
         }
     }
 
-    /// The servers of one colour.
-    pub fn servers(&self, colour: Colour) -> &[Arc<Server>] {
+    /// The servers of one colour, with their pick structures.
+    pub fn group(&self, colour: Colour) -> &Group {
         match colour {
             Colour::Blue => &self.blue,
             Colour::Green => &self.green,
         }
     }
 
-    /// The next server in round-robin order among those `usable` says may take a request,
-    /// skipping `avoid` (the server a failed attempt went to).
-    pub fn pick(
-        &self,
-        colour: Colour,
-        avoid: Option<&Server>,
-        usable: impl Fn(&Server) -> bool,
-    ) -> Option<&Arc<Server>> {
-        let servers = self.servers(colour);
-        if servers.is_empty() {
-            return None;
-        }
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        (0..servers.len())
-            .map(|i| &servers[(start + i) % servers.len()])
-            .find(|s| avoid.is_none_or(|a| a.name != s.name) && usable(s))
+    /// The servers of one colour.
+    pub fn servers(&self, colour: Colour) -> &[Arc<Server>] {
+        &self.group(colour).servers
     }
 }
 
@@ -250,9 +265,15 @@ impl RuleSet {
     pub fn all_servers(&self) -> impl Iterator<Item = (&Service, Colour, &Arc<Server>)> {
         self.services.iter().flat_map(|svc| {
             svc.blue
+                .servers
                 .iter()
                 .map(move |s| (&**svc, Colour::Blue, s))
-                .chain(svc.green.iter().map(move |s| (&**svc, Colour::Green, s)))
+                .chain(
+                    svc.green
+                        .servers
+                        .iter()
+                        .map(move |s| (&**svc, Colour::Green, s)),
+                )
         })
     }
 }

@@ -32,6 +32,12 @@ pub struct Counters {
     pub response_errors: AtomicU64,
     /// Requests retried on another server.
     pub redispatches: AtomicU64,
+    /// Requests that found no usable server.
+    pub no_server: AtomicU64,
+    /// Requests waiting in a pool queue for this service now.
+    pub queued: AtomicU64,
+    /// Most waiting at once.
+    pub max_queued: AtomicU64,
     /// Total time of finished requests, microseconds (for an average).
     pub total_time_us: AtomicU64,
 }

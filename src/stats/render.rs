@@ -4,6 +4,7 @@
 
 use crate::generation::Generation;
 use crate::reload::ReloadStatus;
+use crate::rules::{Balance, Colour};
 use crate::stats::{Counters, Stats};
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
@@ -101,46 +102,86 @@ pub fn csv(v: &View<'_>) -> String {
         r.set("mode", "http");
         r.write(&mut out);
     }
+    let uptime = v.stats.started.elapsed().as_secs();
     for (i, svc) in g.rules.services.iter().enumerate() {
         let live = svc.live;
-        let mut up = 0;
-        for (colour, servers) in [
-            (crate::rules::Colour::Blue, &svc.blue),
-            (crate::rules::Colour::Green, &svc.green),
-        ] {
-            for s in servers.iter() {
+        let (mut act, mut bck) = (0, 0);
+        for (colour, group) in [(Colour::Blue, &svc.blue), (Colour::Green, &svc.green)] {
+            for s in group.servers.iter() {
+                let h = &g.health[s.id];
                 let mut r = Row::new(&svc.name, &s.name, 2);
                 r.counters(&g.servers[s.id]);
-                r.set("status", "UP");
+                r.set("scur", h.active.load(Relaxed));
+                r.set("status", h.status());
                 r.set("weight", s.weight);
-                r.set("act", u8::from(colour == live));
-                r.set("bck", u8::from(colour != live));
+                r.set("act", u8::from(!s.backup));
+                r.set("bck", u8::from(s.backup));
                 r.set("sid", s.id + 1);
                 r.set("addr", s.addr);
                 r.set("mode", "http");
                 r.set("qcur", 0);
                 r.set("qmax", 0);
-                r.set("lastchg", v.stats.started.elapsed().as_secs());
-                r.set("downtime", 0);
-                r.set("check_status", "");
-                up += 1;
+                if let Some(m) = s.maxconn {
+                    r.set("slim", m);
+                }
+                r.set("chkfail", h.checks_failed.load(Relaxed));
+                r.set("chkdown", h.went_down.load(Relaxed));
+                r.set("lastchg", h.since_change_secs());
+                r.set("downtime", h.downtime_secs());
+                r.set("check_rise", svc.health.rise);
+                r.set("check_fall", svc.health.fall);
+                if h.checked.load(Relaxed) {
+                    let ok = h.last_check_ok.load(Relaxed);
+                    let code = h.last_check_code.load(Relaxed);
+                    let status = match (svc.health.path.is_some(), ok) {
+                        (true, true) => "L7OK",
+                        (true, false) if code > 0 => "L7STS",
+                        (false, true) => "L4OK",
+                        _ => "L4CON",
+                    };
+                    r.set("check_status", status);
+                    if code > 0 {
+                        r.set("check_code", code);
+                    }
+                    r.set("check_duration", h.last_check_ms.load(Relaxed));
+                }
+                if colour == live && h.usable() {
+                    if s.backup {
+                        bck += 1;
+                    } else {
+                        act += 1;
+                    }
+                }
                 r.write(&mut out);
             }
         }
+        let c = &g.services[i];
         let mut r = Row::new(&svc.name, "BACKEND", 1);
-        r.counters(&g.services[i]);
-        r.set("status", if up > 0 { "UP" } else { "DOWN" });
-        r.set("act", svc.servers(live).len());
-        r.set("bck", svc.servers(live.other()).len());
+        r.counters(c);
+        r.set("qcur", c.queued.load(Relaxed));
+        r.set("qmax", c.max_queued.load(Relaxed));
+        r.set("status", if act + bck > 0 { "UP" } else { "DOWN" });
+        r.set("act", act);
+        r.set("bck", bck);
         r.set(
             "weight",
-            svc.servers(live).iter().map(|s| s.weight).sum::<u32>(),
+            svc.servers(live)
+                .iter()
+                .filter(|s| !s.backup)
+                .map(|s| s.weight)
+                .sum::<u32>(),
         );
-        r.set("qcur", 0);
-        r.set("qmax", 0);
         r.set("mode", "http");
-        r.set("algo", "roundrobin");
-        r.set("lastchg", v.stats.started.elapsed().as_secs());
+        r.set(
+            "algo",
+            match svc.balance {
+                Balance::Roundrobin => "roundrobin",
+                Balance::Leastconn => "leastconn",
+                Balance::HashSource => "source",
+                Balance::HashUri => "uri",
+            },
+        );
+        r.set("lastchg", uptime);
         r.set("downtime", 0);
         r.write(&mut out);
     }
@@ -161,6 +202,8 @@ pub fn json(v: &View<'_>) -> String {
             "connect_errors": c.connect_errors.load(Relaxed),
             "response_errors": c.response_errors.load(Relaxed),
             "redispatches": c.redispatches.load(Relaxed),
+            "no_server": c.no_server.load(Relaxed),
+            "queued": c.queued.load(Relaxed),
         })
     };
     let sites: Vec<_> = g
@@ -180,7 +223,15 @@ pub fn json(v: &View<'_>) -> String {
                 .rules
                 .all_servers()
                 .filter(|(svc, _, _)| svc.name == s.name)
-                .map(|(_, colour, srv)| serde_json::json!({"name": &*srv.name, "colour": colour.as_str(), "addr": srv.addr.to_string(), "status": "UP", "counters": counters(&g.servers[srv.id])}))
+                .map(|(_, colour, srv)| {
+                    let h = &g.health[srv.id];
+                    serde_json::json!({"name": &*srv.name, "colour": colour.as_str(), "addr": srv.addr.to_string(),
+                        "status": h.status(), "backup": srv.backup, "weight": srv.weight, "maxconn": srv.maxconn,
+                        "active": h.active.load(Relaxed), "since_change_s": h.since_change_secs(),
+                        "downtime_s": h.downtime_secs(), "checks_failed": h.checks_failed.load(Relaxed),
+                        "last_check": {"ok": h.last_check_ok.load(Relaxed), "code": h.last_check_code.load(Relaxed), "ms": h.last_check_ms.load(Relaxed)},
+                        "counters": counters(&g.servers[srv.id])})
+                })
                 .collect();
             serde_json::json!({"name": &*s.name, "live": s.live.as_str(), "counters": counters(&g.services[i]), "servers": servers})
         })
@@ -278,10 +329,11 @@ pub fn html(v: &View<'_>) -> String {
     for (svc, colour, s) in g.rules.all_servers() {
         let _ = write!(
             o,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>UP</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&svc.name),
             escape(&s.name),
             colour.as_str(),
+            g.health[s.id].status(),
             g.servers[s.id].requests.load(Relaxed)
         );
     }

@@ -4,6 +4,8 @@
 //! and by an idle timeout), so a steady load reuses connections instead of paying a
 //! TCP handshake per request.
 
+pub mod health;
+
 use crate::config::Config;
 use crate::proxy::body::LimitedBody;
 use hyper_util::client::legacy::Client;

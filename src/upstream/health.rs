@@ -1,0 +1,334 @@
+//! Server health: UP/DOWN from active checks and passive failures, MAINT/DRAIN from ops.
+//!
+//! Kept by server name outside the rule set (a reload keeps every server's state,
+//! counters of checks and admin state). Read on the hot path through atomics only:
+//! a generation holds `Arc<ServerState>` by server id.
+
+use crate::rules::{HealthSpec, RuleSet, Server};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// What ops set on a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AdminState {
+    /// Takes requests when healthy.
+    Ready = 0,
+    /// Takes nothing (maintenance); health checks keep running.
+    Maint = 1,
+    /// Takes no new requests; in-flight ones finish.
+    Drain = 2,
+}
+
+/// The runtime state of one server.
+#[derive(Debug)]
+pub struct ServerState {
+    up: AtomicBool,
+    admin: AtomicU8,
+    ok_streak: AtomicU32,
+    fail_streak: AtomicU32,
+    /// Unix ms of the last UP/DOWN change.
+    pub last_change_ms: AtomicU64,
+    /// Total ms spent DOWN before the current state.
+    pub downtime_ms: AtomicU64,
+    /// Checks that failed.
+    pub checks_failed: AtomicU64,
+    /// UP → DOWN transitions.
+    pub went_down: AtomicU64,
+    /// Last check: status code (0 = none / TCP), duration ms, passed.
+    pub last_check_code: AtomicU32,
+    /// Duration of the last check, ms.
+    pub last_check_ms: AtomicU64,
+    /// Whether the last check passed.
+    pub last_check_ok: AtomicBool,
+    /// Whether a check has run at all.
+    pub checked: AtomicBool,
+    /// Requests in flight to this server now (least-connections balancing).
+    pub active: AtomicU32,
+    /// Per-server `maxconn`, as permits; `None` = unlimited.
+    slots: Mutex<Option<(u32, Arc<Semaphore>)>>,
+    next_check_ms: AtomicU64,
+}
+
+/// A request's hold on a server: counted in `active`, and a maxconn slot if limited.
+#[derive(Debug)]
+pub struct ServerGuard {
+    state: Arc<ServerState>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        self.state.active.fetch_sub(1, Relaxed);
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl ServerState {
+    fn new() -> Self {
+        ServerState {
+            up: AtomicBool::new(true),
+            admin: AtomicU8::new(AdminState::Ready as u8),
+            ok_streak: AtomicU32::new(0),
+            fail_streak: AtomicU32::new(0),
+            last_change_ms: AtomicU64::new(now_ms()),
+            downtime_ms: AtomicU64::new(0),
+            checks_failed: AtomicU64::new(0),
+            went_down: AtomicU64::new(0),
+            last_check_code: AtomicU32::new(0),
+            last_check_ms: AtomicU64::new(0),
+            last_check_ok: AtomicBool::new(false),
+            checked: AtomicBool::new(false),
+            active: AtomicU32::new(0),
+            slots: Mutex::new(None),
+            next_check_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether health says UP.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Relaxed)
+    }
+
+    /// The admin state.
+    pub fn admin(&self) -> AdminState {
+        match self.admin.load(Relaxed) {
+            1 => AdminState::Maint,
+            2 => AdminState::Drain,
+            _ => AdminState::Ready,
+        }
+    }
+
+    /// Sets the admin state (ops action).
+    pub fn set_admin(&self, a: AdminState) {
+        self.admin.store(a as u8, Relaxed);
+    }
+
+    /// Whether the server may take a new request.
+    pub fn usable(&self) -> bool {
+        self.is_up() && self.admin() == AdminState::Ready
+    }
+
+    /// Status word for stats: UP, DOWN, MAINT, DRAIN.
+    pub fn status(&self) -> &'static str {
+        match (self.admin(), self.is_up()) {
+            (AdminState::Maint, _) => "MAINT",
+            (AdminState::Drain, _) => "DRAIN",
+            (_, true) => "UP",
+            (_, false) => "DOWN",
+        }
+    }
+
+    /// Seconds since the last UP/DOWN change.
+    pub fn since_change_secs(&self) -> u64 {
+        now_ms().saturating_sub(self.last_change_ms.load(Relaxed)) / 1000
+    }
+
+    /// Total seconds spent DOWN, including the current DOWN spell.
+    pub fn downtime_secs(&self) -> u64 {
+        let mut ms = self.downtime_ms.load(Relaxed);
+        if !self.is_up() {
+            ms += now_ms().saturating_sub(self.last_change_ms.load(Relaxed));
+        }
+        ms / 1000
+    }
+
+    /// Records a check (or a passive observation): `rise` passes bring it UP, `fall`
+    /// failures take it DOWN.
+    pub fn observe(&self, ok: bool, spec: &HealthSpec, name: &str) {
+        if ok {
+            self.fail_streak.store(0, Relaxed);
+            let n = self.ok_streak.fetch_add(1, Relaxed) + 1;
+            if !self.is_up() && n >= spec.rise {
+                let now = now_ms();
+                let since = self.last_change_ms.swap(now, Relaxed);
+                self.downtime_ms
+                    .fetch_add(now.saturating_sub(since), Relaxed);
+                self.up.store(true, Relaxed);
+                tracing::warn!(server = name, "server is UP");
+            }
+        } else {
+            self.checks_failed.fetch_add(1, Relaxed);
+            self.ok_streak.store(0, Relaxed);
+            let n = self.fail_streak.fetch_add(1, Relaxed) + 1;
+            if self.is_up() && n >= spec.fall {
+                self.up.store(false, Relaxed);
+                self.last_change_ms.store(now_ms(), Relaxed);
+                self.went_down.fetch_add(1, Relaxed);
+                tracing::warn!(server = name, "server is DOWN");
+            }
+        }
+    }
+
+    /// Takes a request slot on this server: at once when below maxconn (or unlimited);
+    /// `None` when the server is full.
+    pub fn try_enter(self: &Arc<Self>) -> Option<ServerGuard> {
+        let slot = match self.slots.lock().ok()?.as_ref() {
+            None => None,
+            Some((_, sem)) => Some(sem.clone().try_acquire_owned().ok()?),
+        };
+        self.active.fetch_add(1, Relaxed);
+        Some(ServerGuard {
+            state: self.clone(),
+            _slot: slot,
+        })
+    }
+
+    /// Waits for a request slot on this server (used when every candidate is at maxconn).
+    pub async fn enter(self: &Arc<Self>) -> ServerGuard {
+        let sem = self
+            .slots
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|(_, s)| s.clone()));
+        let slot = match sem {
+            Some(sem) => sem.acquire_owned().await.ok(),
+            None => None,
+        };
+        self.active.fetch_add(1, Relaxed);
+        ServerGuard {
+            state: self.clone(),
+            _slot: slot,
+        }
+    }
+
+    /// Whether a maxconn slot is free (or there is no limit).
+    pub fn has_room(&self) -> bool {
+        match self.slots.lock().ok().as_deref() {
+            Some(Some((_, sem))) => sem.available_permits() > 0,
+            _ => true,
+        }
+    }
+
+    fn set_maxconn(&self, maxconn: Option<u32>) {
+        let Ok(mut slots) = self.slots.lock() else {
+            return;
+        };
+        match (maxconn, slots.as_ref()) {
+            (None, _) => *slots = None,
+            (Some(m), Some((old, _))) if *old == m => {}
+            // A new limit applies to new requests; held slots of the old one drain away.
+            (Some(m), _) => *slots = Some((m, Arc::new(Semaphore::new(m as usize)))),
+        }
+    }
+}
+
+/// Every server's state, by name; survives reloads.
+#[derive(Debug, Default)]
+pub struct HealthTable {
+    servers: Mutex<HashMap<Arc<str>, Arc<ServerState>>>,
+}
+
+impl HealthTable {
+    /// States for every server of `rules`, by server id (created on first sight).
+    /// Called when a generation is built, never per request.
+    pub fn states_for(&self, rules: &RuleSet) -> Vec<Arc<ServerState>> {
+        let mut map = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(usize, Arc<ServerState>)> = rules
+            .all_servers()
+            .map(|(_, _, s)| {
+                let st = map
+                    .entry(s.name.clone())
+                    .or_insert_with(|| Arc::new(ServerState::new()))
+                    .clone();
+                st.set_maxconn(s.maxconn);
+                (s.id, st)
+            })
+            .collect();
+        out.sort_by_key(|(id, _)| *id);
+        out.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// The state of a server by name.
+    pub fn get(&self, name: &str) -> Option<Arc<ServerState>> {
+        self.servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+}
+
+/// Runs one check against `server`.
+pub async fn check(server: &Server, spec: &HealthSpec) -> (bool, u32) {
+    let attempt = async {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.ok()?;
+        let Some(path) = &spec.path else {
+            return Some((true, 0));
+        };
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: gatehouse-health-check\r\nConnection: close\r\n\r\n",
+            server.addr
+        );
+        tcp.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        while n < 12 {
+            let m = tcp.read(&mut buf[n..]).await.ok()?;
+            if m == 0 {
+                break;
+            }
+            n += m;
+        }
+        let line = std::str::from_utf8(&buf[..n]).ok()?;
+        let code: u32 = line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()?;
+        let ok = match spec.expect {
+            Some(e) => code == u32::from(e),
+            None => (200..400).contains(&code),
+        };
+        Some((ok, code))
+    };
+    match tokio::time::timeout(spec.timeout, attempt).await {
+        Ok(Some(r)) => r,
+        _ => (false, 0),
+    }
+}
+
+/// Checks every server of the live generation when its (jittered) interval is due.
+/// One loop for the whole process; each check runs as its own task.
+pub async fn run_checks(
+    load: impl Fn() -> Arc<crate::generation::Generation>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = stop.cancelled() => return,
+        }
+        let g = load();
+        let now = now_ms();
+        for (svc, _, server) in g.rules.all_servers() {
+            let state = &g.health[server.id];
+            if state.next_check_ms.load(Relaxed) > now {
+                continue;
+            }
+            let spec = svc.health.clone();
+            let interval = spec.interval.as_millis() as u64;
+            let jitter = fastrand::u64(0..=interval / 5);
+            state
+                .next_check_ms
+                .store(now + interval - interval / 10 + jitter, Relaxed);
+            let (server, state) = (server.clone(), state.clone());
+            tokio::spawn(async move {
+                let start = std::time::Instant::now();
+                let (ok, code) = check(&server, &spec).await;
+                state.last_check_code.store(code, Relaxed);
+                state
+                    .last_check_ms
+                    .store(start.elapsed().as_millis() as u64, Relaxed);
+                state.last_check_ok.store(ok, Relaxed);
+                state.checked.store(true, Relaxed);
+                state.observe(ok, &spec, &server.name);
+            });
+        }
+    }
+}
