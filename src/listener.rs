@@ -12,7 +12,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -47,6 +48,64 @@ pub struct ConnCtx {
     pub redirect_http: bool,
     /// This worker's keep-alive client to the servers.
     pub upstream: crate::upstream::UpstreamClient,
+    /// Connections per client address (process-wide).
+    pub per_client: Arc<PerClient>,
+    /// TLS handshakes in progress at once (process-wide); a flood waits here.
+    pub handshakes: Arc<Semaphore>,
+}
+
+/// Counts connections per client address. Touched once when a connection opens and once
+/// when it closes, never per request.
+#[derive(Debug)]
+pub struct PerClient {
+    limit: usize,
+    open: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    /// Connections refused for being over the limit.
+    pub refused: std::sync::atomic::AtomicU64,
+}
+
+/// One open connection of a client; leaves the count on drop.
+pub struct ClientSlot {
+    owner: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    /// A counter allowing `limit` connections per address.
+    pub fn new(limit: usize) -> Arc<PerClient> {
+        Arc::new(PerClient {
+            limit,
+            open: Default::default(),
+            refused: Default::default(),
+        })
+    }
+
+    /// Takes a slot for `ip`, or `None` when it already has `limit` connections open.
+    pub fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.limit {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            owner: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Binds `addr` once per worker with SO_REUSEPORT: the kernel spreads connections over the
@@ -124,8 +183,14 @@ async fn accept_loop(l: Listening, listener: TcpListener, tls: Option<TlsAccepto
         let ctx = l.conn.clone();
         let watcher = l.graceful.watcher();
         let tls = tls.clone();
+        let Some(client_slot) = ctx.per_client.enter(peer.ip()) else {
+            // Over the per-address limit: closed before any byte is read.
+            drop(tcp);
+            continue;
+        };
         tokio::spawn(async move {
             let _permit = permit;
+            let _client_slot = client_slot;
             let stats = &ctx.shared.stats;
             stats.connections.fetch_add(1, Ordering::Relaxed);
             stats.connections_total.fetch_add(1, Ordering::Relaxed);
@@ -156,7 +221,11 @@ async fn serve_connection(
         return;
     };
     let start = Instant::now();
-    let stream = match tokio::time::timeout(l.handshake_timeout, acceptor.accept(tcp)).await {
+    let handshake = async {
+        let _slot = l.handshakes.acquire().await;
+        acceptor.accept(tcp).await
+    };
+    let stream = match tokio::time::timeout(l.handshake_timeout, handshake).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             l.shared.stats.tls_failures.fetch_add(1, Ordering::Relaxed);

@@ -46,6 +46,13 @@ pub struct Running {
     reload_counters: Arc<ReloadCounters>,
 }
 
+/// Process-wide limits every worker shares.
+struct Limits {
+    connections: Arc<Semaphore>,
+    per_client: Arc<listener::PerClient>,
+    handshakes: Arc<Semaphore>,
+}
+
 /// The sockets one worker serves.
 struct WorkerSockets {
     tls: Vec<std::net::TcpListener>,
@@ -65,6 +72,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         timeouts: config.timeouts,
         access_log: config.access_log,
         redirect_port: config.redirect_port,
+        max_uri_bytes: config.limits.max_uri_bytes,
         stats,
     });
     let tls = if config.https.is_empty() {
@@ -104,18 +112,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let stop = CancellationToken::new();
     let connections = Arc::new(Semaphore::new(config.limits.max_connections));
+    let per_client = listener::PerClient::new(config.limits.max_connections_per_client);
+    let handshakes = Arc::new(Semaphore::new(config.limits.max_handshakes));
     let mut workers = Vec::with_capacity(n);
     for (w, socks) in sockets.into_iter().enumerate() {
-        let (shared, config, stop, connections, tls) = (
-            shared.clone(),
-            config.clone(),
-            stop.clone(),
-            connections.clone(),
-            tls.clone(),
-        );
+        let limits = Limits {
+            connections: connections.clone(),
+            per_client: per_client.clone(),
+            handshakes: handshakes.clone(),
+        };
+        let (shared, config, stop, tls) =
+            (shared.clone(), config.clone(), stop.clone(), tls.clone());
         let handle = std::thread::Builder::new()
             .name(format!("gatehouse-w{w}"))
-            .spawn(move || worker(shared, config, socks, tls, connections, stop))
+            .spawn(move || worker(shared, config, socks, tls, limits, stop))
             .context("cannot start a worker thread")?;
         workers.push(handle);
     }
@@ -165,7 +175,7 @@ fn worker(
     config: Config,
     socks: WorkerSockets,
     tls: Option<Arc<rustls::ServerConfig>>,
-    connections: Arc<Semaphore>,
+    limits: Limits,
     stop: CancellationToken,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -187,8 +197,10 @@ fn worker(
                 handshake_timeout: config.timeouts.handshake,
                 redirect_http: config.redirect_http,
                 upstream: upstream::client(&config),
+                per_client: limits.per_client,
+                handshakes: limits.handshakes,
             }),
-            connections,
+            connections: limits.connections,
             stop: stop.clone(),
             graceful: graceful.clone(),
         };

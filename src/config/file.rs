@@ -133,4 +133,12 @@ pub struct LimitsFile {
     pub max_connections: Option<usize>,
     /// Idle keep-alive connections kept per server (default 64).
     pub upstream_idle_per_server: Option<usize>,
+    /// Longest request URI (default 8KiB; 414 beyond it).
+    pub max_uri_bytes: Option<Spanned<Scalar>>,
+    /// Client connections at once from one address (default 1000; beyond it the
+    /// connection is closed at once).
+    pub max_connections_per_client: Option<usize>,
+    /// TLS handshakes in progress at once (default 1024): a handshake flood waits in
+    /// the kernel backlog instead of taking every core.
+    pub max_handshakes: Option<usize>,
 }

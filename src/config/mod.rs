@@ -89,6 +89,12 @@ pub struct Limits {
     pub max_connections: usize,
     /// Idle keep-alives per server.
     pub upstream_idle_per_server: usize,
+    /// Longest request URI.
+    pub max_uri_bytes: usize,
+    /// Connections at once per client address.
+    pub max_connections_per_client: usize,
+    /// TLS handshakes in progress at once.
+    pub max_handshakes: usize,
 }
 
 /// Access log layout.
@@ -227,7 +233,27 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
             }
         },
     };
+    let max_uri_bytes = match &l.max_uri_bytes {
+        None => 8 * 1024,
+        Some(s) => match parse_size(&s.value.0) {
+            Ok(n) if (256..=1 << 20).contains(&n) => n as usize,
+            _ => {
+                diags.push(
+                    Diagnostic::new(
+                        path,
+                        Pos::of(&s.referenced),
+                        "limits.max_uri_bytes is out of range",
+                    )
+                    .hint("a size from 256 to 1MiB"),
+                );
+                8 * 1024
+            }
+        },
+    };
     let limits = Limits {
+        max_uri_bytes,
+        max_connections_per_client: l.max_connections_per_client.unwrap_or(1000).max(1),
+        max_handshakes: l.max_handshakes.unwrap_or(1024).max(1),
         max_header_bytes,
         max_headers: l.max_headers.unwrap_or(100).clamp(8, 1000),
         max_connections: l.max_connections.unwrap_or(20_000).max(1),

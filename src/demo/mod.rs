@@ -11,8 +11,10 @@ use crate::config::Config;
 use crate::rules;
 use anyhow::Context;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 /// The shipped config, rules and page, compiled in so the demo needs nothing on disk.
@@ -48,33 +50,161 @@ pub fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir.join("config/gatehouse.yaml"))
 }
 
-/// The running stand-in stack: one server per name, each stoppable.
+/// The running stand-in stack: one server per name, each stoppable and restartable.
+#[derive(Default)]
 pub struct Stack {
-    /// Stop handles by server name.
-    pub stops: HashMap<String, CancellationToken>,
-    /// Live counters by server name.
-    pub servers: HashMap<String, Arc<standin::StandIn>>,
+    /// Address, stop handle (None when stopped) and counters by server name.
+    servers: Mutex<HashMap<String, StandInEntry>>,
+    /// Concurrency per service (the name's first word: `ui`, `api`).
+    services: Mutex<HashMap<String, Arc<standin::Concurrency>>>,
+}
+
+type StandInEntry = (SocketAddr, Option<CancellationToken>, Arc<standin::StandIn>);
+
+impl Stack {
+    /// Starts (or restarts) the stand-in `name` on `addr`.
+    pub async fn start(&self, name: &str, addr: SocketAddr) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("stand-in {name} cannot listen on {addr}"))?;
+        let stop = CancellationToken::new();
+        let service = self.service(name.split('-').next().unwrap_or(name));
+        let s = standin::serve(name.into(), listener, stop.clone(), service).await;
+        let mut map = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, Some(old), _)) = map.insert(name.to_string(), (addr, Some(stop), s)) {
+            old.cancel();
+        }
+        Ok(())
+    }
+
+    /// Stops the stand-in `name` (its port refuses connections, open ones are cut).
+    pub fn stop(&self, name: &str) -> bool {
+        let mut map = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(name) {
+            Some((_, stop, _)) => {
+                if let Some(s) = stop.take() {
+                    s.cancel();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Restarts a stopped stand-in on its address; false for an unknown name.
+    pub async fn restart(&self, name: &str) -> anyhow::Result<bool> {
+        let addr = match self
+            .servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            Some((addr, None, _)) => *addr,
+            Some(_) => return Ok(true),
+            None => return Ok(false),
+        };
+        self.start(name, addr).await?;
+        Ok(true)
+    }
+
+    /// The concurrency counter shared by a service's stand-ins.
+    pub fn service(&self, service: &str) -> Arc<standin::Concurrency> {
+        let mut map = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(service.to_string()).or_default().clone()
+    }
+
+    /// The counters of one stand-in.
+    pub fn get(&self, name: &str) -> Option<Arc<standin::StandIn>> {
+        let map = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(name).map(|(_, _, s)| s.clone())
+    }
+
+    /// Every stand-in's name and counters.
+    pub fn all(&self) -> Vec<(String, Arc<standin::StandIn>)> {
+        let map = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|(n, (_, _, s))| (n.clone(), s.clone()))
+            .collect()
+    }
+
+    /// One line per stand-in: name, address, running, requests served, most in flight.
+    pub fn describe(&self) -> String {
+        let map = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<&String> = map.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| {
+                let (addr, stop, s) = &map[n];
+                format!(
+                    "{n} {addr} {} served={} max_in_flight={}\n",
+                    if stop.is_some() { "running" } else { "stopped" },
+                    s.served.load(std::sync::atomic::Ordering::Relaxed),
+                    s.max_in_flight.load(std::sync::atomic::Ordering::Relaxed)
+                )
+            })
+            .collect()
+    }
 }
 
 /// Starts a stand-in for every server (both colours) the rules at `rules_path` name.
-pub async fn start_stack(rules_path: &Path) -> anyhow::Result<Stack> {
+pub async fn start_stack(rules_path: &Path) -> anyhow::Result<Arc<Stack>> {
     let set = rules::load(rules_path).map_err(|d| anyhow::anyhow!("{d}"))?;
-    let mut stack = Stack {
-        stops: HashMap::new(),
-        servers: HashMap::new(),
-    };
+    let stack = Arc::new(Stack::default());
     for (_, _, server) in set.all_servers() {
-        let listener = tokio::net::TcpListener::bind(server.addr)
-            .await
-            .with_context(|| {
-                format!("stand-in {} cannot listen on {}", server.name, server.addr)
-            })?;
-        let stop = CancellationToken::new();
-        let s = standin::serve(server.name.clone(), listener, stop.clone()).await;
-        stack.stops.insert(server.name.to_string(), stop);
-        stack.servers.insert(server.name.to_string(), s);
+        stack.start(&server.name, server.addr).await?;
     }
     Ok(stack)
+}
+
+/// The demo control listener (127.0.0.1:8405): `GET /servers`,
+/// `POST /servers/<name>/stop`, `POST /servers/<name>/start`, so a newcomer can watch
+/// health checks mark a server DOWN, backups take over and the backup page appear.
+pub async fn serve_control(stack: Arc<Stack>, listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let stack = stack.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let stack = stack.clone();
+                    async move {
+                        let (status, body) =
+                            control(&stack, req.method().as_str(), req.uri().path()).await;
+                        let mut r = http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(body),
+                        ));
+                        *r.status_mut() = status;
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+async fn control(stack: &Stack, method: &str, path: &str) -> (http::StatusCode, String) {
+    use http::StatusCode;
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, parts.as_slice()) {
+        ("GET", ["servers"]) => (StatusCode::OK, stack.describe()),
+        ("POST", ["servers", name, "stop"]) if stack.stop(name) => {
+            (StatusCode::OK, format!("{name} stopped\n"))
+        }
+        ("POST", ["servers", name, "start"]) => match stack.restart(name).await {
+            Ok(true) => (StatusCode::OK, format!("{name} started\n")),
+            Ok(false) => (StatusCode::NOT_FOUND, "no such server\n".into()),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")),
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            "GET /servers, POST /servers/<name>/stop or /start\n".into(),
+        ),
+    }
 }
 
 /// The curl commands that show every demo rule, printed at start.
@@ -86,6 +216,7 @@ pub fn tour(dir: &Path, https: u16, http: u16) -> String {
             ca.display()
         )
     };
+    let slow = format!("https://data.localhost:{https}/?delay=2s");
     format!(
         "\nTry these (the demo's campus network is 127.0.0.1/32; 127.0.0.2 is outside):\n\
   {d} -i https://data.localhost:{https}/                    # 200 from ui-blue-*\n\
@@ -96,10 +227,14 @@ pub fn tour(dir: &Path, https: u16, http: u16) -> String {
   {s} -i https://store.localhost:{https}/api/records        # 403: store.* only serves files\n\
   {d} --http2 -I https://data.localhost:{https}/            # HTTP/2\n\
   curl -si http://data.localhost:{http}/x?y=1 --resolve data.localhost:{http}:127.0.0.1   # 308 to https\n\
-  curl -s http://127.0.0.1:8404/healthz                     # stats listener\n",
+  curl -s http://127.0.0.1:8404/healthz                     # stats listener\n\
+  curl -s http://127.0.0.1:8404/stats                       # the stats page (open it in a browser)\n\
+  curl -s -X POST http://127.0.0.1:8405/servers/ui-blue-1/stop   # demo: stop a stand-in (start: .../start)\n\
+  curl -s '{s_plain}'                                        # demo: a slow answer (?delay=2s)\n",
         d = c("data.localhost"),
         dd = c("data-dev.localhost"),
         s = c("store.localhost"),
+        s_plain = slow,
     )
 }
 
@@ -107,7 +242,11 @@ pub fn tour(dir: &Path, https: u16, http: u16) -> String {
 pub async fn run(dir: &Path) -> anyhow::Result<()> {
     let config_path = prepare(dir)?;
     let config = Config::load(&config_path).map_err(|d| anyhow::anyhow!("{d}"))?;
-    let _stack = start_stack(&config.rules).await?;
+    let stack = start_stack(&config.rules).await?;
+    let control = tokio::net::TcpListener::bind("127.0.0.1:8405")
+        .await
+        .context("demo control port 8405")?;
+    tokio::spawn(serve_control(stack, control));
     let running = crate::server::start(config).await?;
     println!("gatehouse demo: files in {}", dir.display());
     println!("{}", running.ready_line());

@@ -7,7 +7,7 @@
 
 use crate::units::{parse_duration, parse_size};
 use bytes::Bytes;
-use futures_util::stream;
+use futures_util::{SinkExt, StreamExt, stream};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::Frame;
@@ -20,6 +20,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
 /// Bytes of a generated file are `i % PATTERN` so any range can be checked.
@@ -40,6 +44,17 @@ pub struct StandIn {
     pub served: AtomicU64,
     /// Health checks (`/ping`) answered.
     pub pings: AtomicU64,
+    /// In flight across every stand-in of the same service (both colours).
+    pub service: Arc<Concurrency>,
+}
+
+/// Requests in flight across a group of stand-ins, and the most ever at once.
+#[derive(Debug, Default)]
+pub struct Concurrency {
+    /// In flight now.
+    pub now: AtomicU64,
+    /// Most at once.
+    pub max: AtomicU64,
 }
 
 /// The byte at `offset` of every generated file.
@@ -59,13 +74,19 @@ fn pattern() -> &'static Bytes {
 }
 
 /// Serves `listener` as the stand-in `name` until `stop` fires.
-pub async fn serve(name: Arc<str>, listener: TcpListener, stop: CancellationToken) -> Arc<StandIn> {
+pub async fn serve(
+    name: Arc<str>,
+    listener: TcpListener,
+    stop: CancellationToken,
+    service: Arc<Concurrency>,
+) -> Arc<StandIn> {
     let me = Arc::new(StandIn {
         name,
         in_flight: 0.into(),
         max_in_flight: 0.into(),
         served: 0.into(),
         pings: 0.into(),
+        service,
     });
     let out = me.clone();
     tokio::spawn(async move {
@@ -82,7 +103,7 @@ pub async fn serve(name: Arc<str>, listener: TcpListener, stop: CancellationToke
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let svc = service_fn(move |req| answer(me.clone(), req));
-                let conn = http.serve_connection(TokioIo::new(tcp), svc);
+                let conn = http.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
                 tokio::select! {
                     _ = conn => {}
                     _ = conns.cancelled() => {}
@@ -99,6 +120,7 @@ struct InFlight(Arc<StandIn>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.service.now.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -106,13 +128,21 @@ async fn answer(
     me: Arc<StandIn>,
     req: Request<Incoming>,
 ) -> Result<Response<DemoBody>, Infallible> {
-    let now = me.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-    me.max_in_flight.fetch_max(now, Ordering::Relaxed);
+    // Health checks are answered but not counted as requests or against concurrency
+    // (HAProxy does not count them against maxconn either).
     if req.uri().path() == "/ping" {
         me.pings.fetch_add(1, Ordering::Relaxed);
-    } else {
-        me.served.fetch_add(1, Ordering::Relaxed);
+        let mut r = text(StatusCode::OK, "text/plain", "pong\n".to_string());
+        if let Ok(v) = HeaderValue::from_str(&me.name) {
+            r.headers_mut().insert("x-served-by", v);
+        }
+        return Ok(r);
     }
+    me.served.fetch_add(1, Ordering::Relaxed);
+    let now = me.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    me.max_in_flight.fetch_max(now, Ordering::Relaxed);
+    let all = me.service.now.fetch_add(1, Ordering::Relaxed) + 1;
+    me.service.max.fetch_max(all, Ordering::Relaxed);
     let guard = InFlight(me.clone());
     let query = req.uri().query().unwrap_or("");
     if let Some(d) = query.split('&').find_map(|kv| kv.strip_prefix("delay="))
@@ -121,10 +151,10 @@ async fn answer(
         tokio::time::sleep(d.min(std::time::Duration::from_secs(120))).await;
     }
     let path = req.uri().path().to_string();
-    let mut resp = if req.method() == http::Method::POST || req.method() == http::Method::PUT {
+    let mut resp = if path == "/ws" {
+        websocket(req, &me)
+    } else if req.method() == http::Method::POST || req.method() == http::Method::PUT {
         receive(req).await
-    } else if path == "/ping" {
-        text(StatusCode::OK, "text/plain", "pong\n".to_string())
     } else if let Some(asset) = path.strip_prefix("/static/") {
         let body = format!("/* static asset {asset} */\nbody {{ font-family: sans-serif; }}\n");
         text(StatusCode::OK, "text/css", body)
@@ -137,6 +167,54 @@ async fn answer(
         resp.headers_mut().insert("x-served-by", v);
     }
     Ok(resp)
+}
+
+/// `/ws`: a WebSocket echo (each message comes back prefixed with the server's name).
+fn websocket(mut req: Request<Incoming>, me: &Arc<StandIn>) -> Response<DemoBody> {
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()));
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let (Some(accept), true) = (key, upgrade) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "websocket only\n".into(),
+        );
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let name = me.name.clone();
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            let reply = match msg {
+                Message::Text(t) => Message::Text(format!("{name}: {t}").into()),
+                Message::Binary(b) => Message::Binary(b),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    r
 }
 
 /// `/records/<id>/files/<key>` where the key names its size: `10M.bin`, `1G.bin`, `512.bin`.

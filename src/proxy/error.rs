@@ -8,6 +8,9 @@ pub enum ProxyError {
     /// Malformed request (bad path, bad Host): 400 and the connection closed.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The URI is longer than the configured limit: 414.
+    #[error("URI too long")]
+    UriTooLong,
     /// Host differs from the TLS SNI name of the connection: 421.
     #[error("host does not match the TLS server name")]
     Misdirected,
@@ -48,6 +51,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NotFound => StatusCode::NOT_FOUND,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
@@ -63,7 +67,10 @@ impl ProxyError {
 
     /// Whether the client connection must close after the answer (framing can't be trusted).
     pub fn closes_connection(&self) -> bool {
-        matches!(self, ProxyError::BadRequest(_) | ProxyError::BodyTooLarge)
+        matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::BodyTooLarge | ProxyError::UriTooLong
+        )
     }
 
     /// Whether the service's backup page (maintenance page) is the right answer.
@@ -78,6 +85,7 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::UriTooLong => "uri_too_long",
             ProxyError::Misdirected => "misdirected",
             ProxyError::NotFound => "not_found",
             ProxyError::Forbidden => "forbidden",

@@ -51,6 +51,8 @@ pub struct Shared {
     pub access_log: AccessLog,
     /// Port written into HTTPS redirects (443 is left out).
     pub redirect_port: u16,
+    /// Longest request URI accepted (414 beyond).
+    pub max_uri_bytes: usize,
     /// Counters.
     pub stats: Arc<Stats>,
     /// Server health and admin states, by name (survives reloads).
@@ -143,6 +145,11 @@ async fn handle_inner(
     // The request stays in `slot` until it is forwarded, so an answer of our own can
     // still drain its body (see `drain`).
     let req = slot.as_ref().ok_or(ProxyError::BadRequest("no request"))?;
+    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+        + req.uri().authority().map_or(0, |a| a.as_str().len());
+    if uri_len > shared.max_uri_bytes {
+        return Err(ProxyError::UriTooLong);
+    }
     let host = request_host(req)?;
     rec.host = host.clone();
     if conn.redirect_https && !req.uri().path().starts_with("/.well-known/acme-challenge/") {

@@ -198,10 +198,7 @@ mod tests {
             })
             .collect();
         assert_eq!(names.iter().filter(|&&i| i == 0).count(), 5);
-        assert!(
-            names.windows(4).all(|w| w.contains(&0)),
-            "{names:?}"
-        );
+        assert!(names.windows(4).all(|w| w.contains(&0)), "{names:?}");
     }
 
     #[test]

@@ -8,11 +8,7 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(5);
 
 fn served(s: &Stack, prefix: &str) -> u64 {
-    s.standins
-        .iter()
-        .filter(|(n, _)| n.starts_with(prefix))
-        .map(|(_, x)| x.served.load(std::sync::atomic::Ordering::Relaxed))
-        .sum()
+    s.served(prefix)
 }
 
 #[tokio::test(flavor = "multi_thread")]

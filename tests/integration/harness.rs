@@ -5,13 +5,12 @@
 //! exercises the deployment ops will run.
 
 use bytes::Bytes;
-use gatehouse::demo::{certs, standin};
+use gatehouse::demo::{self, certs};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use pki_types::pem::PemObject;
 use pki_types::{CertificateDer, ServerName};
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -21,7 +20,6 @@ use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_util::sync::CancellationToken;
 
 /// A running proxy process and its stand-in stack.
 pub struct Stack {
@@ -30,8 +28,7 @@ pub struct Stack {
     pub http: SocketAddr,
     pub stats: SocketAddr,
     pub child: Child,
-    pub standins: HashMap<String, Arc<standin::StandIn>>,
-    pub stops: HashMap<String, CancellationToken>,
+    pub standins: Arc<demo::Stack>,
     pub ca: Vec<CertificateDer<'static>>,
     pub stderr_log: PathBuf,
 }
@@ -69,9 +66,8 @@ impl Stack {
             config = config.replace(a, b);
         }
         // Stand-ins on ephemeral ports, named as the rules name them.
-        let mut standins = HashMap::new();
-        let mut stops = HashMap::new();
-        let addr_re = regex::Regex::new(r"\{ name: ([a-z0-9-]+), +addr: (127\.0\.0\.1:\d+) \}")
+        let standins = Arc::new(demo::Stack::default());
+        let addr_re = regex::Regex::new(r"\{ name: ([a-z0-9-]+), +addr: (127\.0\.0\.1:\d+)[ ,]")
             .expect("regex");
         let pairs: Vec<(String, String)> = addr_re
             .captures_iter(&rules.clone())
@@ -87,10 +83,9 @@ impl Stack {
                 drop(listener);
                 continue;
             }
-            let stop = CancellationToken::new();
-            let s = standin::serve(name.as_str().into(), listener, stop.clone()).await;
-            standins.insert(name.clone(), s);
-            stops.insert(name, stop);
+            drop(listener);
+            let addr: SocketAddr = new_addr.parse().expect("addr");
+            standins.start(&name, addr).await.expect("stand-in");
         }
         for port in ["8443", "8080", "8404"] {
             config = config.replace(&format!("127.0.0.1:{port}]"), "127.0.0.1:0]");
@@ -120,7 +115,6 @@ impl Stack {
             stats,
             child,
             standins,
-            stops,
             ca,
             stderr_log,
         }
@@ -136,7 +130,42 @@ impl Stack {
     }
 
     pub fn stop_server(&self, name: &str) {
-        self.stops[name].cancel();
+        assert!(self.standins.stop(name), "{name}");
+    }
+
+    pub async fn start_server(&self, name: &str) {
+        assert!(
+            self.standins.restart(name).await.expect("restart"),
+            "{name}"
+        );
+    }
+
+    /// Requests (health checks excluded) served by stand-ins whose name starts with `prefix`.
+    pub fn served(&self, prefix: &str) -> u64 {
+        self.standins
+            .all()
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(_, s)| s.served.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The stats JSON.
+    pub async fn stats_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stats_get("/stats?format=json").await.1).expect("json")
+    }
+
+    /// A server's status word from the stats JSON.
+    pub async fn server_status(&self, name: &str) -> String {
+        let j = self.stats_json().await;
+        for svc in j["services"].as_array().expect("services") {
+            for s in svc["servers"].as_array().expect("servers") {
+                if s["name"] == name {
+                    return s["status"].as_str().unwrap_or("").to_string();
+                }
+            }
+        }
+        panic!("no server {name}");
     }
 
     pub fn rules_path(&self) -> PathBuf {

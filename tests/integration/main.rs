@@ -6,6 +6,7 @@ mod demo_curl;
 mod edge;
 mod harness;
 mod reload;
+mod resilience;
 mod routing;
 mod stats;
 mod transfer;

@@ -279,8 +279,14 @@ async fn spoofed_forwarding_headers_are_ignored_and_rewritten() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_servers() {
+    // Without the backup server, so that the last primary's death is a 502.
+    let no_backup = (
+        "      - { name: ui-blue-3,  addr: 127.0.0.1:9103, backup: true }   # only when 1 and 2 are down\n".to_string(),
+        String::new(),
+    );
     let s = Stack::start_with(crate::harness::Options {
         dead: vec!["ui-blue-1".into()],
+        rules_edits: vec![no_backup],
         ..Default::default()
     })
     .await;
@@ -296,6 +302,19 @@ async fn dead_servers() {
     s.stop_server("ui-blue-2");
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let r = c.get("data.localhost", "/").await;
-    assert_eq!(r.status, 502);
+    assert_eq!(
+        r.status, 502,
+        "a server that refuses the connection is a bad gateway"
+    );
     assert!(String::from_utf8_lossy(&r.body).contains("502"));
+    // Once health marks it DOWN, no server is left: the backup page with 503.
+    let mut last = 0;
+    for _ in 0..60 {
+        last = c.get("data.localhost", "/").await.status;
+        if last == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, 503);
 }

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const GIB: u64 = 1 << 30;
+const UPLOAD: u64 = 2 << 30;
 const RSS_LIMIT: u64 = 64 << 20;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn one_gib_download_and_upload_in_bounded_memory() {
+async fn one_gib_download_and_two_gib_upload_in_bounded_memory() {
     let s = Stack::start().await;
     let c = s.client();
     let outside = Req {
@@ -38,11 +39,11 @@ async fn one_gib_download_and_upload_in_bounded_memory() {
     assert_eq!(n, GIB);
     let after_download = s.peak_rss();
 
-    // Upload: a generated 1 GiB stream, counted by the stand-in.
+    // Upload: a generated 2 GiB stream to the files route (1 TiB limit), counted by the stand-in.
     let sent = Arc::new(AtomicU64::new(0));
     let counter = sent.clone();
     let chunk = Bytes::from(vec![7u8; 256 * 1024]);
-    let chunks = futures_util::stream::iter((0..GIB / chunk.len() as u64).map(move |_| {
+    let chunks = futures_util::stream::iter((0..UPLOAD / chunk.len() as u64).map(move |_| {
         counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         Ok::<_, std::convert::Infallible>(http_body::Frame::data(chunk.clone()))
     }));
@@ -54,10 +55,10 @@ async fn one_gib_download_and_upload_in_bounded_memory() {
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(j["received"], GIB);
+    assert_eq!(j["received"], UPLOAD);
     let peak = s.peak_rss();
     eprintln!(
-        "peak RSS of the proxy: after 1 GiB download {} KiB; after 1 GiB upload {} KiB",
+        "peak RSS of the proxy: after 1 GiB download {} KiB; after 2 GiB upload {} KiB",
         after_download / 1024,
         peak / 1024
     );
