@@ -1,22 +1,33 @@
-//! The stats listener: `/healthz` for outer load balancers, and the stats endpoints.
+//! The stats listener: `/healthz` for outer load balancers, the stats page and the
+//! machine-readable endpoints, and (when enabled) admin actions.
 //!
-//! Endpoints: `/healthz` (200 serving, 503 draining), `/stats` (HTML page),
-//! `/stats;csv` and `/stats?format=csv` (HAProxy CSV), `/stats?format=json`, `/metrics`
-//! (Prometheus text). Separate bind from the proxy listeners; read-only.
+//! Endpoints: `/healthz` (200 serving, 503 draining; always open), `/stats` (HTML;
+//! `?refresh=N` auto-refreshes), `/stats;csv` and `/stats?format=csv` (HAProxy CSV),
+//! `/stats?format=json`, `/metrics` (Prometheus text), `POST /stats/admin`
+//! (`server=…&action=ready|drain|maint&token=…`, only with `admin: true` and auth).
+//! Separate bind from the proxy listeners; network allow-list and basic auth optional.
 
 use crate::generation::Generation;
 use crate::proxy::Shared;
 use crate::proxy::body::ProxyBody;
+use crate::reload::{ReloadCounters, ReloadStatus};
+use crate::rules::matcher::AllowList;
 use crate::stats::render;
+use crate::upstream::health::AdminState;
+use arc_swap::ArcSwap;
+use base64::Engine;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -27,21 +38,54 @@ pub struct Admin {
     /// Set while the process drains: `/healthz` answers 503 so outer balancers move away.
     pub draining: Arc<AtomicBool>,
     /// The last reload's outcome, shown on the panel.
-    pub last_reload: Arc<arc_swap::ArcSwap<crate::reload::ReloadStatus>>,
+    pub last_reload: Arc<ArcSwap<ReloadStatus>>,
+    /// Reload counters.
+    pub reloads: Arc<ReloadCounters>,
+    /// Who may connect (`None` = everyone who reaches the address).
+    pub allow: Option<AllowList>,
+    /// Basic-auth `user:password`, when required.
+    pub auth: Option<(String, String)>,
+    /// CSRF token for admin forms, when admin actions are enabled.
+    pub admin_token: Option<String>,
 }
 
-/// Serves the stats listener until stopped.
+/// A token nobody can guess, for the admin forms (per process).
+pub fn new_token() -> String {
+    let mut buf = [0u8; 16];
+    if crate::tls::provider().secure_random.fill(&mut buf).is_err() {
+        buf = fastrand::u128(..).to_le_bytes();
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Serves the stats listener until stopped; samples counters every 5s for rates.
 pub async fn serve(admin: Arc<Admin>, listener: TcpListener, stop: CancellationToken) {
+    let sampler = admin.shared.clone();
+    let sampler_stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            sampler.stats.sample();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = sampler_stop.cancelled() => return,
+            }
+        }
+    });
     let http = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             _ = stop.cancelled() => return,
         };
+        if let Some(allow) = &admin.allow
+            && !allow.contains(peer.ip())
+        {
+            continue;
+        }
         let admin = admin.clone();
         let http = http.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| answer(admin.clone(), req));
+            let svc = service_fn(move |req| answer(admin.clone(), peer, req));
             let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
         });
     }
@@ -49,8 +93,36 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, stop: CancellationT
 
 async fn answer(
     admin: Arc<Admin>,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        return Ok(if admin.draining.load(Ordering::Relaxed) {
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "draining\n".into(),
+            )
+        } else {
+            plain(StatusCode::OK, "text/plain", "ok\n".into())
+        });
+    }
+    if !authorized(&admin, &req) {
+        let mut r = plain(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "authentication required\n".into(),
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"gatehouse stats\""),
+        );
+        return Ok(r);
+    }
+    if req.method() == Method::POST && path == "/stats/admin" {
+        return Ok(admin_action(&admin, peer, req).await);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(plain(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -59,36 +131,34 @@ async fn answer(
         ));
     }
     let g: Arc<Generation> = admin.shared.state.load_full();
-    let path = req.uri().path();
-    let format = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("format=")))
-        .unwrap_or("");
+    let query = req.uri().query().unwrap_or("");
+    let param = |k: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+    };
+    let reload = admin.last_reload.load();
     let view = render::View {
         generation: &g,
         stats: &admin.shared.stats,
-        reload: &admin.last_reload.load(),
+        reload: &reload,
+        reloads: (
+            admin.reloads.ok.load(Ordering::Relaxed),
+            admin.reloads.failed.load(Ordering::Relaxed),
+        ),
+        refresh: param("refresh")
+            .and_then(|r| r.parse().ok())
+            .map(|r: u32| r.clamp(1, 3600)),
+        admin_token: admin.admin_token.as_deref(),
     };
-    let resp = match (path, format) {
-        ("/healthz", _) => {
-            if admin.draining.load(Ordering::Relaxed) {
-                plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "draining\n".into(),
-                )
-            } else {
-                plain(StatusCode::OK, "text/plain", "ok\n".into())
-            }
-        }
+    let resp = match (path.as_str(), param("format").unwrap_or("")) {
         ("/stats;csv", _) | ("/stats", "csv") => plain(
             StatusCode::OK,
             "text/csv; charset=utf-8",
             render::csv(&view),
         ),
         ("/stats", "json") => plain(StatusCode::OK, "application/json", render::json(&view)),
-        ("/stats", _) => plain(
+        ("/stats", _) | ("/", _) => plain(
             StatusCode::OK,
             "text/html; charset=utf-8",
             render::html(&view),
@@ -101,6 +171,108 @@ async fn answer(
         _ => plain(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
     Ok(resp)
+}
+
+fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
+    let Some((user, password)) = &admin.auth else {
+        return true;
+    };
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+    else {
+        return false;
+    };
+    constant_time_eq(&given, format!("{user}:{password}").as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Sets a server's admin state from the page's form; audited, kept across reloads.
+async fn admin_action(
+    admin: &Admin,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let Some(token) = &admin.admin_token else {
+        return plain(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "admin actions are disabled (stats.admin)\n".into(),
+        );
+    };
+    let body = match http_body_util::Limited::new(req.into_body(), 4096)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "text/plain",
+                "form too large\n".into(),
+            );
+        }
+    };
+    let form = String::from_utf8_lossy(&body);
+    let field = |k: &str| {
+        form.split('&')
+            .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .map(|v| v.replace('+', " "))
+    };
+    if !field("token").is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) {
+        return plain(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "bad or missing CSRF token\n".into(),
+        );
+    }
+    let (Some(server), Some(action)) = (field("server"), field("action")) else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "server and action are required\n".into(),
+        );
+    };
+    let state = match action.as_str() {
+        "ready" => AdminState::Ready,
+        "drain" => AdminState::Drain,
+        "maint" => AdminState::Maint,
+        _ => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "action: ready, drain or maint\n".into(),
+            );
+        }
+    };
+    let Some(s) = admin.shared.health.get(&server) else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "no such server\n".into(),
+        );
+    };
+    let before = s.status();
+    s.set_admin(state);
+    tracing::warn!(target: "audit", %peer, server, from = before, to = s.status(), "admin action from the stats page");
+    let mut r = plain(
+        StatusCode::SEE_OTHER,
+        "text/plain",
+        format!("{server}: {}\n", s.status()),
+    );
+    r.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static("/stats"));
+    r
 }
 
 fn plain(status: StatusCode, ctype: &'static str, body: String) -> Response<ProxyBody> {

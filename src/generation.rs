@@ -25,6 +25,8 @@ pub struct Generation {
     pub pools: Vec<Arc<Pool>>,
     /// Site counters, by site index.
     pub sites: Vec<Arc<Counters>>,
+    /// Route counters, by site index then route index (named `site/route`).
+    pub routes: Vec<Vec<Arc<Counters>>>,
     /// Service counters, by service index.
     pub services: Vec<Arc<Counters>>,
     /// Server counters, by server id.
@@ -60,6 +62,16 @@ impl Generation {
             .iter()
             .map(|s| stats.counters(Kind::Site, &s.name))
             .collect();
+        let routes = rules
+            .sites
+            .iter()
+            .map(|s| {
+                s.routes
+                    .iter()
+                    .map(|r| stats.counters(Kind::Route, &format!("{}/{}", s.name, r.name).into()))
+                    .collect()
+            })
+            .collect();
         let services = rules
             .services
             .iter()
@@ -78,6 +90,7 @@ impl Generation {
             rules,
             pools,
             sites,
+            routes,
             services,
             servers: servers.into_iter().map(|(_, c)| c).collect(),
         }

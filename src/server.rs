@@ -141,6 +141,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         error: None,
         generation: 1,
     }));
+    let reload_counters = Arc::new(ReloadCounters::default());
     let mut stats_addr = None;
     if let Some(addr) = config.stats {
         let sock = listener::bind_group(addr, 1)
@@ -152,6 +153,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             shared: shared.clone(),
             draining: draining.clone(),
             last_reload: reload_status.clone(),
+            reloads: reload_counters.clone(),
+            allow: config.stats_allow.clone(),
+            auth: config.stats_auth.clone(),
+            admin_token: config.stats_admin.then(admin::new_token),
         });
         tokio::spawn(admin::serve(admin, sock, stop.clone()));
     }
@@ -165,7 +170,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         workers,
         draining,
         reload_status,
-        reload_counters: Arc::new(ReloadCounters::default()),
+        reload_counters,
     })
 }
 

@@ -97,6 +97,25 @@ pub struct CertFile {
 pub struct StatsFile {
     /// Address to bind, `ip:port`.
     pub bind: Spanned<String>,
+    /// Networks allowed to read it (default: everyone who can reach the address).
+    #[serde(default)]
+    pub allow_from: Vec<Spanned<String>>,
+    /// Basic-auth user and password for the stats listener (`/healthz` stays open).
+    #[serde(default)]
+    pub auth: Option<StatsAuthFile>,
+    /// Allow admin actions (server MAINT/DRAIN/READY) from the page; needs `auth`.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// Basic-auth credentials.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsAuthFile {
+    /// User name.
+    pub user: String,
+    /// Password.
+    pub password: String,
 }
 
 /// Timeouts; each has a default a production edge can live with.

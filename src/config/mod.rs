@@ -32,6 +32,12 @@ pub struct Config {
     pub redirect_http: bool,
     /// Stats listener address.
     pub stats: Option<SocketAddr>,
+    /// Who may read the stats listener; `None` = everyone.
+    pub stats_allow: Option<AllowList>,
+    /// Basic-auth credentials for the stats listener.
+    pub stats_auth: Option<(String, String)>,
+    /// Whether admin actions are enabled.
+    pub stats_admin: bool,
     /// Certificates in order; the first is the default.
     pub certificates: Vec<CertPaths>,
     /// Peers whose forwarding headers are believed.
@@ -152,6 +158,42 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         .filter_map(|s| addr(&mut diags, s))
         .collect();
     let stats = raw.stats.as_ref().and_then(|s| addr(&mut diags, &s.bind));
+    let mut stats_nets = Vec::new();
+    for t in raw.stats.iter().flat_map(|s| s.allow_from.iter()) {
+        match t
+            .value
+            .parse::<IpNet>()
+            .or_else(|_| t.value.parse::<IpAddr>().map(IpNet::from))
+        {
+            Ok(n) => stats_nets.push(n),
+            Err(_) => diags.push(
+                Diagnostic::new(
+                    path,
+                    at(t),
+                    format!("stats.allow_from: `{}` is not a CIDR", t.value),
+                )
+                .hint("an address or network such as 127.0.0.1/32"),
+            ),
+        }
+    }
+    let stats_allow =
+        (!stats_nets.is_empty()).then(|| AllowList::new(vec!["stats".into()], &stats_nets));
+    let stats_auth = raw
+        .stats
+        .as_ref()
+        .and_then(|s| s.auth.as_ref())
+        .map(|a| (a.user.clone(), a.password.clone()));
+    let stats_admin = raw.stats.as_ref().is_some_and(|s| s.admin);
+    if stats_admin && stats_auth.is_none() {
+        diags.push(
+            Diagnostic::new(
+                path,
+                raw.stats.as_ref().map_or(Pos::default(), |s| at(&s.bind)),
+                "stats.admin needs stats.auth",
+            )
+            .hint("auth: { user: ..., password: ... } so that only ops can change server states"),
+        );
+    }
     let certificates: Vec<CertPaths> = raw
         .tls
         .iter()
@@ -297,6 +339,9 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
             .and_then(|h| h.redirect)
             .unwrap_or(true),
         stats,
+        stats_allow,
+        stats_auth,
+        stats_admin,
         certificates,
         trusted_proxies: AllowList::new(vec!["trusted_proxies".into()], &nets),
         timeouts,

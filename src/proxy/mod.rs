@@ -165,6 +165,11 @@ async fn handle_inner(
     let decision = g.rules.route(&host, path).ok_or(ProxyError::NotFound)?;
     rec.site = decision.site.name.clone();
     rec.site_index = Some(decision.site.index);
+    rec.route_index = decision
+        .site
+        .routes
+        .iter()
+        .position(|r| std::ptr::eq(r, decision.route));
     rec.route = decision.route.name.clone();
     let client = forward::client_addr(req.headers(), conn.peer, &shared.trusted);
     rec.client = client.ip;
@@ -555,6 +560,7 @@ struct Record {
     permit: Option<PoolPermit>,
     server_guard: Option<ServerGuard>,
     site_index: Option<usize>,
+    route_index: Option<usize>,
 }
 
 fn dash() -> Arc<str> {
@@ -602,6 +608,7 @@ impl Record {
             permit: None,
             server_guard: None,
             site_index: None,
+            route_index: None,
         }
     }
 }
@@ -619,18 +626,31 @@ impl Hold for Record {
         if !complete && self.termination == "-" {
             self.termination = "client_aborted";
         }
+        // Response time: to the server's response headers when forwarded, else the total.
+        let response_us = if self.server_id.is_some() {
+            (self.wait + self.first_byte).as_micros() as u64
+        } else {
+            micros
+        };
         self.stats
             .frontend
             .leave(self.status, bytes_in, bytes_out, micros);
+        self.stats.frontend.latency.observe(response_us);
         let g = &self.generation;
+        let route = self
+            .site_index
+            .zip(self.route_index)
+            .and_then(|(s, r)| g.routes.get(s).and_then(|v| v.get(r)));
         for c in self
             .site_index
             .and_then(|i| g.sites.get(i))
             .into_iter()
+            .chain(route)
             .chain(self.service_index.and_then(|i| g.services.get(i)))
             .chain(self.server_id.and_then(|i| g.servers.get(i)))
         {
             c.record(self.status, bytes_in, bytes_out, micros);
+            c.latency.observe(response_us);
         }
         if self.shared_log == AccessLog::Off {
             return;

@@ -4,6 +4,7 @@
 //! kept by stable names (server, service, route, site, pool) outside the rule set, so
 //! a reload never resets them.
 
+pub mod names;
 pub mod render;
 
 use std::collections::HashMap;
@@ -11,9 +12,67 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// Upper bounds (seconds) of the latency histogram buckets; the last bucket is +Inf.
+pub const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A fixed-bucket latency histogram of atomics: lock-free to record, cumulative for
+/// Prometheus, and diffable against an older snapshot for "recent" percentiles.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Count per bucket (`BUCKETS.len()` bounded buckets, then +Inf).
+    pub buckets: [AtomicU64; BUCKETS.len() + 1],
+    /// Sum of all observations, microseconds.
+    pub sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, micros: u64) {
+        let secs = micros as f64 / 1e6;
+        let i = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The bucket counts now.
+    pub fn snapshot(&self) -> [u64; BUCKETS.len() + 1] {
+        std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed))
+    }
+
+    /// The `q` quantile (0..1) of the observations in `now - before`, as the upper bound of
+    /// its bucket in milliseconds; `None` with no observations.
+    pub fn quantile_ms(now: &[u64], before: &[u64], q: f64) -> Option<f64> {
+        let diff: Vec<u64> = now
+            .iter()
+            .zip(before)
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect();
+        let total: u64 = diff.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (total as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        for (i, n) in diff.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(BUCKETS.get(i).copied().unwrap_or(60.0) * 1000.0);
+            }
+        }
+        None
+    }
+}
+
 /// Request counters shared by frontends (sites), backends (services) and servers.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Response time (to the response headers) of finished requests.
+    pub latency: Histogram,
     /// Requests answered.
     pub requests: AtomicU64,
     /// Responses by class: 1xx, 2xx, 3xx, 4xx, 5xx, other.
@@ -55,6 +114,11 @@ impl Counters {
         self.record(status, bytes_in, bytes_out, micros);
     }
 
+    /// Responses of one class: 1 for 1xx … 5 for 5xx, 6 for anything else.
+    pub fn class(&self, class: usize) -> u64 {
+        self.responses[class.saturating_sub(1).min(5)].load(Ordering::Relaxed)
+    }
+
     /// Counts a finished request that was never counted as entering.
     pub fn record(&self, status: u16, bytes_in: u64, bytes_out: u64, micros: u64) {
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -81,6 +145,8 @@ type Families = HashMap<(Kind, Arc<str>), Arc<Counters>>;
 pub struct Stats {
     /// When the process started.
     pub started: Instant,
+    /// When the process started, Unix seconds.
+    pub started_unix: u64,
     /// Client connections open now.
     pub connections: AtomicU64,
     /// Client connections accepted.
@@ -92,7 +158,22 @@ pub struct Stats {
     /// All requests, as a frontend total.
     pub frontend: Counters,
     families: Mutex<Families>,
+    /// Recent snapshots for rates and "recent" percentiles (see [`Stats::sample`]).
+    samples: Mutex<Samples>,
 }
+
+/// One snapshot: when, total requests, latency buckets per named counter set.
+type Sample = (Instant, u64, HashMap<(Kind, Arc<str>), [u64; BUCKETS.len() + 1]>);
+
+/// Snapshots taken every few seconds; the oldest one within the window is the baseline.
+#[derive(Debug, Default)]
+struct Samples {
+    /// (when, total requests, latency buckets per named counter set)
+    ring: std::collections::VecDeque<Sample>,
+}
+
+/// How far back "recent" reaches on the stats page.
+pub const RECENT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Which family a named counter set belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -111,12 +192,16 @@ impl Default for Stats {
     fn default() -> Self {
         Stats {
             started: Instant::now(),
+            started_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             connections: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
             tls_handshakes: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
             frontend: Counters::default(),
             families: Mutex::new(HashMap::new()),
+            samples: Mutex::new(Samples::default()),
         }
     }
 }
@@ -127,6 +212,58 @@ impl Stats {
     pub fn counters(&self, kind: Kind, name: &Arc<str>) -> Arc<Counters> {
         let mut map = self.families.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((kind, name.clone())).or_default().clone()
+    }
+
+    /// Takes a snapshot for rates and recent percentiles; called every few seconds by the
+    /// stats listener's sampler, never on the request path.
+    pub fn sample(&self) {
+        let latency: HashMap<_, _> = self
+            .snapshot()
+            .into_iter()
+            .map(|(k, n, c)| ((k, n), c.latency.snapshot()))
+            .collect();
+        let total = self.frontend.requests.load(Ordering::Relaxed);
+        let mut s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        s.ring.push_back((now, total, latency));
+        while s.ring.len() > 2
+            && s.ring
+                .front()
+                .is_some_and(|(t, _, _)| now.duration_since(*t) > RECENT)
+        {
+            s.ring.pop_front();
+        }
+    }
+
+    /// Requests per second over the sampled window.
+    pub fn request_rate(&self) -> f64 {
+        let s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        match (s.ring.front(), s.ring.back()) {
+            (Some((t0, n0, _)), Some((t1, n1, _))) if t1 > t0 => {
+                n1.saturating_sub(*n0) as f64 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// p50 and p99 response time (ms) of one counter set over the sampled window.
+    pub fn recent_latency(
+        &self,
+        kind: Kind,
+        name: &Arc<str>,
+        c: &Counters,
+    ) -> (Option<f64>, Option<f64>) {
+        let now = c.latency.snapshot();
+        let s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let before = s
+            .ring
+            .front()
+            .and_then(|(_, _, m)| m.get(&(kind, name.clone())).copied())
+            .unwrap_or([0; BUCKETS.len() + 1]);
+        (
+            Histogram::quantile_ms(&now, &before, 0.5),
+            Histogram::quantile_ms(&now, &before, 0.99),
+        )
     }
 
     /// Every named counter set, sorted by kind and name (for rendering).

@@ -5,7 +5,7 @@
 use crate::generation::Generation;
 use crate::reload::ReloadStatus;
 use crate::rules::{Balance, Colour};
-use crate::stats::{Counters, Stats};
+use crate::stats::{BUCKETS, Counters, Kind, Stats, names};
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -17,6 +17,12 @@ pub struct View<'a> {
     pub stats: &'a Stats,
     /// Last reload outcome.
     pub reload: &'a ReloadStatus,
+    /// Reloads applied and refused.
+    pub reloads: (u64, u64),
+    /// Seconds between page refreshes, when asked for.
+    pub refresh: Option<u32>,
+    /// CSRF token for admin forms, when admin actions are enabled.
+    pub admin_token: Option<&'a str>,
 }
 
 /// HAProxy's CSV columns (management guide §9.1), in order, up to `dses`.
@@ -172,20 +178,22 @@ pub fn csv(v: &View<'_>) -> String {
                 .sum::<u32>(),
         );
         r.set("mode", "http");
-        r.set(
-            "algo",
-            match svc.balance {
-                Balance::Roundrobin => "roundrobin",
-                Balance::Leastconn => "leastconn",
-                Balance::HashSource => "source",
-                Balance::HashUri => "uri",
-            },
-        );
+        r.set("algo", algo(svc.balance));
         r.set("lastchg", uptime);
         r.set("downtime", 0);
         r.write(&mut out);
     }
     out
+}
+
+/// HAProxy's name for a balancing algorithm.
+fn algo(b: Balance) -> &'static str {
+    match b {
+        Balance::Roundrobin => "roundrobin",
+        Balance::Leastconn => "leastconn",
+        Balance::HashSource => "source",
+        Balance::HashUri => "uri",
+    }
 }
 
 /// The same data as JSON.
@@ -253,91 +261,591 @@ pub fn json(v: &View<'_>) -> String {
 /// Prometheus text exposition; label values come only from the rules.
 pub fn prometheus(v: &View<'_>) -> String {
     let g = v.generation;
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "# HELP gatehouse_requests_total Requests answered.\n# TYPE gatehouse_requests_total counter"
+    let mut o = String::with_capacity(16 * 1024);
+    let head = |o: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    // Every family of counters, labelled by where it was counted.
+    let mut sets: Vec<(String, &Counters)> = Vec::new();
+    for (i, s) in g.rules.sites.iter().enumerate() {
+        sets.push((format!("site=\"{}\"", s.name), &g.sites[i]));
+        for (j, r) in s.routes.iter().enumerate() {
+            sets.push((
+                format!("site=\"{}\",route=\"{}\"", s.name, r.name),
+                &g.routes[i][j],
+            ));
+        }
+    }
+    for (i, s) in g.rules.services.iter().enumerate() {
+        sets.push((format!("service=\"{}\"", s.name), &g.services[i]));
+    }
+    for (svc, colour, s) in g.rules.all_servers() {
+        sets.push((
+            format!(
+                "service=\"{}\",colour=\"{}\",server=\"{}\"",
+                svc.name,
+                colour.as_str(),
+                s.name
+            ),
+            &g.servers[s.id],
+        ));
+    }
+    head(
+        &mut o,
+        names::REQUESTS,
+        "counter",
+        "Requests answered, by status class.",
     );
-    let family = |o: &mut String, label: &str, name: &str, c: &Counters| {
+    for (l, c) in &sets {
         for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx", "other"]
             .iter()
             .enumerate()
         {
             let _ = writeln!(
                 o,
-                "gatehouse_requests_total{{{label}=\"{name}\",code=\"{class}\"}} {}",
+                "{}{{{l},code=\"{class}\"}} {}",
+                names::REQUESTS,
                 c.responses[i].load(Relaxed)
             );
         }
-    };
-    for (i, s) in g.rules.sites.iter().enumerate() {
-        family(&mut o, "site", &s.name, &g.sites[i]);
     }
-    for (i, s) in g.rules.services.iter().enumerate() {
-        family(&mut o, "service", &s.name, &g.services[i]);
+    for (name, kind, help, get) in [
+        (
+            names::BYTES_IN,
+            "counter",
+            "Request body bytes received.",
+            (|c: &Counters| c.bytes_in.load(Relaxed)) as fn(&Counters) -> u64,
+        ),
+        (
+            names::BYTES_OUT,
+            "counter",
+            "Response body bytes sent.",
+            |c| c.bytes_out.load(Relaxed),
+        ),
+        (names::IN_FLIGHT, "gauge", "Requests in flight.", |c| {
+            c.current.load(Relaxed)
+        }),
+        (
+            names::CONNECT_ERRORS,
+            "counter",
+            "Connection errors to servers.",
+            |c| c.connect_errors.load(Relaxed),
+        ),
+        (
+            names::RESPONSE_ERRORS,
+            "counter",
+            "Bad or missing answers from servers.",
+            |c| c.response_errors.load(Relaxed),
+        ),
+        (
+            names::REDISPATCHES,
+            "counter",
+            "Requests retried on another server.",
+            |c| c.redispatches.load(Relaxed),
+        ),
+        (
+            names::NO_SERVER,
+            "counter",
+            "Requests that found no usable server.",
+            |c| c.no_server.load(Relaxed),
+        ),
+    ] {
+        head(&mut o, name, kind, help);
+        for (l, c) in &sets {
+            let _ = writeln!(o, "{name}{{{l}}} {}", get(c));
+        }
     }
-    for (_, _, s) in g.rules.all_servers() {
-        family(&mut o, "server", &s.name, &g.servers[s.id]);
-    }
-    let _ = writeln!(
-        o,
-        "# HELP gatehouse_pool_slots_in_use Requests in flight per pool.\n# TYPE gatehouse_pool_slots_in_use gauge"
+    head(
+        &mut o,
+        names::RESPONSE_SECONDS,
+        "histogram",
+        "Response time to the response headers.",
     );
-    for p in &g.pools {
+    for (l, c) in sets.iter().filter(|(l, _)| !l.contains("route=")) {
+        let snap = c.latency.snapshot();
+        let mut acc = 0;
+        for (i, n) in snap.iter().enumerate() {
+            acc += n;
+            let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(
+                o,
+                "{}_bucket{{{l},le=\"{le}\"}} {acc}",
+                names::RESPONSE_SECONDS
+            );
+        }
         let _ = writeln!(
             o,
-            "gatehouse_pool_slots_in_use{{pool=\"{}\"}} {}",
-            p.name,
-            p.in_use()
+            "{}_sum{{{l}}} {}",
+            names::RESPONSE_SECONDS,
+            c.latency.sum_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(o, "{}_count{{{l}}} {acc}", names::RESPONSE_SECONDS);
+    }
+    head(
+        &mut o,
+        names::SERVER_UP,
+        "gauge",
+        "1 when the server is UP and READY.",
+    );
+    for (svc, colour, s) in g.rules.all_servers() {
+        let _ = writeln!(
+            o,
+            "{}{{service=\"{}\",colour=\"{}\",server=\"{}\"}} {}",
+            names::SERVER_UP,
+            svc.name,
+            colour.as_str(),
+            s.name,
+            u8::from(g.health[s.id].usable())
         );
     }
-    let _ = writeln!(
-        o,
-        "# HELP gatehouse_connections Client connections open.\n# TYPE gatehouse_connections gauge\ngatehouse_connections {}",
-        v.stats.connections.load(Relaxed)
+    head(
+        &mut o,
+        names::CHECK_FAILURES,
+        "counter",
+        "Failed health checks.",
+    );
+    for (svc, colour, s) in g.rules.all_servers() {
+        let _ = writeln!(
+            o,
+            "{}{{service=\"{}\",colour=\"{}\",server=\"{}\"}} {}",
+            names::CHECK_FAILURES,
+            svc.name,
+            colour.as_str(),
+            s.name,
+            g.health[s.id].checks_failed.load(Relaxed)
+        );
+    }
+    head(
+        &mut o,
+        names::LIVE_COLOUR,
+        "gauge",
+        "1 for the live colour of each service.",
+    );
+    for s in &g.rules.services {
+        for c in [Colour::Blue, Colour::Green] {
+            let _ = writeln!(
+                o,
+                "{}{{service=\"{}\",colour=\"{}\"}} {}",
+                names::LIVE_COLOUR,
+                s.name,
+                c.as_str(),
+                u8::from(s.live == c)
+            );
+        }
+    }
+    for (name, kind, help, get) in [
+        (
+            names::POOL_IN_USE,
+            "gauge",
+            "Pool slots in use.",
+            (|p: &crate::pool::Pool| u64::from(p.in_use())) as fn(&crate::pool::Pool) -> u64,
+        ),
+        (names::POOL_SLOTS, "gauge", "Pool slot limit.", |p| {
+            u64::from(p.limit())
+        }),
+        (
+            names::POOL_QUEUED,
+            "gauge",
+            "Requests waiting for a slot.",
+            |p| u64::from(p.waiting()),
+        ),
+        (
+            names::POOL_QUEUE_FULL,
+            "counter",
+            "Requests refused: queue full.",
+            |p| p.queue_full.load(Relaxed),
+        ),
+        (
+            names::POOL_QUEUE_TIMEOUTS,
+            "counter",
+            "Requests that waited past the queue timeout.",
+            |p| p.queue_timeouts.load(Relaxed),
+        ),
+    ] {
+        head(&mut o, name, kind, help);
+        for p in &g.pools {
+            let _ = writeln!(o, "{name}{{pool=\"{}\"}} {}", p.name, get(p));
+        }
+    }
+    let st = v.stats;
+    for (name, kind, help, val) in [
+        (
+            names::CONNECTIONS,
+            "gauge",
+            "Client connections open.",
+            st.connections.load(Relaxed),
+        ),
+        (
+            names::CONNECTIONS_TOTAL,
+            "counter",
+            "Client connections accepted.",
+            st.connections_total.load(Relaxed),
+        ),
+        (
+            names::TLS_HANDSHAKES,
+            "counter",
+            "TLS handshakes completed.",
+            st.tls_handshakes.load(Relaxed),
+        ),
+        (
+            names::TLS_FAILURES,
+            "counter",
+            "TLS handshakes failed.",
+            st.tls_failures.load(Relaxed),
+        ),
+        (
+            names::GENERATION,
+            "gauge",
+            "Rules generation serving.",
+            g.number,
+        ),
+    ] {
+        head(&mut o, name, kind, help);
+        let _ = writeln!(o, "{name} {val}");
+    }
+    head(
+        &mut o,
+        names::RELOADS,
+        "counter",
+        "Rules reloads by result.",
     );
     let _ = writeln!(
         o,
-        "# HELP gatehouse_rules_generation Rules generation serving.\n# TYPE gatehouse_rules_generation gauge\ngatehouse_rules_generation {}",
-        g.number
+        "{}{{result=\"ok\"}} {}\n{}{{result=\"error\"}} {}",
+        names::RELOADS,
+        v.reloads.0,
+        names::RELOADS,
+        v.reloads.1
     );
+    let p = process();
+    head(
+        &mut o,
+        names::PROCESS_RSS,
+        "gauge",
+        "Resident memory in bytes.",
+    );
+    let _ = writeln!(o, "{} {}", names::PROCESS_RSS, p.rss);
+    head(&mut o, names::PROCESS_CPU, "counter", "CPU seconds used.");
+    let _ = writeln!(o, "{} {}", names::PROCESS_CPU, p.cpu);
+    head(
+        &mut o,
+        names::PROCESS_FDS,
+        "gauge",
+        "Open file descriptors.",
+    );
+    let _ = writeln!(o, "{} {}", names::PROCESS_FDS, p.fds);
+    head(
+        &mut o,
+        names::PROCESS_START,
+        "gauge",
+        "Start time, Unix seconds.",
+    );
+    let _ = writeln!(o, "{} {}", names::PROCESS_START, v.stats.started_unix);
     o
 }
 
-/// The human stats page (a first cut: the stats issue makes it complete).
+struct Process {
+    rss: u64,
+    cpu: f64,
+    fds: usize,
+}
+
+/// Process figures from /proc/self (0 where unavailable).
+fn process() -> Process {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    Process { rss, cpu, fds }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+        _ => format!("{:.2} GiB", n as f64 / 1_073_741_824.0),
+    }
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{}h", secs / 86400, secs % 86400 / 3600),
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("–".into(), |m| {
+        if m < 1.0 {
+            format!("{m:.1}")
+        } else {
+            format!("{m:.0}")
+        }
+    })
+}
+
+const STYLE: &str = "body{font:13px/1.4 system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#1d2430;background:#f5f6f8}\
+header{background:#1d2430;color:#fff;padding:14px 24px;display:flex;flex-wrap:wrap;gap:24px;align-items:baseline}\
+header h1{font-size:18px;margin:0 12px 0 0}header .kv{opacity:.9}header .kv b{font-weight:600}\
+main{padding:16px 24px}h2{font-size:15px;margin:22px 0 8px}h2 small{font-weight:400;color:#5b6577}\
+table{border-collapse:collapse;background:#fff;box-shadow:0 1px 2px #0001;margin-bottom:8px;width:100%}\
+th,td{padding:4px 8px;border-bottom:1px solid #e7e9ee;text-align:right;white-space:nowrap}\
+th{background:#eef0f4;font-weight:600;color:#3a4456;font-size:12px}th:first-child,td:first-child{text-align:left}\
+tr.backend td{background:#f0f3f9;font-weight:600}tr.other td{color:#6b7385}\
+.st{display:inline-block;min-width:48px;text-align:center;border-radius:3px;padding:1px 6px;color:#fff;font-weight:600;font-size:11px}\
+.UP{background:#1f9d55}.DOWN{background:#d64545}.MAINT{background:#6b7385}.DRAIN{background:#d98b1c}\
+.live{color:#1f6fd1;font-weight:600}.err{background:#fdecec;border:1px solid #f3b7b7;padding:8px 12px;white-space:pre-wrap;font-family:monospace}\
+.ok{color:#1f9d55}.bar{display:inline-block;width:80px;height:8px;background:#e7e9ee;border-radius:4px;vertical-align:middle;margin-right:6px}\
+.bar i{display:block;height:8px;border-radius:4px;background:#1f6fd1}form{display:inline;margin:0}button{font-size:11px;padding:0 4px}";
+
+/// The human stats page: self-contained (no external assets, no JavaScript).
 pub fn html(v: &View<'_>) -> String {
     let g = v.generation;
-    let mut o = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Gatehouse stats</title></head><body>",
-    );
+    let st = v.stats;
+    let mut o = String::with_capacity(32 * 1024);
+    o.push_str("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Gatehouse stats</title>");
+    if let Some(r) = v.refresh {
+        let _ = write!(o, "<meta http-equiv=\"refresh\" content=\"{r}\">");
+    }
     let _ = write!(
         o,
-        "<h1>Gatehouse {}</h1><p>generation {} · uptime {}s · connections {}</p>",
-        env!("CARGO_PKG_VERSION"),
-        g.number,
-        v.stats.started.elapsed().as_secs(),
-        v.stats.connections.load(Relaxed)
+        "<style>{STYLE}</style></head><body><header><h1>Gatehouse {}</h1>",
+        env!("CARGO_PKG_VERSION")
     );
+    let reload = match &v.reload.error {
+        None => "<span class=\"ok\">ok</span>".to_string(),
+        Some(_) => "<b style=\"color:#ff8a8a\">refused</b>".to_string(),
+    };
+    for (k, val) in [
+        ("uptime", ago(st.started.elapsed().as_secs())),
+        ("rules generation", g.number.to_string()),
+        (
+            "last reload",
+            format!(
+                "{reload} {} ago",
+                ago(v.reload.at.elapsed().map_or(0, |d| d.as_secs()))
+            ),
+        ),
+        ("connections", st.connections.load(Relaxed).to_string()),
+        ("requests", st.frontend.requests.load(Relaxed).to_string()),
+        ("rate", format!("{:.1}/s", st.request_rate())),
+        (
+            "TLS handshakes",
+            format!(
+                "{} ({} failed)",
+                st.tls_handshakes.load(Relaxed),
+                st.tls_failures.load(Relaxed)
+            ),
+        ),
+    ] {
+        let _ = write!(o, "<span class=\"kv\">{k} <b>{val}</b></span>");
+    }
+    o.push_str("</header><main>");
     if let Some(e) = &v.reload.error {
         let _ = write!(
             o,
-            "<p class=\"reload-error\">last reload refused: <pre>{}</pre></p>",
+            "<h2>Last reload refused <small>the previous rules keep serving</small></h2><div class=\"err reload-error\">{}</div>",
             escape(e)
         );
     }
-    o.push_str("<table><tr><th>service</th><th>server</th><th>colour</th><th>status</th><th>requests</th></tr>");
-    for (svc, colour, s) in g.rules.all_servers() {
+    o.push_str("<h2>Pools <small>traffic classes</small></h2><table id=\"pools\"><tr><th>pool</th><th>slots used / limit</th><th>queued / limit</th><th>max queued</th><th>queue full</th><th>queue timeouts</th></tr>");
+    for p in &g.pools {
+        let pct = if p.limit() > 0 {
+            p.in_use() * 100 / p.limit()
+        } else {
+            0
+        };
         let _ = write!(
             o,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&svc.name),
-            escape(&s.name),
-            colour.as_str(),
-            g.health[s.id].status(),
-            g.servers[s.id].requests.load(Relaxed)
+            "<tr data-pool=\"{n}\"><td>{n}</td><td><span class=\"bar\"><i style=\"width:{pct}%\"></i></span>{} / {}</td><td>{} / {}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            p.in_use(),
+            p.limit(),
+            p.waiting(),
+            p.queue_limit(),
+            p.max_waiting.load(Relaxed),
+            p.queue_full.load(Relaxed),
+            p.queue_timeouts.load(Relaxed),
+            n = escape(&p.name)
         );
     }
-    o.push_str("</table></body></html>");
+    o.push_str("</table><h2>Sites <small>frontends</small></h2><table id=\"sites\"><tr><th>site</th><th>hosts</th><th>requests</th><th>1xx</th><th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th><th>bytes in</th><th>bytes out</th><th>p50 ms</th><th>p99 ms</th></tr>");
+    for (i, s) in g.rules.sites.iter().enumerate() {
+        let c = &g.sites[i];
+        let hosts: Vec<String> = s
+            .hosts
+            .iter()
+            .map(|h| match h {
+                crate::rules::matcher::HostPattern::Exact(x) => x.clone(),
+                crate::rules::matcher::HostPattern::Suffix(x) => format!("*.{x}"),
+                crate::rules::matcher::HostPattern::FirstLabel(x) => format!("{x}.*"),
+            })
+            .collect();
+        let (p50, p99) = st.recent_latency(Kind::Site, &s.name, c);
+        let _ = write!(
+            o,
+            "<tr data-site=\"{n}\"><td>{n}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&hosts.join(" ")),
+            c.requests.load(Relaxed),
+            c.class(1),
+            c.class(2),
+            c.class(3),
+            c.class(4),
+            c.class(5),
+            bytes(c.bytes_in.load(Relaxed)),
+            bytes(c.bytes_out.load(Relaxed)),
+            ms(p50),
+            ms(p99),
+            n = escape(&s.name)
+        );
+    }
+    o.push_str("</table>");
+    for (i, svc) in g.rules.services.iter().enumerate() {
+        let c = &g.services[i];
+        let _ = write!(
+            o,
+            "<h2 id=\"service-{n}\">{n} <small>live colour: <span class=\"live\">{}</span> · balance {} · checks {}</small></h2>",
+            svc.live.as_str(),
+            algo(svc.balance),
+            svc.health
+                .path
+                .as_deref()
+                .map_or("TCP connect".to_string(), |p| format!("GET {}", escape(p))),
+            n = escape(&svc.name)
+        );
+        o.push_str("<table class=\"service\"><tr><th>server</th><th>status</th><th>since</th><th>colour</th><th>weight</th><th>cur</th><th>max</th><th>limit</th><th>queue</th><th>requests</th><th>bytes in</th><th>bytes out</th><th>1xx</th><th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th><th>conn err</th><th>resp err</th><th>redisp</th><th>last check</th><th>downtime</th><th>p50 ms</th><th>p99 ms</th>");
+        if v.admin_token.is_some() {
+            o.push_str("<th>admin</th>");
+        }
+        o.push_str("</tr>");
+        let (p50, p99) = st.recent_latency(Kind::Service, &svc.name, c);
+        let _ = write!(
+            o,
+            "<tr class=\"backend\"><td>BACKEND</td><td></td><td></td><td></td><td></td><td>{}</td><td>{}</td><td></td><td>{} / {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>no server: {}</td><td></td><td>{}</td><td>{}</td>{}</tr>",
+            c.current.load(Relaxed),
+            c.max_current.load(Relaxed),
+            c.queued.load(Relaxed),
+            c.max_queued.load(Relaxed),
+            c.requests.load(Relaxed),
+            bytes(c.bytes_in.load(Relaxed)),
+            bytes(c.bytes_out.load(Relaxed)),
+            c.class(1),
+            c.class(2),
+            c.class(3),
+            c.class(4),
+            c.class(5),
+            c.connect_errors.load(Relaxed),
+            c.response_errors.load(Relaxed),
+            c.redispatches.load(Relaxed),
+            c.no_server.load(Relaxed),
+            ms(p50),
+            ms(p99),
+            if v.admin_token.is_some() {
+                "<td></td>"
+            } else {
+                ""
+            }
+        );
+        for (colour, group) in [(Colour::Blue, &svc.blue), (Colour::Green, &svc.green)] {
+            for s in &group.servers {
+                let h = &g.health[s.id];
+                let sc = &g.servers[s.id];
+                let (p50, p99) = st.recent_latency(Kind::Server, &s.name, sc);
+                let check = if h.checked.load(Relaxed) {
+                    let code = h.last_check_code.load(Relaxed);
+                    format!(
+                        "{} {}{} ms",
+                        if h.last_check_ok.load(Relaxed) {
+                            "ok"
+                        } else {
+                            "failed"
+                        },
+                        if code > 0 {
+                            format!("{code} ")
+                        } else {
+                            String::new()
+                        },
+                        h.last_check_ms.load(Relaxed)
+                    )
+                } else {
+                    "–".into()
+                };
+                let live = colour == svc.live;
+                let _ = write!(
+                    o,
+                    "<tr data-server=\"{n}\" class=\"{}\"><td>{n}{}</td><td><span class=\"st {status}\">{status}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+                    if live { "on" } else { "other" },
+                    if s.backup {
+                        " <small>(backup)</small>"
+                    } else {
+                        ""
+                    },
+                    ago(h.since_change_secs()),
+                    if live {
+                        format!("<span class=\"live\">{}</span>", colour.as_str())
+                    } else {
+                        colour.as_str().to_string()
+                    },
+                    s.weight,
+                    h.active.load(Relaxed),
+                    sc.max_current.load(Relaxed),
+                    s.maxconn.map_or("–".into(), |m| m.to_string()),
+                    sc.requests.load(Relaxed),
+                    bytes(sc.bytes_in.load(Relaxed)),
+                    bytes(sc.bytes_out.load(Relaxed)),
+                    sc.class(1),
+                    sc.class(2),
+                    sc.class(3),
+                    sc.class(4),
+                    sc.class(5),
+                    sc.connect_errors.load(Relaxed),
+                    sc.response_errors.load(Relaxed),
+                    sc.redispatches.load(Relaxed),
+                    check,
+                    ago(h.downtime_secs()),
+                    ms(p50),
+                    ms(p99),
+                    n = escape(&s.name),
+                    status = h.status(),
+                );
+                if let Some(token) = v.admin_token {
+                    o.push_str("<td>");
+                    for action in ["ready", "drain", "maint"] {
+                        let _ = write!(
+                            o,
+                            "<form method=\"post\" action=\"/stats/admin\"><input type=\"hidden\" name=\"token\" value=\"{token}\"><input type=\"hidden\" name=\"server\" value=\"{}\"><input type=\"hidden\" name=\"action\" value=\"{action}\"><button>{action}</button></form>",
+                            escape(&s.name)
+                        );
+                    }
+                    o.push_str("</td>");
+                }
+                o.push_str("</tr>");
+            }
+        }
+        o.push_str("</table>");
+    }
+    o.push_str("<p style=\"color:#6b7385\">Also: <a href=\"/stats;csv\">CSV (HAProxy layout)</a> · <a href=\"/stats?format=json\">JSON</a> · <a href=\"/metrics\">Prometheus</a> · <a href=\"/stats?refresh=5\">auto-refresh</a></p></main></body></html>");
     o
 }
 

@@ -5,6 +5,7 @@ mod check_cmd;
 mod demo_curl;
 mod edge;
 mod harness;
+mod monitoring;
 mod reload;
 mod resilience;
 mod routing;

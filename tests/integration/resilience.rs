@@ -277,12 +277,12 @@ async fn backups_then_backup_page() {
 async fn per_server_maxconn_holds() {
     let s = Stack::start_with(edits(&[
         (
-            "{ name: api-blue-1,  addr: 127.0.0.1:9201 }",
-            "{ name: api-blue-1,  addr: 127.0.0.1:9201, maxconn: 3 }",
+            "{ name: api-blue-1,  addr: 127.0.0.1:5201 }",
+            "{ name: api-blue-1,  addr: 127.0.0.1:5201, maxconn: 3 }",
         ),
         (
-            "{ name: api-blue-2,  addr: 127.0.0.1:9202 }",
-            "{ name: api-blue-2,  addr: 127.0.0.1:9202, maxconn: 3 }",
+            "{ name: api-blue-2,  addr: 127.0.0.1:5202 }",
+            "{ name: api-blue-2,  addr: 127.0.0.1:5202, maxconn: 3 }",
         ),
     ]))
     .await;

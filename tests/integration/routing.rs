@@ -281,7 +281,7 @@ async fn spoofed_forwarding_headers_are_ignored_and_rewritten() {
 async fn dead_servers() {
     // Without the backup server, so that the last primary's death is a 502.
     let no_backup = (
-        "      - { name: ui-blue-3,  addr: 127.0.0.1:9103, backup: true }   # only when 1 and 2 are down\n".to_string(),
+        "      - { name: ui-blue-3,  addr: 127.0.0.1:5103, backup: true }   # only when 1 and 2 are down\n".to_string(),
         String::new(),
     );
     let s = Stack::start_with(crate::harness::Options {

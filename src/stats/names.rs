@@ -1,0 +1,58 @@
+//! Every Prometheus metric name, once. Labels come only from the rules (site, route, pool,
+//! service, colour, server, status class), never from raw hosts or paths, so the number
+//! of series is bounded by the rules file.
+
+/// Requests answered, by family label and status class.
+pub const REQUESTS: &str = "gatehouse_requests_total";
+/// Response-time histogram (to the response headers), seconds.
+pub const RESPONSE_SECONDS: &str = "gatehouse_response_seconds";
+/// Request body bytes received.
+pub const BYTES_IN: &str = "gatehouse_bytes_in_total";
+/// Response body bytes sent.
+pub const BYTES_OUT: &str = "gatehouse_bytes_out_total";
+/// Requests in flight now.
+pub const IN_FLIGHT: &str = "gatehouse_requests_in_flight";
+/// Connection errors to servers.
+pub const CONNECT_ERRORS: &str = "gatehouse_connect_errors_total";
+/// Bad or missing answers from servers.
+pub const RESPONSE_ERRORS: &str = "gatehouse_response_errors_total";
+/// Requests retried on another server.
+pub const REDISPATCHES: &str = "gatehouse_redispatches_total";
+/// Requests that found no usable server.
+pub const NO_SERVER: &str = "gatehouse_no_server_total";
+/// Server up (1) or not (0) by health and admin state.
+pub const SERVER_UP: &str = "gatehouse_server_up";
+/// Failed health checks.
+pub const CHECK_FAILURES: &str = "gatehouse_check_failures_total";
+/// Pool slots in use.
+pub const POOL_IN_USE: &str = "gatehouse_pool_slots_in_use";
+/// Pool slot limit.
+pub const POOL_SLOTS: &str = "gatehouse_pool_slots";
+/// Requests waiting in a pool queue.
+pub const POOL_QUEUED: &str = "gatehouse_pool_queued";
+/// Requests refused because the pool queue was full.
+pub const POOL_QUEUE_FULL: &str = "gatehouse_pool_queue_full_total";
+/// Requests that waited past the queue timeout.
+pub const POOL_QUEUE_TIMEOUTS: &str = "gatehouse_pool_queue_timeouts_total";
+/// Client connections open.
+pub const CONNECTIONS: &str = "gatehouse_connections";
+/// Client connections accepted.
+pub const CONNECTIONS_TOTAL: &str = "gatehouse_connections_total";
+/// TLS handshakes completed.
+pub const TLS_HANDSHAKES: &str = "gatehouse_tls_handshakes_total";
+/// TLS handshakes failed.
+pub const TLS_FAILURES: &str = "gatehouse_tls_handshake_failures_total";
+/// Rules generation serving.
+pub const GENERATION: &str = "gatehouse_rules_generation";
+/// Reload attempts by result.
+pub const RELOADS: &str = "gatehouse_reloads_total";
+/// Live colour of a service (1 for the live colour's label).
+pub const LIVE_COLOUR: &str = "gatehouse_service_live_colour";
+/// Resident memory, bytes.
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+/// CPU seconds used.
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+/// Open file descriptors.
+pub const PROCESS_FDS: &str = "process_open_fds";
+/// Process start, Unix seconds.
+pub const PROCESS_START: &str = "process_start_time_seconds";

@@ -1,0 +1,318 @@
+//! The stats panel read by real clients: headless chromium, a real prometheus server and
+//! Debian's prometheus-haproxy-exporter reading the HAProxy CSV.
+
+use crate::harness::{Stack, root};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn http_get(url: &str) -> String {
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", url])
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn eventually(
+    what: &str,
+    limit: Duration,
+    mut f: impl AsyncFnMut() -> Option<String>,
+) -> String {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Chromium renders /stats under load; the DOM names every service, server, status and
+/// pool. The screenshot is kept in target/artifacts/stats.png.
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_renders_the_stats_page() {
+    let s = Stack::start().await;
+    let c = s.client();
+    let load = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            for i in 0..200 {
+                let _ = c.get("data.localhost", &format!("/api/x{i}")).await;
+                let _ = c.get("data-dev.localhost", "/").await;
+            }
+        })
+    };
+    s.stop_server("api-green-2");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let url = format!("http://{}/stats", s.stats);
+    let profile = tempfile::tempdir().unwrap();
+    let artifacts = root().join("target/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let chromium = |extra: &[String]| {
+        let mut cmd = Command::new("chromium");
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1600,1200",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(&url)
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium is installed (.ci/run installs it)")
+    };
+    let dom = String::from_utf8_lossy(&chromium(&["--dump-dom".to_string()]).stdout).into_owned();
+    load.await.unwrap();
+    for name in ["ui", "api"] {
+        assert!(
+            dom.contains(&format!("id=\"service-{name}\"")),
+            "service {name} missing"
+        );
+    }
+    for server in [
+        "ui-blue-1",
+        "ui-blue-2",
+        "ui-blue-3",
+        "ui-green-1",
+        "ui-green-2",
+        "ui-green-3",
+        "api-blue-1",
+        "api-blue-2",
+        "api-green-1",
+        "api-green-2",
+    ] {
+        assert!(
+            dom.contains(&format!("data-server=\"{server}\"")),
+            "server {server} missing"
+        );
+    }
+    for pool in ["static", "app", "files"] {
+        assert!(
+            dom.contains(&format!("data-pool=\"{pool}\"")),
+            "pool {pool} missing"
+        );
+    }
+    assert!(dom.contains("<span class=\"st UP\">UP</span>"));
+    let down_row = dom.split("data-server=\"api-green-2\"").nth(1).unwrap();
+    assert!(
+        down_row[..400].contains("st DOWN"),
+        "api-green-2 shown DOWN: {}",
+        &down_row[..400]
+    );
+    let shot = artifacts.join("stats.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(&[format!("--screenshot={}", shot.display())]);
+    assert!(
+        std::fs::metadata(&shot)
+            .map(|m| m.len() > 10_000)
+            .unwrap_or(false),
+        "screenshot written"
+    );
+}
+
+/// A real prometheus scrapes /metrics; its query API returns the counts this test caused.
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_scrapes_the_metrics() {
+    let s = Stack::start().await;
+    let c = s.client();
+    for i in 0..7 {
+        assert_eq!(
+            c.get("data.localhost", &format!("/api/p{i}")).await.status,
+            200
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            c.get_with("store.localhost", "/nope", &Default::default())
+                .await
+                .status,
+            403
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!("global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: gatehouse\n    static_configs: [ {{ targets: ['{}'] }} ]\n", s.stats),
+    )
+    .unwrap();
+    let _prom = Kill(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus is installed (.ci/run installs it)"),
+    );
+    let q = |expr: &str| {
+        format!(
+            "http://127.0.0.1:{port}/api/v1/query?query={}",
+            expr.replace('{', "%7B")
+                .replace('}', "%7D")
+                .replace('"', "%22")
+                .replace('=', "%3D")
+                .replace(',', "%2C")
+        )
+    };
+    let api = eventually(
+        "prometheus to scrape",
+        Duration::from_secs(30),
+        async || {
+            let body = http_get(&q(
+                "gatehouse_requests_total{service=\"api\",code=\"2xx\",server=\"\"}",
+            ))
+            .await;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let r = v["data"]["result"].as_array()?.first()?.clone();
+            Some(r["value"][1].as_str()?.to_string())
+        },
+    )
+    .await;
+    assert_eq!(api, "7");
+    let body = http_get(&q(
+        "gatehouse_requests_total{site=\"store\",route=\"store-deny\",code=\"4xx\"}",
+    ))
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"]["result"][0]["value"][1], "3");
+    let body = http_get(&q("gatehouse_pool_slots{pool=\"files\"}")).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"]["result"][0]["value"][1], "20");
+}
+
+/// Debian's prometheus-haproxy-exporter reads /stats;csv unchanged: server up/down,
+/// backend queue and bytes out match what the test caused; counters survive a reload.
+#[tokio::test(flavor = "multi_thread")]
+async fn haproxy_exporter_reads_the_csv() {
+    let s = Stack::start().await;
+    let c = s.client();
+    let mut body_bytes = 0;
+    for i in 0..5 {
+        let r = c
+            .get(
+                "store.localhost",
+                &format!("/records/r/files/{}K.bin", i + 1),
+            )
+            .await;
+        body_bytes += r.body.len() as u64;
+    }
+    let port = free_port();
+    let _exp = Kill(
+        Command::new("prometheus-haproxy-exporter")
+            .arg(format!("--haproxy.scrape-uri=http://{}/stats;csv", s.stats))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus-haproxy-exporter is installed (.ci/run installs it)"),
+    );
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let metric = |text: &str, name: &str, labels: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains(labels))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let text = eventually("the exporter", Duration::from_secs(15), async || {
+        let t = http_get(&url).await;
+        t.contains("haproxy_up 1").then_some(t)
+    })
+    .await;
+    assert_eq!(
+        metric(&text, "haproxy_server_up", "server=\"api-blue-1\""),
+        Some(1.0),
+        "{text}"
+    );
+    let out: f64 = ["api-blue-1", "api-blue-2"]
+        .iter()
+        .map(|n| {
+            metric(
+                &text,
+                "haproxy_server_bytes_out_total",
+                &format!("server=\"{n}\""),
+            )
+            .unwrap_or(0.0)
+        })
+        .sum();
+    assert_eq!(out as u64, body_bytes);
+    assert_eq!(
+        metric(&text, "haproxy_backend_current_queue", "backend=\"api\""),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "haproxy_frontend_http_requests_total",
+            "frontend=\"store\""
+        ),
+        Some(5.0)
+    );
+
+    // A stopped server reads 0 once health marks it DOWN.
+    s.stop_server("api-blue-2");
+    eventually(
+        "api-blue-2 down in the exporter",
+        Duration::from_secs(10),
+        async || {
+            let t = http_get(&url).await;
+            (metric(&t, "haproxy_server_up", "server=\"api-blue-2\"") == Some(0.0)).then_some(t)
+        },
+    )
+    .await;
+
+    // A reload (same rules) keeps every counter.
+    s.hup();
+    eventually("generation 2", Duration::from_secs(10), async || {
+        let j = s.stats_json().await;
+        (j["generation"] == 2).then_some(String::new())
+    })
+    .await;
+    let t = http_get(&url).await;
+    assert_eq!(
+        metric(
+            &t,
+            "haproxy_frontend_http_requests_total",
+            "frontend=\"store\""
+        ),
+        Some(5.0),
+        "counters survive reloads"
+    );
+    assert_eq!(
+        metric(&t, "haproxy_server_up", "server=\"api-blue-2\""),
+        Some(0.0),
+        "health survives reloads"
+    );
+}
