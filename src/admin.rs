@@ -10,11 +10,10 @@
 use crate::generation::Generation;
 use crate::proxy::Shared;
 use crate::proxy::body::ProxyBody;
-use crate::reload::{ReloadCounters, ReloadStatus};
+use crate::reload::Reloader;
 use crate::rules::matcher::AllowList;
 use crate::stats::render;
 use crate::upstream::health::AdminState;
-use arc_swap::ArcSwap;
 use base64::Engine;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -37,10 +36,8 @@ pub struct Admin {
     pub shared: Arc<Shared>,
     /// Set while the process drains: `/healthz` answers 503 so outer balancers move away.
     pub draining: Arc<AtomicBool>,
-    /// The last reload's outcome, shown on the panel.
-    pub last_reload: Arc<ArcSwap<ReloadStatus>>,
-    /// Reload counters.
-    pub reloads: Arc<ReloadCounters>,
+    /// Reloads rules on request and keeps the last outcome for the panel.
+    pub reloader: Arc<Reloader>,
     /// Who may connect (`None` = everyone who reaches the address).
     pub allow: Option<AllowList>,
     /// Basic-auth `user:password`, when required.
@@ -123,6 +120,38 @@ async fn answer(
     if req.method() == Method::POST && path == "/stats/admin" {
         return Ok(admin_action(&admin, peer, req).await);
     }
+    if req.method() == Method::POST && path == "/reload" {
+        // `gatehouse reload`: only from this machine.
+        if !peer.ip().is_loopback() {
+            return Ok(plain(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                "reload only from loopback\n".into(),
+            ));
+        }
+        let applied = admin.reloader.reload("gatehouse reload").await;
+        let status = admin.reloader.status.load();
+        return Ok(match (&status.error, applied) {
+            (_, true) => plain(
+                StatusCode::OK,
+                "text/plain",
+                format!("reloaded: generation {}\n", status.generation),
+            ),
+            (Some(e), false) => plain(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "text/plain",
+                format!(
+                    "refused, generation {} keeps serving:\n{e}\n",
+                    status.generation
+                ),
+            ),
+            (None, false) => plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                "reload failed\n".into(),
+            ),
+        });
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(plain(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -137,14 +166,14 @@ async fn answer(
             .split('&')
             .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
     };
-    let reload = admin.last_reload.load();
+    let reload = admin.reloader.status.load();
     let view = render::View {
         generation: &g,
         stats: &admin.shared.stats,
         reload: &reload,
         reloads: (
-            admin.reloads.ok.load(Ordering::Relaxed),
-            admin.reloads.failed.load(Ordering::Relaxed),
+            admin.reloader.counters.ok.load(Ordering::Relaxed),
+            admin.reloader.counters.failed.load(Ordering::Relaxed),
         ),
         refresh: param("refresh")
             .and_then(|r| r.parse().ok())

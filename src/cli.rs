@@ -20,12 +20,55 @@ pub enum Command {
         /// The config file.
         #[arg(short, long, default_value = "config/gatehouse.yaml")]
         config: PathBuf,
+        /// Take over the listening sockets of the running process (at `upgrade_socket`)
+        /// and tell it to drain: a zero-downtime binary upgrade.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate config, rules, certificates and pages; print every error; exit 1 on any.
     Check {
         /// The config file.
         #[arg(short, long, default_value = "config/gatehouse.yaml")]
         config: PathBuf,
+    },
+    /// Ask the running proxy to reload its rules (through the stats listener).
+    Reload {
+        /// The config file.
+        #[arg(short, long, default_value = "config/gatehouse.yaml")]
+        config: PathBuf,
+    },
+    /// Switch a service's live colour in the rules file (validated; refused when the new
+    /// colour has no healthy server unless --force), or roll the last switch back.
+    Switch {
+        /// The config file.
+        #[arg(short, long, default_value = "config/gatehouse.yaml")]
+        config: PathBuf,
+        /// The service to switch.
+        #[arg(required_unless_present = "rollback")]
+        service: Option<String>,
+        /// `blue` or `green`.
+        #[arg(required_unless_present = "rollback")]
+        colour: Option<String>,
+        /// Switch even when the new colour has no healthy server.
+        #[arg(long)]
+        force: bool,
+        /// Restore the rules as they were before the last switch.
+        #[arg(long, conflicts_with_all = ["service", "colour", "force"])]
+        rollback: bool,
+    },
+    /// Show how a request would be handled and why.
+    Explain {
+        /// The config file.
+        #[arg(short, long, default_value = "config/gatehouse.yaml")]
+        config: PathBuf,
+        /// The client address.
+        #[arg(long, default_value = "127.0.0.1")]
+        from: std::net::IpAddr,
+        /// The request arrives through this proxy (its X-Forwarded-For counts only if trusted).
+        #[arg(long)]
+        via_proxy: Option<std::net::IpAddr>,
+        /// The URL, e.g. https://data.example.org/api/records
+        url: String,
     },
     /// Run the proxy with an embedded stand-in repository stack (blue and green).
     Demo {

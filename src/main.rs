@@ -26,7 +26,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(d) => {
@@ -36,17 +36,70 @@ fn main() -> ExitCode {
             };
             // The proxy's workers run their own runtimes; this one serves stats and signals.
             runtime(1, async move {
-                let running = gatehouse::server::start(config).await?;
+                let running = gatehouse::server::start(config, upgrade).await?;
                 println!("{}", running.ready_line());
                 running.run_until_signal().await
             })
         }
+        Command::Reload { config } => with_config(&config, |c| {
+            gatehouse::ops::reload(c).map(|ok| {
+                if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            })
+        }),
+        Command::Switch {
+            config,
+            service,
+            colour,
+            force,
+            rollback,
+        } => with_config(&config, |c| {
+            if rollback {
+                gatehouse::ops::rollback(c)?;
+            } else {
+                let colour = match colour.as_deref() {
+                    Some("blue") => gatehouse::rules::Colour::Blue,
+                    Some("green") => gatehouse::rules::Colour::Green,
+                    other => anyhow::bail!("colour must be blue or green, not {other:?}"),
+                };
+                gatehouse::ops::switch(c, service.as_deref().unwrap_or_default(), colour, force)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Explain {
+            config,
+            from,
+            via_proxy,
+            url,
+        } => with_config(&config, |c| {
+            print!("{}", gatehouse::ops::explain(c, &url, from, via_proxy)?);
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Demo { workdir } => {
             let dir = match workdir {
                 Some(d) => d,
                 None => std::env::temp_dir().join(format!("gatehouse-demo-{}", std::process::id())),
             };
             runtime(0, async move { gatehouse::demo::run(&dir).await })
+        }
+    }
+}
+
+fn with_config(
+    path: &std::path::Path,
+    f: impl FnOnce(&Config) -> anyhow::Result<ExitCode>,
+) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => f(&c).unwrap_or_else(|e| {
+            eprintln!("gatehouse: {e:#}");
+            ExitCode::FAILURE
+        }),
+        Err(d) => {
+            eprintln!("{d}");
+            ExitCode::FAILURE
         }
     }
 }

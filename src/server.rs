@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::generation::Generation;
 use crate::listener::{self, ConnCtx, Listening};
 use crate::proxy::Shared;
-use crate::reload::{self, ReloadCounters, ReloadStatus};
+use crate::reload::Reloader;
 use crate::stats::Stats;
 use crate::tls::CertStore;
 use crate::{rules, upstream};
@@ -24,7 +24,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -38,12 +37,40 @@ pub struct Running {
     pub stats: Option<SocketAddr>,
     /// Request state.
     pub shared: Arc<Shared>,
-    config: Config,
     stop: CancellationToken,
     workers: Vec<std::thread::JoinHandle<()>>,
     draining: Arc<AtomicBool>,
-    reload_status: Arc<ArcSwap<ReloadStatus>>,
-    reload_counters: Arc<ReloadCounters>,
+    reloader: Arc<Reloader>,
+    drain_requested: CancellationToken,
+    offer: crate::handover::Offer,
+}
+
+/// The sockets for one listen address: taken over from the old process when it had
+/// them, else bound (SO_REUSEPORT, one per worker); a duplicate of each is kept to offer
+/// to the next process.
+fn sockets_for(
+    inherited: &mut crate::handover::Sockets,
+    offered: &mut Vec<(String, std::net::TcpListener)>,
+    kind: &str,
+    addr: SocketAddr,
+    n: usize,
+) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    let key = format!("{kind} {addr}");
+    let mut group = inherited.remove(&key).unwrap_or_default();
+    for s in &group {
+        s.set_nonblocking(true)?;
+    }
+    if group.len() < n {
+        let at = group.first().map_or(Ok(addr), |s| s.local_addr())?;
+        group.extend(
+            listener::bind_group(at, n - group.len())
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        );
+    }
+    for s in &group {
+        offered.push((key.clone(), s.try_clone()?));
+    }
+    Ok(group)
 }
 
 /// Process-wide limits every worker shares.
@@ -59,8 +86,23 @@ struct WorkerSockets {
     plain: Vec<std::net::TcpListener>,
 }
 
-/// Loads the rules and certificates, binds every listener, starts the workers.
-pub async fn start(config: Config) -> anyhow::Result<Running> {
+/// Loads the rules and certificates, binds every listener (or, with `upgrade`, takes them
+/// over from the running process at `upgrade_socket`), starts the workers.
+pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
+    let (mut inherited, old) = match (&config.upgrade_socket, upgrade) {
+        (Some(path), true) => {
+            let (s, conn) = crate::handover::take(path)
+                .with_context(|| format!("cannot take over the listeners at {}", path.display()))?;
+            tracing::info!(
+                sockets = s.values().map(Vec::len).sum::<usize>(),
+                "took over the running process's listeners"
+            );
+            (s, Some(conn))
+        }
+        (None, true) => anyhow::bail!("--upgrade needs upgrade_socket in the config"),
+        _ => (Default::default(), None),
+    };
+    let mut offered: Vec<(String, std::net::TcpListener)> = Vec::new();
     let set = rules::load(&config.rules).map_err(|d| anyhow::anyhow!("{d}"))?;
     let stats = Arc::new(Stats::default());
     let health = crate::upstream::health::HealthTable::default();
@@ -75,13 +117,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         max_uri_bytes: config.limits.max_uri_bytes,
         stats,
     });
-    let tls = if config.https.is_empty() {
-        None
+    let (tls, certs) = if config.https.is_empty() {
+        (None, None)
     } else {
         let store = CertStore::load(&config.path, &config.certificates)
             .map_err(|d| anyhow::anyhow!("{d}"))?;
         let certs = Arc::new(ArcSwap::from_pointee(store));
-        Some(crate::tls::server_config(certs).context("cannot build the TLS config")?)
+        let tls =
+            crate::tls::server_config(certs.clone()).context("cannot build the TLS config")?;
+        (Some(tls), Some(certs))
     };
 
     let n = config.workers.max(1);
@@ -93,20 +137,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .collect();
     let mut https = Vec::new();
     for addr in &config.https {
-        let group =
-            listener::bind_group(*addr, n).with_context(|| format!("cannot listen on {addr}"))?;
+        let group = sockets_for(&mut inherited, &mut offered, "https", *addr, n)?;
         https.push(group[0].local_addr()?);
         for (w, s) in group.into_iter().enumerate() {
-            sockets[w].tls.push(s);
+            sockets[w % n].tls.push(s);
         }
     }
     let mut http = Vec::new();
     for addr in &config.http {
-        let group =
-            listener::bind_group(*addr, n).with_context(|| format!("cannot listen on {addr}"))?;
+        let group = sockets_for(&mut inherited, &mut offered, "http", *addr, n)?;
         http.push(group[0].local_addr()?);
         for (w, s) in group.into_iter().enumerate() {
-            sockets[w].plain.push(s);
+            sockets[w % n].plain.push(s);
         }
     }
 
@@ -136,41 +178,46 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         stop.clone(),
     ));
     let draining = Arc::new(AtomicBool::new(false));
-    let reload_status = Arc::new(ArcSwap::from_pointee(ReloadStatus {
-        at: SystemTime::now(),
-        error: None,
-        generation: 1,
-    }));
-    let reload_counters = Arc::new(ReloadCounters::default());
+    let reloader = Reloader::new(shared.clone(), config.clone(), certs);
+    tokio::spawn(reloader.clone().watch(stop.clone()));
     let mut stats_addr = None;
     if let Some(addr) = config.stats {
-        let sock = listener::bind_group(addr, 1)
-            .with_context(|| format!("cannot listen on {addr}"))?
-            .remove(0);
+        let sock = sockets_for(&mut inherited, &mut offered, "stats", addr, 1)?.remove(0);
         stats_addr = Some(sock.local_addr()?);
         let sock = tokio::net::TcpListener::from_std(sock)?;
         let admin = Arc::new(Admin {
             shared: shared.clone(),
             draining: draining.clone(),
-            last_reload: reload_status.clone(),
-            reloads: reload_counters.clone(),
+            reloader: reloader.clone(),
             allow: config.stats_allow.clone(),
             auth: config.stats_auth.clone(),
             admin_token: config.stats_admin.then(admin::new_token),
         });
         tokio::spawn(admin::serve(admin, sock, stop.clone()));
     }
+    let drain_requested = CancellationToken::new();
+    let offer = match &config.upgrade_socket {
+        Some(path) => {
+            let drain = drain_requested.clone();
+            crate::handover::offer(path, offered, move || drain.cancel())
+                .with_context(|| format!("cannot offer the listeners at {}", path.display()))?
+        }
+        None => crate::handover::Offer::default(),
+    };
+    if let Some(mut old) = old {
+        crate::handover::drain_old(&mut old).context("cannot tell the old process to drain")?;
+    }
     Ok(Running {
+        offer,
+        drain_requested,
         https,
         http,
         stats: stats_addr,
         shared,
-        config,
         stop,
         workers,
         draining,
-        reload_status,
-        reload_counters,
+        reloader,
     })
 }
 
@@ -230,6 +277,9 @@ fn worker(
         for t in tasks {
             let _ = t.await;
         }
+        // Grace: connections accepted just before the stop (some still in their TLS
+        // handshake) get to send their first request before idle ones are closed.
+        tokio::time::sleep(config.timeouts.grace.min(config.timeouts.drain)).await;
         match Arc::try_unwrap(graceful) {
             Ok(g) => {
                 if tokio::time::timeout(config.timeouts.drain, g.shutdown())
@@ -261,19 +311,17 @@ impl Running {
         )
     }
 
-    /// Re-reads the rules; on error the old rules keep serving. Returns whether it applied.
-    pub fn reload(&self) -> bool {
-        reload::reload(
-            &self.shared,
-            &self.config.rules,
-            &self.reload_status,
-            &self.reload_counters,
-        )
+    /// Re-reads the rules (and certificates); on error the old rules keep serving.
+    /// Returns whether new rules were applied.
+    pub async fn reload(&self, why: &str) -> bool {
+        self.reloader.reload(why).await
     }
 
     /// Stops accepting and waits for the workers to drain (each up to the drain deadline).
     pub async fn shutdown(self) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         self.draining.store(true, Ordering::Relaxed);
+        self.offer.withdraw();
         self.stop.cancel();
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || {
@@ -291,11 +339,13 @@ impl Running {
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         loop {
             tokio::select! {
-                _ = hup.recv() => { self.reload(); }
+                _ = hup.recv() => { self.reload("SIGHUP").await; }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
+                _ = self.drain_requested.cancelled() => break,
             }
         }
         tracing::info!("draining: no new connections, finishing in-flight requests");

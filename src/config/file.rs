@@ -36,6 +36,10 @@ pub struct ConfigFile {
     /// Worker threads (default: one per core).
     #[serde(default)]
     pub workers: Option<usize>,
+    /// Unix socket where this process offers its listening sockets to its successor
+    /// (`gatehouse run --upgrade`), relative to this file. Without it, no handover.
+    #[serde(default)]
+    pub upgrade_socket: Option<String>,
 }
 
 /// HTTPS and plain-HTTP listeners.
@@ -138,6 +142,9 @@ pub struct TimeoutsFile {
     pub drain: Option<Spanned<Scalar>>,
     /// Inactivity on an upgraded (WebSocket) connection (default 1h).
     pub tunnel: Option<Spanned<Scalar>>,
+    /// At shutdown, how long just-accepted connections may still send their first
+    /// request before idle connections are closed (default 1s).
+    pub grace: Option<Spanned<Scalar>>,
 }
 
 /// Limits that bound memory per connection and per process.

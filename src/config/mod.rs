@@ -50,6 +50,8 @@ pub struct Config {
     pub access_log: AccessLog,
     /// Worker threads.
     pub workers: usize,
+    /// Where listening sockets are offered to a successor process.
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 /// Where one certificate and its key are, and where the config named them (for errors).
@@ -82,6 +84,8 @@ pub struct Timeouts {
     pub drain: Duration,
     /// Upgraded-connection inactivity.
     pub tunnel: Duration,
+    /// Shutdown grace before idle connections close.
+    pub grace: Duration,
 }
 
 /// Bounds on what one client or the whole process may hold.
@@ -256,6 +260,7 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         upstream_idle: dur(&t.upstream_idle, 60, "upstream_idle"),
         drain: dur(&t.drain, 30, "drain"),
         tunnel: dur(&t.tunnel, 3600, "tunnel"),
+        grace: dur(&t.grace, 1, "grace"),
     };
     let l = &raw.limits;
     let max_header_bytes = match &l.max_header_bytes {
@@ -348,6 +353,7 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         limits,
         access_log,
         workers,
+        upgrade_socket: raw.upgrade_socket.as_deref().map(resolve),
     })
 }
 

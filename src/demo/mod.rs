@@ -247,7 +247,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         .await
         .context("demo control port 8405")?;
     tokio::spawn(serve_control(stack, control));
-    let running = crate::server::start(config).await?;
+    let running = crate::server::start(config, false).await?;
     println!("gatehouse demo: files in {}", dir.display());
     println!("{}", running.ready_line());
     let https = running.https.first().map_or(8443, |a| a.port());

@@ -39,8 +39,8 @@ pub fn load(path: &Path) -> Result<RuleSet, Diagnostics> {
     compile(&files)
 }
 
-/// The files a rules path stands for, in name order.
-fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+/// The files a rules path stands for, in name order (dotfiles and non-YAML skipped).
+pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     let err = |e: std::io::Error| {
         Diagnostic::new(path, Pos::default(), format!("cannot read rules: {e}"))
     };

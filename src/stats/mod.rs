@@ -163,7 +163,11 @@ pub struct Stats {
 }
 
 /// One snapshot: when, total requests, latency buckets per named counter set.
-type Sample = (Instant, u64, HashMap<(Kind, Arc<str>), [u64; BUCKETS.len() + 1]>);
+type Sample = (
+    Instant,
+    u64,
+    HashMap<(Kind, Arc<str>), [u64; BUCKETS.len() + 1]>,
+);
 
 /// Snapshots taken every few seconds; the oldest one within the window is the baseline.
 #[derive(Debug, Default)]

@@ -87,6 +87,15 @@ impl Stack {
             let addr: SocketAddr = new_addr.parse().expect("addr");
             standins.start(&name, addr).await.expect("stand-in");
         }
+        // The stats port is chosen here (not 0) so CLI commands reading the config reach it.
+        let stats_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        config = config.replace(
+            "bind: 127.0.0.1:8404",
+            &format!("bind: 127.0.0.1:{stats_port}"),
+        );
         for port in ["8443", "8080", "8404"] {
             config = config.replace(&format!("127.0.0.1:{port}]"), "127.0.0.1:0]");
             config = config.replace(&format!("bind: 127.0.0.1:{port}"), "bind: 127.0.0.1:0");
@@ -176,6 +185,24 @@ impl Stack {
         Client::new(&self.ca, self.https)
     }
 
+    /// The config file the proxy runs with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config/gatehouse.yaml")
+    }
+
+    /// Runs the gatehouse binary with `args` (e.g. `switch`, `explain`): (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(args)
+            .output()
+            .expect("gatehouse");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
     /// Sends SIGHUP (reload) to the proxy we started.
     pub fn hup(&self) {
         let ok = Command::new("kill")
@@ -234,10 +261,20 @@ pub fn spawn_proxy(
     config: &Path,
     stderr_log: &Path,
 ) -> (Child, SocketAddr, SocketAddr, SocketAddr) {
+    spawn_proxy_with(config, stderr_log, &[])
+}
+
+/// Starts `gatehouse run` with extra arguments (e.g. `--upgrade`) and waits for its ready line.
+pub fn spawn_proxy_with(
+    config: &Path,
+    stderr_log: &Path,
+    extra: &[&str],
+) -> (Child, SocketAddr, SocketAddr, SocketAddr) {
     let log = std::fs::File::create(stderr_log).expect("log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["run", "-c"])
         .arg(config)
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))

@@ -1,0 +1,424 @@
+//! Ops commands that talk to files and to the running process: `reload`, `switch`, `explain`.
+//!
+//! They reach the running proxy through its stats listener (the address in the config):
+//! `POST /reload` and `GET /stats?format=json`. `switch` edits the rules file atomically
+//! (write a temp file beside it, then rename), after the same validation a reload does.
+
+use crate::config::Config;
+use crate::diag::{Diagnostics, parse_yaml};
+use crate::proxy::forward::AddrSource;
+use crate::proxy::path;
+use crate::rules::file::RulesFile;
+use crate::rules::{self, Action, Colour, RuleSet};
+use anyhow::{Context, anyhow, bail};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One HTTP/1.1 request to the stats listener; returns (status, body).
+pub fn stats_request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .with_context(|| format!("cannot reach the stats listener at {addr}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        tcp,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad answer from {addr}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// `gatehouse reload`: asks the running process to reload; prints its answer.
+pub fn reload(config: &Config) -> anyhow::Result<bool> {
+    let addr = config
+        .stats
+        .ok_or_else(|| anyhow!("the config has no stats listener to reach the process through"))?;
+    let (status, body) = stats_request(addr, "POST", "/reload")?;
+    print!("{body}");
+    Ok(status == 200)
+}
+
+/// The rules files a config points at, with their text.
+fn rule_texts(config: &Config) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let mut files: Vec<PathBuf> = if config.rules.is_dir() {
+        std::fs::read_dir(&config.rules)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+                    && !p
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with('.'))
+            })
+            .collect()
+    } else {
+        vec![config.rules.clone()]
+    };
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            Ok((
+                p.clone(),
+                std::fs::read_to_string(&p)
+                    .with_context(|| format!("cannot read {}", p.display()))?,
+            ))
+        })
+        .collect()
+}
+
+/// Writes `text` to `path` atomically: a temp file beside it, fsync, rename.
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("rules.yaml");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+fn previous_path(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".previous");
+    PathBuf::from(s)
+}
+
+/// `gatehouse switch SERVICE COLOUR [--force]`: sets the service's live colour in the rules
+/// file, refusing when the new colour has no healthy server (unless forced), and keeps the
+/// old file as `<file>.previous` for `--rollback`.
+pub fn switch(config: &Config, service: &str, colour: Colour, force: bool) -> anyhow::Result<()> {
+    let files = rule_texts(config)?;
+    let mut found = None;
+    for (i, (path, text)) in files.iter().enumerate() {
+        let parsed: RulesFile = parse_yaml(path, text).map_err(|d| anyhow!("{d}"))?;
+        if let Some(svc) = parsed.services.get(service) {
+            found = Some((i, svc.value.live.referenced, svc.value.live.value));
+        }
+    }
+    let (i, at, current) =
+        found.ok_or_else(|| anyhow!("no service `{service}` in {}", config.rules.display()))?;
+    if current == colour {
+        println!("{service} is already live on {}", colour.as_str());
+        return Ok(());
+    }
+    let (path, text) = &files[i];
+    let edited = replace_word_at(
+        text,
+        at.line() as usize,
+        at.column() as usize,
+        colour.as_str(),
+    )
+    .ok_or_else(|| {
+        anyhow!(
+            "{}:{}:{}: cannot find the live colour to edit",
+            path.display(),
+            at.line(),
+            at.column()
+        )
+    })?;
+    let mut candidate = files.clone();
+    candidate[i].1 = edited.clone();
+    rules::compile(&candidate)
+        .map_err(|d: Diagnostics| anyhow!("the switched rules would not compile:\n{d}"))?;
+    match healthy_servers(config, service, colour) {
+        Ok(0) if !force => bail!(
+            "refused: no server of {service} {} is UP; fix them first or pass --force",
+            colour.as_str()
+        ),
+        Ok(n) => println!("{service} {}: {n} server(s) UP", colour.as_str()),
+        Err(e) if !force => bail!(
+            "refused: cannot confirm the health of {service} {} ({e:#}); pass --force to switch anyway",
+            colour.as_str()
+        ),
+        Err(e) => println!("warning: health unknown ({e:#}); switching because of --force"),
+    }
+    std::fs::write(previous_path(path), text)
+        .context("cannot keep the previous rules for --rollback")?;
+    write_atomically(path, &edited)?;
+    println!(
+        "{}: {service} live {} -> {}",
+        path.display(),
+        current.as_str(),
+        colour.as_str()
+    );
+    tell_running(config);
+    Ok(())
+}
+
+/// `gatehouse switch --rollback`: puts back the rules saved by the last switch.
+pub fn rollback(config: &Config) -> anyhow::Result<()> {
+    let files = rule_texts(config)?;
+    let mut candidate = files.clone();
+    let mut restored = Vec::new();
+    for (path, text) in candidate.iter_mut() {
+        if let Ok(prev) = std::fs::read_to_string(previous_path(path)) {
+            *text = prev;
+            restored.push(path.clone());
+        }
+    }
+    if restored.is_empty() {
+        bail!("nothing to roll back: no *.previous file beside the rules");
+    }
+    rules::compile(&candidate)
+        .map_err(|d: Diagnostics| anyhow!("the previous rules no longer compile:\n{d}"))?;
+    for (path, text) in &candidate {
+        if restored.contains(path) {
+            let current = files
+                .iter()
+                .find(|(p, _)| p == path)
+                .map(|(_, t)| t.clone())
+                .unwrap_or_default();
+            write_atomically(path, text)?;
+            std::fs::write(previous_path(path), current)?;
+            println!("{}: restored the previous rules", path.display());
+        }
+    }
+    tell_running(config);
+    Ok(())
+}
+
+fn tell_running(config: &Config) {
+    match reload(config) {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!("the running proxy refused the new rules (see above); it keeps the old ones")
+        }
+        Err(e) => eprintln!(
+            "note: could not ask the running proxy to reload ({e:#}); it reloads on its own when it watches the file"
+        ),
+    }
+}
+
+/// Replaces the word starting at line/column (1-based) with `word`.
+fn replace_word_at(text: &str, line: usize, column: usize, word: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut done = false;
+    for (n, l) in text.split_inclusive('\n').enumerate() {
+        if n + 1 == line && !done {
+            let start = l.char_indices().nth(column.checked_sub(1)?)?.0;
+            let len = l[start..]
+                .find(|c: char| !c.is_ascii_alphanumeric())
+                .unwrap_or(l.len() - start);
+            out.push_str(&l[..start]);
+            out.push_str(word);
+            out.push_str(&l[start + len..]);
+            done = true;
+        } else {
+            out.push_str(l);
+        }
+    }
+    done.then_some(out)
+}
+
+/// Servers of one colour of a service that the running process reports UP.
+fn healthy_servers(config: &Config, service: &str, colour: Colour) -> anyhow::Result<usize> {
+    let addr = config
+        .stats
+        .ok_or_else(|| anyhow!("no stats listener in the config"))?;
+    let (status, body) = stats_request(addr, "GET", "/stats?format=json")?;
+    if status != 200 {
+        bail!("stats answered {status}");
+    }
+    let j: serde_json::Value = serde_json::from_str(&body)?;
+    let svc = j["services"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == service))
+        .ok_or_else(|| anyhow!("the running proxy has no service {service}"))?;
+    Ok(svc["servers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|s| s["colour"] == colour.as_str() && s["status"] == "UP")
+                .count()
+        })
+        .unwrap_or(0))
+}
+
+/// `gatehouse explain`: how a request to `url` from `from` (optionally through the proxy
+/// `via`) would be handled, and why.
+pub fn explain(
+    config: &Config,
+    url: &str,
+    from: IpAddr,
+    via: Option<IpAddr>,
+) -> anyhow::Result<String> {
+    let set: RuleSet = rules::load(&config.rules).map_err(|d| anyhow!("{d}"))?;
+    let uri: http::Uri = url.parse().context("not a URL")?;
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow!("the URL has no host"))?
+        .to_ascii_lowercase();
+    let mut o = String::new();
+    let mut line = |k: &str, v: String| o.push_str(&format!("{k:<14} {v}\n"));
+    line(
+        "request",
+        format!("{} (host {host}, path {})", url, uri.path()),
+    );
+    let (client, source) = match via {
+        Some(proxy) if config.trusted_proxies.contains(proxy) => {
+            (from, AddrSource::TrustedForwardedFor)
+        }
+        Some(proxy) => (proxy, AddrSource::Peer),
+        None => (from, AddrSource::Peer),
+    };
+    line(
+        "client",
+        match (via, source) {
+            (Some(p), AddrSource::TrustedForwardedFor) => {
+                format!("{client} (from X-Forwarded-For: peer {p} is a trusted proxy)")
+            }
+            (Some(p), _) => format!(
+                "{client} (the peer; {p} is not in trusted_proxies, so its X-Forwarded-For is ignored)"
+            ),
+            (None, _) => format!("{client} (the TCP peer)"),
+        },
+    );
+    let normalized = match path::normalize(uri.path()) {
+        Ok(p) => p.into_owned(),
+        Err(e) => {
+            line("decision", format!("400 Bad Request: {}", e.reason()));
+            return Ok(o);
+        }
+    };
+    if normalized != uri.path() {
+        line("normalized", normalized.clone());
+    }
+    let Some(d) = set.route(&host, &normalized) else {
+        line("decision", "404 Not Found: no site claims this host (and no default_site), or no route takes the path".into());
+        return Ok(o);
+    };
+    line(
+        "site",
+        format!("{} (colour: {:?})", d.site.name, d.site.colour).to_lowercase(),
+    );
+    line(
+        "route",
+        format!("{} ({})", d.route.name, d.route.path.describe()),
+    );
+    if let Some(a) = &d.route.allow {
+        let ok = a.contains(client);
+        line(
+            "allow_from",
+            format!(
+                "{} -> {client} is {}",
+                a.names.join(", "),
+                if ok {
+                    "inside: allowed"
+                } else {
+                    "outside: 403 Forbidden"
+                }
+            ),
+        );
+        if !ok {
+            line("decision", "403 Forbidden".into());
+            return Ok(o);
+        }
+    } else {
+        line("allow_from", "everyone".into());
+    }
+    let (pool, service) = match d.route.action {
+        Action::Deny(s) => {
+            line("decision", format!("{s} (deny route)"));
+            return Ok(o);
+        }
+        Action::Forward { pool, service } => (set.pool(pool), set.service(service)),
+    };
+    line(
+        "max_body",
+        d.route
+            .max_body
+            .map_or("unlimited".into(), |b| format!("{b} bytes (413 beyond)")),
+    );
+    line(
+        "pool",
+        format!(
+            "{} (slots {}, queue {}, queue timeout {:?})",
+            pool.name, pool.slots, pool.queue, pool.queue_timeout
+        ),
+    );
+    let colour = service.colour_for(d.site.colour);
+    line(
+        "service",
+        format!(
+            "{} (live {}, this site uses {})",
+            service.name,
+            service.live.as_str(),
+            colour.as_str()
+        ),
+    );
+    let states = healthy_states(config);
+    let servers: Vec<String> = service
+        .servers(colour)
+        .iter()
+        .map(|s| {
+            let state = states
+                .as_ref()
+                .and_then(|m| m.get(&*s.name).cloned())
+                .unwrap_or_else(|| "state unknown (proxy not reachable)".into());
+            format!(
+                "{} {}{} [{state}]",
+                s.name,
+                s.addr,
+                if s.backup { " backup" } else { "" }
+            )
+        })
+        .collect();
+    line("servers", servers.join("; "));
+    line(
+        "backup page",
+        if service.backup_page.is_some() {
+            "yes (503 + Retry-After when no server can take it)".into()
+        } else {
+            "built-in 503 page".into()
+        },
+    );
+    line(
+        "decision",
+        format!("forward to {} {}", service.name, colour.as_str()),
+    );
+    Ok(o)
+}
+
+fn healthy_states(config: &Config) -> Option<std::collections::HashMap<String, String>> {
+    let (_, body) = stats_request(config.stats?, "GET", "/stats?format=json").ok()?;
+    let j: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let mut m = std::collections::HashMap::new();
+    for s in j["services"].as_array()? {
+        for srv in s["servers"].as_array()? {
+            m.insert(
+                srv["name"].as_str()?.to_string(),
+                srv["status"].as_str()?.to_string(),
+            );
+        }
+    }
+    Some(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_only_the_word() {
+        let t = "a:\n  live: blue # keep\n";
+        assert_eq!(
+            replace_word_at(t, 2, 9, "green").unwrap(),
+            "a:\n  live: green # keep\n"
+        );
+        assert!(replace_word_at(t, 9, 1, "x").is_none());
+    }
+}
