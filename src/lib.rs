@@ -13,6 +13,7 @@ pub mod listener;
 pub mod ops;
 pub mod pool;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod rules;
 pub mod server;

@@ -52,6 +52,10 @@ pub struct ConnCtx {
     pub per_client: Arc<PerClient>,
     /// TLS handshakes in progress at once (process-wide); a flood waits here.
     pub handshakes: Arc<Semaphore>,
+    /// Peers that must send a PROXY header on the TLS listeners.
+    pub proxy_protocol_tls: Option<crate::rules::matcher::AllowList>,
+    /// Peers that must send a PROXY header on the plain listeners.
+    pub proxy_protocol_plain: Option<crate::rules::matcher::AllowList>,
 }
 
 /// Counts connections per client address. Touched once when a connection opens and once
@@ -208,6 +212,30 @@ async fn serve_connection(
     tls: Option<TlsAcceptor>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let mut tcp = tcp;
+    let expect = if tls.is_some() {
+        &l.proxy_protocol_tls
+    } else {
+        &l.proxy_protocol_plain
+    };
+    let (peer, outer) = match expect {
+        None => (peer, None),
+        Some(from) => {
+            match tokio::time::timeout(Duration::from_secs(5), proxy_header(&mut tcp, peer, from))
+                .await
+            {
+                Ok(Ok(client)) => (client, (client != peer).then_some(peer)),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "PROXY protocol: connection refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "PROXY protocol: no header in time");
+                    return;
+                }
+            }
+        }
+    };
     let Some(acceptor) = tls else {
         let info = Arc::new(ConnInfo {
             peer,
@@ -216,6 +244,7 @@ async fn serve_connection(
             redirect_https: l.redirect_http,
             tls_time: Duration::ZERO,
             upstream: l.upstream.clone(),
+            outer_proxy: outer,
         });
         serve_http(l, watcher, TokioIo::new(tcp), info).await;
         return;
@@ -254,8 +283,27 @@ async fn serve_connection(
         redirect_https: false,
         tls_time: start.elapsed(),
         upstream: l.upstream.clone(),
+        outer_proxy: outer,
     });
     serve_http(l, watcher, TokioIo::new(stream), info).await;
+}
+
+/// On a listener that expects the PROXY protocol: a trusted peer must send a header (its
+/// conveyed source becomes the client); anyone else sending one is refused.
+async fn proxy_header(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    from: &crate::rules::matcher::AllowList,
+) -> std::io::Result<SocketAddr> {
+    use crate::proxy_protocol::{Start, peek_start, read_header};
+    let refuse = |m: &str| std::io::Error::new(std::io::ErrorKind::PermissionDenied, m.to_string());
+    let start = peek_start(tcp).await?;
+    match (from.contains(peer.ip()), start) {
+        (true, Start::Proxy) => Ok(read_header(tcp).await?.unwrap_or(peer)),
+        (true, Start::Other) => Err(refuse("a trusted peer sent no PROXY header")),
+        (false, Start::Proxy) => Err(refuse("PROXY header from an untrusted peer")),
+        (false, Start::Other) => Ok(peer),
+    }
 }
 
 async fn serve_http<I>(l: &ConnCtx, watcher: Watcher, io: TokioIo<I>, info: Arc<ConnInfo>)

@@ -251,6 +251,8 @@ fn worker(
                 upstream: upstream::client(&config),
                 per_client: limits.per_client,
                 handshakes: limits.handshakes,
+                proxy_protocol_tls: config.proxy_protocol_https.clone(),
+                proxy_protocol_plain: config.proxy_protocol_http.clone(),
             }),
             connections: limits.connections,
             stop: stop.clone(),

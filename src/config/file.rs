@@ -60,6 +60,10 @@ pub struct ListenersFile {
 pub struct HttpsFile {
     /// Addresses to bind, `ip:port`.
     pub bind: Vec<Spanned<String>>,
+    /// Peers that must send a PROXY protocol header (v1 or v2) carrying the real client
+    /// address (an outer proxy). Anyone else sending one is refused.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<Spanned<String>>,
 }
 
 /// Plain HTTP listeners.
@@ -75,6 +79,9 @@ pub struct HttpFile {
     /// inner tier behind another TLS terminator, or benchmarks).
     #[serde(default)]
     pub redirect: Option<bool>,
+    /// Peers that must send a PROXY protocol header (see the HTTPS listener's).
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<Spanned<String>>,
 }
 
 /// Certificates, chosen by SNI from the names in each certificate.

@@ -30,6 +30,10 @@ pub struct Config {
     pub redirect_port: u16,
     /// Whether plain HTTP is redirected to HTTPS (else proxied).
     pub redirect_http: bool,
+    /// Peers that must send PROXY headers to the HTTPS listeners.
+    pub proxy_protocol_https: Option<AllowList>,
+    /// Peers that must send PROXY headers to the plain listeners.
+    pub proxy_protocol_http: Option<AllowList>,
     /// Stats listener address.
     pub stats: Option<SocketAddr>,
     /// Who may read the stats listener; `None` = everyone.
@@ -218,6 +222,42 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
             .hint("tls: { certificates: [ { cert: ..., key: ... } ] }"),
         );
     }
+    let cidrs = |diags: &mut Diagnostics,
+                 list: &[Spanned<String>],
+                 what: &str|
+     -> Option<AllowList> {
+        let mut nets = Vec::new();
+        for t in list {
+            match t
+                .value
+                .parse::<IpNet>()
+                .or_else(|_| t.value.parse::<IpAddr>().map(IpNet::from))
+            {
+                Ok(n) => nets.push(n),
+                Err(_) => diags.push(
+                    Diagnostic::new(path, at(t), format!("{what}: `{}` is not a CIDR", t.value))
+                        .hint("an address or network such as 10.0.0.0/8"),
+                ),
+            }
+        }
+        (!nets.is_empty()).then(|| AllowList::new(vec![what.into()], &nets))
+    };
+    let proxy_protocol_https = cidrs(
+        &mut diags,
+        raw.listeners
+            .https
+            .as_ref()
+            .map_or(&[][..], |h| &h.proxy_protocol_from),
+        "proxy_protocol_from",
+    );
+    let proxy_protocol_http = cidrs(
+        &mut diags,
+        raw.listeners
+            .http
+            .as_ref()
+            .map_or(&[][..], |h| &h.proxy_protocol_from),
+        "proxy_protocol_from",
+    );
     let mut nets = Vec::new();
     for t in &raw.trusted_proxies {
         match t
@@ -337,6 +377,8 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
             .as_ref()
             .and_then(|h| h.redirect_port)
             .unwrap_or(443),
+        proxy_protocol_https,
+        proxy_protocol_http,
         redirect_http: raw
             .listeners
             .http

@@ -35,6 +35,8 @@ pub enum AddrSource {
     Peer,
     /// `X-Forwarded-For` from a trusted proxy.
     TrustedForwardedFor,
+    /// A PROXY protocol header from a trusted outer proxy.
+    ProxyProtocol,
 }
 
 /// The client address for allow-lists and logs, and how we know it.

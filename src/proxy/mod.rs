@@ -19,8 +19,8 @@ use crate::rules::matcher::AllowList;
 use crate::rules::select::stable_hash;
 use crate::rules::{Action, Balance, Colour, RuleSet, Server, Service};
 use crate::stats::Stats;
-use crate::upstream::UpstreamClient;
 use crate::upstream::health::{HealthTable, ServerGuard};
+use crate::upstream::{self, UpstreamClient};
 use arc_swap::ArcSwap;
 use body::{BodyProgress, Hold, LimitedBody, ProxyBody};
 use bytes::Bytes;
@@ -75,6 +75,9 @@ pub struct ConnInfo {
     /// The worker's keep-alive client to the servers (one per worker runtime, so a
     /// request and its upstream connection always run on the same thread).
     pub upstream: UpstreamClient,
+    /// The outer proxy when the client address came in a PROXY header (`peer` is then
+    /// the conveyed client).
+    pub outer_proxy: Option<SocketAddr>,
 }
 
 /// Serves one request. Never fails: errors become pages here.
@@ -171,7 +174,10 @@ async fn handle_inner(
         .iter()
         .position(|r| std::ptr::eq(r, decision.route));
     rec.route = decision.route.name.clone();
-    let client = forward::client_addr(req.headers(), conn.peer, &shared.trusted);
+    let mut client = forward::client_addr(req.headers(), conn.peer, &shared.trusted);
+    if conn.outer_proxy.is_some() && client.source == forward::AddrSource::Peer {
+        client.source = forward::AddrSource::ProxyProtocol;
+    }
     rec.client = client.ip;
     if !RuleSet::allows(decision.route, client.ip) {
         return Err(ProxyError::Forbidden);
@@ -228,8 +234,8 @@ async fn handle_inner(
     let mut req = slot.take().ok_or(ProxyError::BadRequest("no request"))?;
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let trusted_peer =
-        client.source != forward::AddrSource::Peer || shared.trusted.contains(conn.peer.ip());
+    let trusted_peer = client.source == forward::AddrSource::TrustedForwardedFor
+        || shared.trusted.contains(conn.peer.ip());
     forward::rewrite_request(&mut parts.headers, &client, trusted_peer, &host, conn.tls);
     if let Some(proto) = &upgrade {
         parts
@@ -268,8 +274,23 @@ async fn handle_inner(
         rec.server_id = Some(server.id);
         rec.server = server.name.clone();
         let sent = Instant::now();
-        let result =
-            tokio::time::timeout(shared.timeouts.response, conn.upstream.request(request)).await;
+        let sending = async {
+            if service.send_proxy {
+                upstream::send_with_proxy_header(
+                    &server,
+                    conn.peer,
+                    shared.timeouts.connect,
+                    request,
+                )
+                .await
+            } else {
+                conn.upstream
+                    .request(request)
+                    .await
+                    .map_err(upstream::SendError::from)
+            }
+        };
+        let result = tokio::time::timeout(shared.timeouts.response, sending).await;
         rec.first_byte = sent.elapsed();
         match result {
             Ok(Ok(mut resp)) => {

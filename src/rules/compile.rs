@@ -238,6 +238,7 @@ impl Compiler {
                 backup_service: None,
                 health,
                 balance: s.balance.unwrap_or_default(),
+                send_proxy: s.send_proxy.is_some(),
             }));
         }
     }

@@ -125,6 +125,18 @@ pub struct ServiceFile {
     /// Balancing: `roundrobin` (default), `leastconn`, `hash-source`, `hash-uri`.
     #[serde(default)]
     pub balance: Option<Balance>,
+    /// Send a PROXY protocol v2 header to the servers (`v2`), e.g. to an inner Gatehouse
+    /// tier. Such connections carry one client each, so they are not pooled.
+    #[serde(default)]
+    pub send_proxy: Option<SendProxy>,
+}
+
+/// PROXY protocol versions Gatehouse sends.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SendProxy {
+    /// The binary v2 header.
+    V2,
 }
 
 /// One backend server.

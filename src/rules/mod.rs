@@ -142,6 +142,8 @@ pub struct Service {
     pub health: HealthSpec,
     /// Balancing unless the pool says otherwise.
     pub balance: Balance,
+    /// Whether connections to the servers start with a PROXY v2 header.
+    pub send_proxy: bool,
 }
 
 /// One backend server.

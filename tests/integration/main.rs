@@ -12,3 +12,4 @@ mod resilience;
 mod routing;
 mod stats;
 mod transfer;
+mod two_tier;

@@ -1,0 +1,209 @@
+//! Two tiers: the real client address carried by the PROXY protocol, from HAProxy and from
+//! Gatehouse as the outer proxy; refusals for untrusted or missing headers.
+
+use crate::harness::{Options, Req, Stack, spawn_proxy_with};
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The inner tier: campus is 127.0.0.1 and 127.0.0.2; only 127.0.0.1 (the outer proxy)
+/// may send PROXY headers, on both listeners; the plain listener proxies (no redirect).
+fn inner() -> Options {
+    Options {
+        rules_edits: vec![("campus: [127.0.0.1/32]".into(), "campus: [127.0.0.1/32, 127.0.0.2/32]".into())],
+        config_edits: vec![
+            ("    bind: [127.0.0.1:8443]".into(), "    bind: [127.0.0.1:8443]\n    proxy_protocol_from: [127.0.0.1/32]".into()),
+            ("    redirect_port: 8443".into(), "    redirect_port: 8443\n    redirect: false\n    proxy_protocol_from: [127.0.0.1/32]".into()),
+        ],
+        ..Options::default()
+    }
+}
+
+fn from(ip: &str) -> Req {
+    Req {
+        from: Some(ip.parse().unwrap()),
+        ..Req::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn haproxy_outer_sends_proxy_v2() {
+    let s = Stack::start_with(inner()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 3s\n  timeout client 30s\n  timeout server 30s\n\
+             frontend outer\n  bind 127.0.0.1:{port}\n  default_backend inner\n\
+             backend inner\n  server gh {} send-proxy-v2\n",
+            s.https
+        ),
+    )
+    .unwrap();
+    let _haproxy = Kill(
+        Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy is installed (.ci/run installs it)"),
+    );
+    let mut c = s.client();
+    c.addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut got = None;
+    for _ in 0..50 {
+        if c.connect(Some("data.localhost"), &[b"http/1.1"], None)
+            .await
+            .is_ok()
+        {
+            got = Some(());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(got.is_some(), "haproxy did not start");
+    let r = c
+        .get_with("data.localhost", "/api/who", &from("127.0.0.2"))
+        .await;
+    assert_eq!(
+        r.status, 200,
+        "127.0.0.2 is campus, judged by its real address"
+    );
+    assert_eq!(
+        r.json()["x_forwarded_for"],
+        "127.0.0.2",
+        "the server sees the real client"
+    );
+    let r = c.get_with("data.localhost", "/", &from("127.0.0.3")).await;
+    assert_eq!(r.status, 403, "127.0.0.3 is outside");
+    // A forged X-Forwarded-For through the outer proxy changes nothing.
+    let req = http::Request::get("/")
+        .header("host", "data.localhost")
+        .header("x-forwarded-for", "127.0.0.1")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(c.send(&from("127.0.0.3"), req).await.status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gatehouse_outer_sends_proxy_v2() {
+    let s = Stack::start_with(inner()).await;
+    // The outer tier: terminates TLS, forwards everything to the inner tier's plain listener
+    // with a PROXY v2 header.
+    let dir = s.dir.path().join("outer");
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    let config = std::fs::read_to_string(s.config_path())
+        .unwrap()
+        .replace("../certs/", &format!("{}/certs/", s.dir.path().display()))
+        .replace("upgrade_socket: gatehouse.sock", "")
+        .replace("    proxy_protocol_from: [127.0.0.1/32]\n", "");
+    let config = regex::Regex::new(r"bind: 127\.0\.0\.1:\d+")
+        .unwrap()
+        .replace_all(&config, "bind: 127.0.0.1:0")
+        .into_owned();
+    std::fs::write(dir.join("config/gatehouse.yaml"), config).unwrap();
+    std::fs::write(
+        dir.join("rules/outer.yaml"),
+        format!(
+            "pools:\n  app: {{ slots: 100, queue: 100, queue_timeout: 5s }}\nservices:\n  inner:\n    live: blue\n    send_proxy: v2\n    blue: [ {{ name: inner-1, addr: {} }} ]\n\
+             sites:\n  - name: all\n    hosts: [data.*, store.*]\n    routes:\n      - {{ path: {{ prefix: / }}, pool: app, service: inner }}\n",
+            s.http
+        ),
+    )
+    .unwrap();
+    let (outer, https, _, _) =
+        spawn_proxy_with(&dir.join("config/gatehouse.yaml"), &dir.join("log"), &[]);
+    let _outer = Kill(outer);
+    let mut c = s.client();
+    c.addr = https;
+    let r = c
+        .get_with("data.localhost", "/api/who", &from("127.0.0.2"))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["x_forwarded_for"], "127.0.0.2");
+    assert!(r.served_by().starts_with("api-blue-"));
+    let r = c.get_with("data.localhost", "/", &from("127.0.0.3")).await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn untrusted_or_missing_headers_are_refused() {
+    let s = Stack::start_with(inner()).await;
+    // An untrusted peer (127.0.0.2) sending a PROXY header: closed without an answer.
+    let sock = std::net::TcpStream::connect_timeout(&s.http, Duration::from_secs(3)).unwrap();
+    drop(sock);
+    let addr = s.http;
+    let out = tokio::task::spawn_blocking(move || {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&"127.0.0.2:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+        sock.connect(&addr.into()).unwrap();
+        let mut tcp: std::net::TcpStream = sock.into();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        tcp.write_all(b"PROXY TCP4 127.0.0.1 127.0.0.1 1234 80\r\nGET /api/x HTTP/1.1\r\nHost: data.localhost\r\n\r\n").unwrap();
+        let mut buf = Vec::new();
+        let _ = tcp.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out, "", "refused: {out}");
+    // A trusted peer that sends no header: refused too (TLS never starts).
+    let c = s.client();
+    assert!(
+        c.connect(Some("data.localhost"), &[b"http/1.1"], None)
+            .await
+            .is_err()
+    );
+    assert_eq!(s.served("api-"), 0);
+}
+
+/// curl's `--haproxy-protocol` (v1) on the trusted plain listener is accepted and its
+/// conveyed address used; a v1 header conveying an outside address is judged outside.
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_haproxy_protocol_v1() {
+    let s = Stack::start_with(inner()).await;
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "--haproxy-protocol", "--resolve"])
+        .arg(format!("data.localhost:{}:127.0.0.1", s.http.port()))
+        .arg(format!("http://data.localhost:{}/api/who", s.http.port()))
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    let j: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    assert_eq!(j["x_forwarded_for"], "127.0.0.1", "{body}");
+    let addr = s.http;
+    let out = tokio::task::spawn_blocking(move || {
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        tcp.write_all(b"PROXY TCP4 127.0.0.9 127.0.0.1 1234 80\r\nGET / HTTP/1.1\r\nHost: data.localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut buf = Vec::new();
+        let _ = tcp.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 403"),
+        "the conveyed 127.0.0.9 is outside: {out}"
+    );
+}
