@@ -28,6 +28,21 @@ pub struct View<'a> {
 /// HAProxy's CSV columns (management guide §9.1), in order, up to `dses`.
 pub const CSV_HEADER: &str = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,comp_in,comp_out,comp_byp,comp_rsp,lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,agent_status,agent_code,agent_duration,check_desc,agent_desc,check_rise,check_fall,check_health,agent_rise,agent_fall,agent_health,addr,cookie,mode,algo,conn_rate,conn_rate_max,conn_tot,intercepted,dcon,dses,";
 
+/// Column positions of the CSV header, computed once.
+fn columns() -> &'static std::collections::HashMap<&'static str, usize> {
+    static COLS: std::sync::OnceLock<std::collections::HashMap<&'static str, usize>> =
+        std::sync::OnceLock::new();
+    COLS.get_or_init(|| {
+        CSV_HEADER
+            .trim_start_matches("# ")
+            .trim_end_matches(',')
+            .split(',')
+            .enumerate()
+            .map(|(i, c)| (c, i))
+            .collect()
+    })
+}
+
 /// One CSV row, filled by name; unnamed columns stay empty.
 struct Row {
     cells: Vec<String>,
@@ -35,11 +50,7 @@ struct Row {
 
 impl Row {
     fn new(px: &str, sv: &str, kind: u8) -> Row {
-        let n = CSV_HEADER
-            .trim_start_matches("# ")
-            .trim_end_matches(',')
-            .split(',')
-            .count();
+        let n = columns().len();
         let mut r = Row {
             cells: vec![String::new(); n],
         };

@@ -1,0 +1,121 @@
+//! Micro benchmarks (divan): route lookup, allow-list lookup, rule compilation, stats
+//! rendering. Run: `cargo bench --bench micro`.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use gatehouse::generation::Generation;
+use gatehouse::reload::ReloadStatus;
+use gatehouse::rules::matcher::AllowList;
+use gatehouse::rules::{self, RuleSet};
+use gatehouse::stats::{Stats, render};
+use gatehouse::upstream::health::HealthTable;
+use std::hint::black_box;
+use std::path::PathBuf;
+
+fn main() {
+    divan::main();
+}
+
+/// A rules file with `sites` sites of `routes` routes each, and `services` services.
+fn rules_text(sites: usize, routes: usize, services: usize) -> String {
+    let mut t =
+        String::from("pools:\n  app: { slots: 100, queue: 100, queue_timeout: 5s }\nservices:\n");
+    for s in 0..services {
+        t.push_str(&format!(
+            "  svc{s}:\n    live: blue\n    blue: [ {{ name: s{s}-b1, addr: 127.0.0.1:{} }}, {{ name: s{s}-b2, addr: 127.0.0.1:{} }} ]\n    green: [ {{ name: s{s}-g1, addr: 127.0.0.1:{} }} ]\n",
+            10000 + s * 3,
+            10001 + s * 3,
+            10002 + s * 3
+        ));
+    }
+    t.push_str("sites:\n");
+    for site in 0..sites {
+        t.push_str(&format!(
+            "  - name: site{site}\n    hosts: [h{site}.example.org]\n    routes:\n"
+        ));
+        for r in 0..routes {
+            t.push_str(&format!(
+                "      - {{ path: {{ prefix: /p{r}/ }}, pool: app, service: svc{} }}\n",
+                r % services
+            ));
+        }
+    }
+    t
+}
+
+fn compile(text: String) -> RuleSet {
+    rules::compile(&[(PathBuf::from("bench.yaml"), text)]).unwrap()
+}
+
+/// Looking up a host and the last of `n` routes on one site (worst case for ordered prefixes).
+#[divan::bench(args = [10, 1_000, 10_000])]
+fn route_lookup_routes(bencher: divan::Bencher, n: usize) {
+    let set = compile(rules_text(1, n, 4));
+    let path = format!("/p{}/x/y", n - 1);
+    bencher.bench(|| {
+        black_box(
+            set.route(black_box("h0.example.org"), black_box(&path))
+                .is_some(),
+        )
+    });
+}
+
+/// Looking up one of `n` hosts (first route).
+#[divan::bench(args = [10, 1_000, 10_000])]
+fn route_lookup_hosts(bencher: divan::Bencher, n: usize) {
+    let set = compile(rules_text(n, 1, 4));
+    let host = format!("h{}.example.org", n / 2);
+    bencher.bench(|| black_box(set.route(black_box(&host), black_box("/p0/x")).is_some()));
+}
+
+/// Allow-list membership over `n` CIDRs.
+#[divan::bench(args = [10, 10_000])]
+fn allow_list(bencher: divan::Bencher, n: usize) {
+    let nets: Vec<ipnet::IpNet> = (0..n as u32)
+        .map(|i| {
+            format!("{}.{}.{}.0/24", 10 + (i >> 16), (i >> 8) & 255, i & 255)
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let list = AllowList::new(vec![], &nets);
+    let inside: std::net::IpAddr = "10.0.5.7".parse().unwrap();
+    let outside: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    bencher.bench(|| {
+        black_box(list.contains(black_box(inside)) && !list.contains(black_box(outside)))
+    });
+}
+
+/// Compiling a 10,000-route rules file (what a reload costs).
+#[divan::bench(sample_count = 10)]
+fn compile_10k_routes(bencher: divan::Bencher) {
+    let text = rules_text(100, 100, 50);
+    bencher.bench(|| black_box(compile(text.clone())));
+}
+
+/// Rendering the stats page, CSV and Prometheus text for 100 services (300 servers).
+#[divan::bench(args = ["html", "csv", "prometheus"], sample_count = 20)]
+fn render_100_services(bencher: divan::Bencher, what: &str) {
+    let stats = Stats::default();
+    let health = HealthTable::default();
+    let g = Generation::new(compile(rules_text(20, 10, 100)), None, &stats, &health);
+    let reload = ReloadStatus {
+        at: std::time::SystemTime::now(),
+        error: None,
+        generation: 1,
+    };
+    let view = render::View {
+        generation: &g,
+        stats: &stats,
+        reload: &reload,
+        reloads: (0, 0),
+        refresh: None,
+        admin_token: None,
+    };
+    bencher.bench(|| {
+        black_box(match what {
+            "html" => render::html(&view),
+            "csv" => render::csv(&view),
+            _ => render::prometheus(&view),
+        })
+    });
+}
