@@ -316,3 +316,95 @@ async fn haproxy_exporter_reads_the_csv() {
         "health survives reloads"
     );
 }
+
+/// Admin actions from the page: refused without auth or CSRF token; with both, a server
+/// goes to MAINT (no requests reach it), the action is audited and survives a reload.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_actions_need_auth_and_token() {
+    let s = Stack::start_with(crate::harness::Options {
+        config_edits: vec![(
+            "stats:\n  bind: 127.0.0.1:8404".into(),
+            "stats:\n  admin: true\n  auth: { user: ops, password: s3cret }\n  bind: 127.0.0.1:8404".into(),
+        )],
+        ..Default::default()
+    })
+    .await;
+    let base = format!("http://{}", s.stats);
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.to_string(), body.to_string())
+    };
+    assert_eq!(curl(&[&format!("{base}/stats")]).0, "401", "auth required");
+    assert_eq!(
+        curl(&[&format!("{base}/healthz")]).0,
+        "200",
+        "healthz stays open"
+    );
+    let (code, page) = curl(&["-u", "ops:s3cret", &format!("{base}/stats")]);
+    assert_eq!(code, "200");
+    let token = page
+        .split("name=\"token\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let post = |form: String| {
+        curl(&[
+            "-u",
+            "ops:s3cret",
+            "-X",
+            "POST",
+            "--data",
+            &form,
+            &format!("{base}/stats/admin"),
+        ])
+    };
+    assert_eq!(
+        post("server=ui-blue-1&action=maint&token=forged".into()).0,
+        "403",
+        "CSRF token checked"
+    );
+    assert_eq!(
+        post(format!("server=ui-blue-1&action=maint&token={token}")).0,
+        "303"
+    );
+    let c = s.client();
+    for _ in 0..6 {
+        assert_eq!(
+            c.get("data.localhost", "/").await.served_by(),
+            "ui-blue-2",
+            "MAINT takes no requests"
+        );
+    }
+    s.hup();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut csv = String::new();
+    for _ in 0..20 {
+        csv = curl(&["-u", "ops:s3cret", &format!("{base}/stats;csv")]).1;
+        if csv.contains("ui,ui-blue-1,") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("ui,ui-blue-1,") && l.contains(",MAINT,")),
+        "MAINT survives a reload:\n{csv}"
+    );
+    assert!(
+        s.log().contains("admin action from the stats page"),
+        "audited"
+    );
+    assert_eq!(
+        post(format!("server=ui-blue-1&action=ready&token={token}")).0,
+        "303"
+    );
+}
