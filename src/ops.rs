@@ -47,21 +47,7 @@ pub fn reload(config: &Config) -> anyhow::Result<bool> {
 
 /// The rules files a config points at, with their text.
 fn rule_texts(config: &Config) -> anyhow::Result<Vec<(PathBuf, String)>> {
-    let mut files: Vec<PathBuf> = if config.rules.is_dir() {
-        std::fs::read_dir(&config.rules)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-                    && !p
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with('.'))
-            })
-            .collect()
-    } else {
-        vec![config.rules.clone()]
-    };
-    files.sort();
+    let files = rules::compile::rule_files(&config.rules).map_err(|d| anyhow!("{d}"))?;
     files
         .into_iter()
         .map(|p| {

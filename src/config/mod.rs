@@ -166,26 +166,12 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         .filter_map(|s| addr(&mut diags, s))
         .collect();
     let stats = raw.stats.as_ref().and_then(|s| addr(&mut diags, &s.bind));
-    let mut stats_nets = Vec::new();
-    for t in raw.stats.iter().flat_map(|s| s.allow_from.iter()) {
-        match t
-            .value
-            .parse::<IpNet>()
-            .or_else(|_| t.value.parse::<IpAddr>().map(IpNet::from))
-        {
-            Ok(n) => stats_nets.push(n),
-            Err(_) => diags.push(
-                Diagnostic::new(
-                    path,
-                    at(t),
-                    format!("stats.allow_from: `{}` is not a CIDR", t.value),
-                )
-                .hint("an address or network such as 127.0.0.1/32"),
-            ),
-        }
-    }
-    let stats_allow =
-        (!stats_nets.is_empty()).then(|| AllowList::new(vec!["stats".into()], &stats_nets));
+    let stats_allow = cidr_list(
+        path,
+        &mut diags,
+        raw.stats.as_ref().map_or(&[][..], |s| &s.allow_from),
+        "stats.allow_from",
+    );
     let stats_auth = raw
         .stats
         .as_ref()
@@ -222,27 +208,8 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
             .hint("tls: { certificates: [ { cert: ..., key: ... } ] }"),
         );
     }
-    let cidrs = |diags: &mut Diagnostics,
-                 list: &[Spanned<String>],
-                 what: &str|
-     -> Option<AllowList> {
-        let mut nets = Vec::new();
-        for t in list {
-            match t
-                .value
-                .parse::<IpNet>()
-                .or_else(|_| t.value.parse::<IpAddr>().map(IpNet::from))
-            {
-                Ok(n) => nets.push(n),
-                Err(_) => diags.push(
-                    Diagnostic::new(path, at(t), format!("{what}: `{}` is not a CIDR", t.value))
-                        .hint("an address or network such as 10.0.0.0/8"),
-                ),
-            }
-        }
-        (!nets.is_empty()).then(|| AllowList::new(vec![what.into()], &nets))
-    };
-    let proxy_protocol_https = cidrs(
+    let proxy_protocol_https = cidr_list(
+        path,
         &mut diags,
         raw.listeners
             .https
@@ -250,7 +217,8 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
             .map_or(&[][..], |h| &h.proxy_protocol_from),
         "proxy_protocol_from",
     );
-    let proxy_protocol_http = cidrs(
+    let proxy_protocol_http = cidr_list(
+        path,
         &mut diags,
         raw.listeners
             .http
@@ -258,24 +226,8 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
             .map_or(&[][..], |h| &h.proxy_protocol_from),
         "proxy_protocol_from",
     );
-    let mut nets = Vec::new();
-    for t in &raw.trusted_proxies {
-        match t
-            .value
-            .parse::<IpNet>()
-            .or_else(|_| t.value.parse::<IpAddr>().map(IpNet::from))
-        {
-            Ok(n) => nets.push(n),
-            Err(_) => diags.push(
-                Diagnostic::new(
-                    path,
-                    at(t),
-                    format!("trusted_proxies: `{}` is not a CIDR", t.value),
-                )
-                .hint("an address or network such as 10.0.0.0/8"),
-            ),
-        }
-    }
+    let trusted_proxies =
+        cidr_list(path, &mut diags, &raw.trusted_proxies, "trusted_proxies").unwrap_or_default();
     let mut dur = |v: &Option<Spanned<Scalar>>, default: u64, name: &str| match v {
         None => Duration::from_secs(default),
         Some(s) => parse_duration(&s.value.0).unwrap_or_else(|e| {
@@ -390,13 +342,42 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         stats_auth,
         stats_admin,
         certificates,
-        trusted_proxies: AllowList::new(vec!["trusted_proxies".into()], &nets),
+        trusted_proxies,
         timeouts,
         limits,
         access_log,
         workers,
         upgrade_socket: raw.upgrade_socket.as_deref().map(resolve),
     })
+}
+
+/// A list of CIDRs (or bare addresses) as an allow-list; each bad entry is reported at its
+/// place. `None` when the list is empty.
+fn cidr_list(
+    path: &Path,
+    diags: &mut Diagnostics,
+    list: &[Spanned<String>],
+    what: &str,
+) -> Option<AllowList> {
+    let mut nets = Vec::new();
+    for t in list {
+        match t
+            .value
+            .parse::<IpNet>()
+            .or_else(|_| t.value.parse::<IpAddr>().map(IpNet::from))
+        {
+            Ok(n) => nets.push(n),
+            Err(_) => diags.push(
+                Diagnostic::new(
+                    path,
+                    Pos::of(&t.referenced),
+                    format!("{what}: `{}` is not a CIDR", t.value),
+                )
+                .hint("an address or network such as 10.0.0.0/8"),
+            ),
+        }
+    }
+    (!nets.is_empty()).then(|| AllowList::new(vec![what.into()], &nets))
 }
 
 /// Resolves `.` and `..` in a path without touching the disk, so errors name

@@ -1,20 +1,12 @@
 //! Blue/green by editing rules: flips under load, long transfers across a flip, refused
 //! edits, guarded switches, graceful shutdown and the zero-downtime upgrade.
 
-use crate::harness::{Req, Stack, spawn_proxy_with};
+use crate::harness::{Kill, Req, Stack, spawn_proxy_with};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn set_live(s: &Stack, service: &str, colour: &str) {
     let path = s.rules_path();
@@ -414,7 +406,7 @@ async fn upgrade_takes_over_without_a_failed_request() {
     let log2 = s.dir.path().join("second.log");
     let (second, https2, _, _) = spawn_proxy_with(&s.config_path(), &log2, &["--upgrade"]);
     // Stopped (by PID) however the test ends.
-    let _second = KillOnDrop(second);
+    let _second = Kill(second);
     assert_eq!(https2, s.https, "the same socket, not a new bind");
     let exit = tokio::task::spawn_blocking(move || {
         let status = s.child.wait().unwrap();

@@ -471,3 +471,13 @@ pub async fn raw_tls(client: &Client, sni: &str, bytes: &[u8], wait: Duration) -
     };
     (String::from_utf8_lossy(&out).into_owned(), closed)
 }
+
+/// A child process (a peer or a second proxy) stopped by PID however the test ends.
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

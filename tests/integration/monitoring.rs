@@ -1,18 +1,10 @@
 //! The stats panel read by real clients: headless chromium, a real prometheus server and
 //! Debian's prometheus-haproxy-exporter reading the HAProxy CSV.
 
-use crate::harness::{Stack, root};
+use crate::harness::{Kill, Stack, root};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -1,18 +1,10 @@
 //! Two tiers: the real client address carried by the PROXY protocol, from HAProxy and from
 //! Gatehouse as the outer proxy; refusals for untrusted or missing headers.
 
-use crate::harness::{Options, Req, Stack, spawn_proxy_with};
+use crate::harness::{Kill, Options, Req, Stack, spawn_proxy_with};
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
