@@ -234,8 +234,8 @@ async fn handle_inner(
     let mut req = slot.take().ok_or(ProxyError::BadRequest("no request"))?;
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let trusted_peer = client.source == forward::AddrSource::TrustedForwardedFor
-        || shared.trusted.contains(conn.peer.ip());
+    // Forwarding headers are kept (and appended to) only from a trusted peer.
+    let trusted_peer = shared.trusted.contains(conn.peer.ip());
     forward::rewrite_request(&mut parts.headers, &client, trusted_peer, &host, conn.tls);
     if let Some(proto) = &upgrade {
         parts

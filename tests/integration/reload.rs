@@ -1,18 +1,7 @@
 //! Rules reloads: a good edit switches colour; a bad edit changes nothing.
 
-use crate::harness::Stack;
-use std::time::{Duration, Instant};
-
-async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+use crate::harness::{Stack, wait_until};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_switches_colour_and_refuses_bad_edits() {
@@ -33,9 +22,11 @@ async fn sighup_switches_colour_and_refuses_bad_edits() {
     )
     .unwrap();
     s.hup();
-    wait_for("the refused reload in the log", async || {
-        s.log().contains("reload refused")
-    })
+    wait_until(
+        "the refused reload in the log",
+        Duration::from_secs(10),
+        async || s.log().contains("reload refused"),
+    )
     .await;
     assert!(
         s.log()
@@ -62,7 +53,7 @@ async fn sighup_switches_colour_and_refuses_bad_edits() {
     )
     .unwrap();
     s.hup();
-    wait_for("ui-green", async || {
+    wait_until("ui-green", Duration::from_secs(10), async || {
         c.get("data.localhost", "/")
             .await
             .served_by()

@@ -1,7 +1,7 @@
 //! Traffic classes and resilience: slots, queues, health, backups, maxconn, WebSocket,
 //! slow clients. Timing assertions only as tight as the behaviour needs.
 
-use crate::harness::{Options, Req, Stack, raw_tls};
+use crate::harness::{Options, Req, Stack, raw_tls, wait_until};
 use bytes::Bytes;
 use http_body_util::Full;
 use std::sync::Arc;
@@ -16,17 +16,6 @@ fn edits(pairs: &[(&str, &str)]) -> Options {
             .collect(),
         ..Options::default()
     }
-}
-
-async fn wait_until(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f().await {
-            return start.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after {limit:?} waiting for {what}");
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
