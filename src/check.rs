@@ -2,7 +2,6 @@
 
 use crate::config::Config;
 use crate::diag::Diagnostics;
-use crate::rules;
 use crate::tls::CertStore;
 use std::path::Path;
 
@@ -10,7 +9,7 @@ use std::path::Path;
 pub fn check(path: &Path) -> Result<String, Diagnostics> {
     let config = Config::load(path)?;
     let mut all = Diagnostics::default();
-    let rules = rules::load(&config.rules);
+    let rules = config.load_rules();
     if let Err(d) = &rules {
         all.0.extend(d.0.iter().cloned());
     }

@@ -33,6 +33,8 @@ pub struct Generation {
     pub servers: Vec<Arc<Counters>>,
     /// Server health and admin state, by server id (owned by name across generations).
     pub health: Vec<Arc<ServerState>>,
+    /// Passthrough frontend counters, by passthrough index.
+    pub passthrough: Vec<Arc<Counters>>,
 }
 
 impl Generation {
@@ -83,7 +85,13 @@ impl Generation {
             .collect();
         servers.sort_by_key(|(id, _)| *id);
         let health = health.states_for(&rules);
+        let passthrough = rules
+            .passthrough
+            .iter()
+            .map(|p| stats.counters(Kind::Listener, &p.name))
+            .collect();
         Generation {
+            passthrough,
             health,
             number: prev.map_or(1, |g| g.number + 1),
             installed: SystemTime::now(),

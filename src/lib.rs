@@ -18,6 +18,7 @@ pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod stats;
+pub mod tcp;
 pub mod tls;
 pub mod units;
 pub mod upstream;

@@ -56,6 +56,8 @@ pub struct ConnCtx {
     pub proxy_protocol_tls: Option<crate::rules::matcher::AllowList>,
     /// Peers that must send a PROXY header on the plain listeners.
     pub proxy_protocol_plain: Option<crate::rules::matcher::AllowList>,
+    /// Fired when the worker stops (relayed passthrough sessions then get the drain deadline).
+    pub stop: CancellationToken,
 }
 
 /// Counts connections per client address. Touched once when a connection opens and once
@@ -250,6 +252,64 @@ async fn serve_connection(
         return;
     };
     let start = Instant::now();
+    let g = l.shared.state.load();
+    if !g.rules.has_passthrough() {
+        drop(g);
+        terminate(l, watcher, tcp, peer, outer, acceptor, start).await;
+        return;
+    }
+    drop(g);
+    // Some names are passed through: read the ClientHello to see which name this is.
+    let hello = match tokio::time::timeout(
+        l.handshake_timeout,
+        crate::tcp::sni::read_client_hello(&mut tcp),
+    )
+    .await
+    {
+        Ok(Ok(h)) => h,
+        _ => {
+            l.shared.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let g = l.shared.state.load_full();
+    let chosen = crate::tcp::sni::server_name(&hello)
+        .and_then(|name| g.rules.passthrough_for(&name).map(|p| (p, name)));
+    if let Some(((ix, p), name)) = chosen {
+        tracing::debug!(%peer, sni = %name, passthrough = &*p.name, "TLS passed through");
+        let origin = crate::tcp::Origin {
+            client: peer,
+            local: tcp.local_addr().unwrap_or(peer),
+            first: &hello,
+            front: &g.passthrough[ix],
+            idle: l.shared.timeouts.tunnel,
+        };
+        let service = p.service;
+        // Shutdown: like a TCP listener's sessions, a relayed one gets the drain deadline.
+        let drain = l.shared.timeouts.drain;
+        tokio::select! {
+            _ = crate::tcp::relay(&l.shared, &g, service, tcp, origin) => {}
+            _ = async { l.stop.cancelled().await; tokio::time::sleep(drain).await } => {}
+        }
+        return;
+    }
+    drop(g);
+    let stream = crate::tcp::sni::Rewind::new(hello, tcp);
+    terminate(l, watcher, stream, peer, outer, acceptor, start).await;
+}
+
+/// Terminates TLS on `tcp` and serves HTTP on it.
+async fn terminate<S>(
+    l: &ConnCtx,
+    watcher: Watcher,
+    tcp: S,
+    peer: SocketAddr,
+    outer: Option<SocketAddr>,
+    acceptor: TlsAcceptor,
+    start: Instant,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let handshake = async {
         let _slot = l.handshakes.acquire().await;
         acceptor.accept(tcp).await
@@ -290,7 +350,7 @@ async fn serve_connection(
 
 /// On a listener that expects the PROXY protocol: a trusted peer must send a header (its
 /// conveyed source becomes the client); anyone else sending one is refused.
-async fn proxy_header(
+pub(crate) async fn proxy_header(
     tcp: &mut TcpStream,
     peer: SocketAddr,
     from: &crate::rules::matcher::AllowList,

@@ -92,7 +92,13 @@ pub fn switch(config: &Config, service: &str, colour: Colour, force: bool) -> an
     for (i, (path, text)) in files.iter().enumerate() {
         let parsed: RulesFile = parse_yaml(path, text).map_err(|d| anyhow!("{d}"))?;
         if let Some(svc) = parsed.services.get(service) {
-            found = Some((i, svc.value.live.referenced, svc.value.live.value));
+            let live = svc.value.live.as_ref().ok_or_else(|| {
+                anyhow!(
+                    "service `{service}` in {} has no `live:` line (it serves one colour only); add one to switch it",
+                    path.display()
+                )
+            })?;
+            found = Some((i, live.referenced, live.value));
         }
     }
     let (i, at, current) =

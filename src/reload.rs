@@ -110,7 +110,7 @@ impl Reloader {
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading, monotonic_now()]);
         self.reload_certs();
-        let applied = match rules::load(&self.config.rules) {
+        let applied = match self.config.load_rules() {
             Ok(set) => {
                 let prev = self.shared.state.load_full();
                 let changes = audit(&prev.rules, &set);

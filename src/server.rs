@@ -15,9 +15,10 @@ use crate::generation::Generation;
 use crate::listener::{self, ConnCtx, Listening};
 use crate::proxy::Shared;
 use crate::reload::Reloader;
-use crate::stats::Stats;
+use crate::stats::{Front, Kind, Stats};
+use crate::tcp::TcpFront;
 use crate::tls::CertStore;
-use crate::{rules, upstream};
+use crate::upstream;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -33,6 +34,8 @@ pub struct Running {
     pub https: Vec<SocketAddr>,
     /// Bound plain-HTTP addresses.
     pub http: Vec<SocketAddr>,
+    /// Bound TCP listener addresses, by listener name.
+    pub tcp: Vec<(Arc<str>, SocketAddr)>,
     /// Bound stats address.
     pub stats: Option<SocketAddr>,
     /// Request state.
@@ -84,6 +87,7 @@ struct Limits {
 struct WorkerSockets {
     tls: Vec<std::net::TcpListener>,
     plain: Vec<std::net::TcpListener>,
+    tcp: Vec<(Arc<TcpFront>, std::net::TcpListener)>,
 }
 
 /// Loads the rules and certificates, binds every listener (or, with `upgrade`, takes them
@@ -103,7 +107,7 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
         _ => (Default::default(), None),
     };
     let mut offered: Vec<(String, std::net::TcpListener)> = Vec::new();
-    let set = rules::load(&config.rules).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let set = config.load_rules().map_err(|d| anyhow::anyhow!("{d}"))?;
     let stats = Arc::new(Stats::default());
     let health = crate::upstream::health::HealthTable::default();
     let generation = Generation::new(set, None, &stats, &health);
@@ -133,6 +137,7 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
         .map(|_| WorkerSockets {
             tls: Vec::new(),
             plain: Vec::new(),
+            tcp: Vec::new(),
         })
         .collect();
     let mut https = Vec::new();
@@ -150,6 +155,34 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
         for (w, s) in group.into_iter().enumerate() {
             sockets[w % n].plain.push(s);
         }
+    }
+
+    let mut tcp = Vec::new();
+    for t in &config.tcp {
+        let front = Arc::new(TcpFront {
+            name: t.name.clone(),
+            service: t.service.clone(),
+            slots: Arc::new(Semaphore::new(t.max_connections)),
+            idle: t.idle,
+            proxy_protocol: t.proxy_protocol.clone(),
+            counters: shared.stats.counters(Kind::Listener, &t.name),
+        });
+        let mut bound = Vec::new();
+        for addr in &t.bind {
+            let group = sockets_for(&mut inherited, &mut offered, "tcp", *addr, n)?;
+            bound.push(group[0].local_addr()?);
+            tcp.push((t.name.clone(), group[0].local_addr()?));
+            for (w, s) in group.into_iter().enumerate() {
+                sockets[w % n].tcp.push((front.clone(), s));
+            }
+        }
+        shared.stats.add_front(Front {
+            name: t.name.clone(),
+            mode: "tcp",
+            bind: bound,
+            service: t.service.clone().into(),
+            limit: t.max_connections as u64,
+        });
     }
 
     let stop = CancellationToken::new();
@@ -212,6 +245,7 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
         drain_requested,
         https,
         http,
+        tcp,
         stats: stats_addr,
         shared,
         stop,
@@ -253,6 +287,7 @@ fn worker(
                 handshakes: limits.handshakes,
                 proxy_protocol_tls: config.proxy_protocol_https.clone(),
                 proxy_protocol_plain: config.proxy_protocol_http.clone(),
+                stop: stop.clone(),
             }),
             connections: limits.connections,
             stop: stop.clone(),
@@ -274,11 +309,25 @@ fn worker(
                 Err(e) => tracing::error!(error = %e, "cannot register a listener"),
             }
         }
+        let sessions = tokio_util::task::TaskTracker::new();
+        for (front, s) in socks.tcp {
+            match tokio::net::TcpListener::from_std(s) {
+                Ok(s) => tasks.push(tokio::spawn(crate::tcp::serve(
+                    l.conn.shared.clone(),
+                    front,
+                    s,
+                    stop.clone(),
+                    sessions.clone(),
+                ))),
+                Err(e) => tracing::error!(error = %e, "cannot register a listener"),
+            }
+        }
         drop(l);
         stop.cancelled().await;
         for t in tasks {
             let _ = t.await;
         }
+        sessions.close();
         // Grace: connections accepted just before the stop (some still in their TLS
         // handshake) get to send their first request before idle ones are closed.
         tokio::time::sleep(config.timeouts.grace.min(config.timeouts.drain)).await;
@@ -293,6 +342,8 @@ fn worker(
             }
             Err(_) => tracing::warn!("connections still referenced; not waiting"),
         }
+        // TCP sessions end by themselves at the drain deadline (see `tcp::serve`).
+        sessions.wait().await;
     });
 }
 
@@ -305,8 +356,14 @@ impl Running {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        let tcp = self
+            .tcp
+            .iter()
+            .map(|(n, a)| format!("{n}@{a}"))
+            .collect::<Vec<_>>()
+            .join(",");
         format!(
-            "gatehouse ready https={} http={} stats={}",
+            "gatehouse ready https={} http={} stats={} tcp={tcp}",
             list(&self.https),
             list(&self.http),
             self.stats.map(|a| a.to_string()).unwrap_or_default()

@@ -52,6 +52,33 @@ pub struct ListenersFile {
     /// Plain HTTP listeners: redirect to HTTPS (ACME challenges excepted).
     #[serde(default)]
     pub http: Option<HttpFile>,
+    /// TCP (layer 4) listeners, each relaying connections to one `mode: tcp` service of the
+    /// rules (e.g. an OpenSearch or RabbitMQ cluster).
+    #[serde(default)]
+    pub tcp: Vec<Spanned<TcpFile>>,
+}
+
+/// One TCP listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpFile {
+    /// Name used in logs and stats (a FRONTEND row).
+    pub name: Spanned<String>,
+    /// Addresses to bind, `ip:port`.
+    pub bind: Vec<Spanned<String>>,
+    /// The rules' `mode: tcp` service that takes the connections (looked up at each
+    /// reload, so its servers and colour follow the rules).
+    pub service: Spanned<String>,
+    /// Connections open at once on this listener (default 10000); beyond it new ones
+    /// wait in the kernel backlog.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// A connection with no byte either way for this long is closed (default 1h).
+    #[serde(default)]
+    pub idle_timeout: Option<Spanned<Scalar>>,
+    /// Peers that must send a PROXY protocol header (see the HTTPS listener's).
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<Spanned<String>>,
 }
 
 /// TLS-terminating listeners.

@@ -34,6 +34,8 @@ pub struct Config {
     pub proxy_protocol_https: Option<AllowList>,
     /// Peers that must send PROXY headers to the plain listeners.
     pub proxy_protocol_http: Option<AllowList>,
+    /// TCP (layer 4) listeners.
+    pub tcp: Vec<TcpListen>,
     /// Stats listener address.
     pub stats: Option<SocketAddr>,
     /// Who may read the stats listener; `None` = everyone.
@@ -56,6 +58,25 @@ pub struct Config {
     pub workers: usize,
     /// Where listening sockets are offered to a successor process.
     pub upgrade_socket: Option<PathBuf>,
+}
+
+/// One TCP listener: where it binds and which service takes its connections.
+#[derive(Debug, Clone)]
+pub struct TcpListen {
+    /// Name for logs and stats.
+    pub name: std::sync::Arc<str>,
+    /// Addresses to bind.
+    pub bind: Vec<SocketAddr>,
+    /// The rules' TCP service, by name.
+    pub service: String,
+    /// Where the config names the service (for errors when the rules lack it).
+    pub service_pos: Pos,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Close after this long without a byte either way.
+    pub idle: Duration,
+    /// Peers that must send a PROXY header.
+    pub proxy_protocol: Option<AllowList>,
 }
 
 /// Where one certificate and its key are, and where the config named them (for errors).
@@ -228,6 +249,56 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
     );
     let trusted_proxies =
         cidr_list(path, &mut diags, &raw.trusted_proxies, "trusted_proxies").unwrap_or_default();
+    let mut tcp = Vec::new();
+    for t in &raw.listeners.tcp {
+        let f = &t.value;
+        let name = f.name.value.trim();
+        if name.is_empty() || tcp.iter().any(|l: &TcpListen| &*l.name == name) {
+            diags.push(Diagnostic::new(
+                path,
+                at(&f.name),
+                format!("tcp listener name `{name}` is empty or used twice"),
+            ));
+        }
+        if f.bind.is_empty() {
+            diags.push(Diagnostic::new(
+                path,
+                Pos::of(&t.referenced),
+                format!("tcp listener `{name}` binds nothing"),
+            ));
+        }
+        let idle = match &f.idle_timeout {
+            None => Duration::from_secs(3600),
+            Some(s) => match parse_duration(&s.value.0) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    diags.push(
+                        Diagnostic::new(
+                            path,
+                            Pos::of(&s.referenced),
+                            format!("tcp listener `{name}`: idle_timeout is not a duration"),
+                        )
+                        .hint("a duration such as 30m"),
+                    );
+                    Duration::from_secs(3600)
+                }
+            },
+        };
+        tcp.push(TcpListen {
+            name: name.into(),
+            bind: f.bind.iter().filter_map(|s| addr(&mut diags, s)).collect(),
+            service: f.service.value.trim().to_string(),
+            service_pos: at(&f.service),
+            max_connections: f.max_connections.unwrap_or(10_000).max(1),
+            idle,
+            proxy_protocol: cidr_list(
+                path,
+                &mut diags,
+                &f.proxy_protocol_from,
+                "proxy_protocol_from",
+            ),
+        });
+    }
     let mut dur = |v: &Option<Spanned<Scalar>>, default: u64, name: &str| match v {
         None => Duration::from_secs(default),
         Some(s) => parse_duration(&s.value.0).unwrap_or_else(|e| {
@@ -337,6 +408,7 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
             .as_ref()
             .and_then(|h| h.redirect)
             .unwrap_or(true),
+        tcp,
         stats,
         stats_allow,
         stats_auth,
@@ -349,6 +421,51 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         workers,
         upgrade_socket: raw.upgrade_socket.as_deref().map(resolve),
     })
+}
+
+impl Config {
+    /// Loads and compiles the rules this config points at, with the cross-checks that
+    /// need both (TCP listeners name TCP services).
+    pub fn load_rules(&self) -> Result<crate::rules::RuleSet, Diagnostics> {
+        let set = crate::rules::load(&self.rules)?;
+        self.check_rules(&set)?;
+        Ok(set)
+    }
+
+    /// Checks that every TCP listener's service exists in `rules` and speaks TCP. Run at
+    /// start, by `check`, and on every reload (a rules edit that removes such a service
+    /// is refused like any other bad edit).
+    pub fn check_rules(&self, rules: &crate::rules::RuleSet) -> Result<(), Diagnostics> {
+        let mut diags = Diagnostics::default();
+        for l in &self.tcp {
+            match rules.service_named(&l.service).map(|i| &rules.services[i]) {
+                Some(s) if s.mode == crate::rules::Mode::Tcp => {}
+                Some(_) => diags.push(
+                    Diagnostic::new(
+                        &self.path,
+                        l.service_pos,
+                        format!(
+                            "tcp listener `{}`: service `{}` is an HTTP service",
+                            l.name, l.service
+                        ),
+                    )
+                    .hint("give the service `mode: tcp` in the rules"),
+                ),
+                None => diags.push(
+                    Diagnostic::new(
+                        &self.path,
+                        l.service_pos,
+                        format!(
+                            "tcp listener `{}`: the rules have no service `{}`",
+                            l.name, l.service
+                        ),
+                    )
+                    .hint("a service with `mode: tcp` in the rules"),
+                ),
+            }
+        }
+        diags.finish(())
+    }
 }
 
 /// A list of CIDRs (or bare addresses) as an allow-list; each bad entry is reported at its

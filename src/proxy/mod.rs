@@ -385,7 +385,9 @@ fn drain(mut body: Incoming) {
 /// Chooses a usable server with room (health UP, admin READY, below maxconn). When every
 /// usable one is at its maxconn, waits for a slot on the balancer's choice until the
 /// pool's queue deadline (HAProxy semantics: a server never exceeds maxconn; the rest queue).
-async fn choose_server(
+/// Picks a usable server of `service`'s `colour` with room (maxconn), else waits for one
+/// until `deadline`. Shared by HTTP requests and TCP sessions.
+pub(crate) async fn choose_server(
     g: &Generation,
     service: &Service,
     colour: Colour,

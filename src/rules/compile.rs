@@ -3,10 +3,14 @@
 //! Each check records a [`Diagnostic`] and carries on, so `gatehouse check` (and a
 //! refused reload) shows all the mistakes of an edit at once.
 
-use super::file::{HealthFile, PathFile, RouteFile, RulesFile, ServerFile, SiteFile};
+use super::file::{
+    Balance, HealthFile, Mode, PassthroughFile, PathFile, RouteFile, RulesFile, ServerFile,
+    SiteFile,
+};
 use super::matcher::{AllowList, HostPattern, PathPattern};
 use super::{
-    Action, Group, HealthSpec, HostIndex, PoolSpec, Route, RuleSet, Server, Service, Site,
+    Action, Colour, Group, HealthSpec, HostIndex, Passthrough, PoolSpec, Route, RuleSet, Server,
+    Service, Site,
 };
 use crate::diag::{Diagnostic, Diagnostics, Pos, parse_yaml, read_file};
 use crate::units::{parse_duration, parse_size};
@@ -95,6 +99,9 @@ pub fn compile(files: &[(PathBuf, String)]) -> Result<RuleSet, Diagnostics> {
     }
     for (path, f) in &parsed {
         c.defaults(path, f);
+        for p in &f.passthrough {
+            c.passthrough(path, p);
+        }
     }
     let Compiler { diags, set, .. } = c;
     diags.finish(set)
@@ -108,6 +115,8 @@ impl RuleSet {
             services: Vec::new(),
             pools: Vec::new(),
             error_pages: HashMap::new(),
+            passthrough: Vec::new(),
+            passthrough_hosts: HostIndex::default(),
             hosts: HostIndex::default(),
             default_site: None,
         }
@@ -206,20 +215,67 @@ impl Compiler {
             let s = &svc.value;
             let blue = self.servers(file, name, &s.blue);
             let green = self.servers(file, name, &s.green);
-            let live_empty = match s.live.value {
-                super::Colour::Blue => !blue.iter().any(|s| !s.backup),
-                super::Colour::Green => !green.iter().any(|s| !s.backup),
+            let has = |list: &[Arc<Server>]| list.iter().any(|s| !s.backup);
+            let live = match &s.live {
+                Some(l) => {
+                    let empty = match l.value {
+                        Colour::Blue => !has(&blue),
+                        Colour::Green => !has(&green),
+                    };
+                    if empty {
+                        self.err_hint(
+                            file,
+                            at(l),
+                            format!(
+                                "service `{name}`: the live colour `{}` has no servers",
+                                l.value.as_str()
+                            ),
+                            "at least one server in the live colour's list",
+                        );
+                    }
+                    l.value
+                }
+                None => match (has(&blue), has(&green)) {
+                    (true, false) => Colour::Blue,
+                    (false, true) => Colour::Green,
+                    (both, _) => {
+                        self.err_hint(
+                            file,
+                            at(svc),
+                            format!(
+                                "service `{name}`: {}",
+                                if both {
+                                    "both colours have servers; say which one is `live:`"
+                                } else {
+                                    "no servers"
+                                }
+                            ),
+                            "`live: blue` or `live: green`, and servers under that colour",
+                        );
+                        Colour::Blue
+                    }
+                },
             };
-            if live_empty {
-                self.err_hint(
-                    file,
-                    at(&s.live),
-                    format!(
-                        "service `{name}`: the live colour `{}` has no servers",
-                        s.live.value.as_str()
-                    ),
-                    "at least one server in the live colour's list",
-                );
+            let mode = s.mode.as_ref().map_or(Mode::Http, |m| m.value);
+            let balance = s.balance.unwrap_or_default();
+            if mode == Mode::Tcp {
+                let pos = s.mode.as_ref().map_or(at(svc), at);
+                if balance == Balance::HashUri {
+                    self.err_hint(
+                        file,
+                        pos,
+                        format!("service `{name}`: a TCP service has no URI to hash"),
+                        "balance: roundrobin, leastconn or hash-source",
+                    );
+                }
+                if s.backup_page.is_some() {
+                    self.err_hint(
+                        file,
+                        pos,
+                        format!("service `{name}`: a TCP service cannot answer with a page"),
+                        "leave out backup_page (a TCP client is closed when no server is up)",
+                    );
+                }
             }
             let backup_page = s.backup_page.as_ref().and_then(|p| self.page(file, p));
             let health = self.health(file, name, s.health.as_ref());
@@ -231,14 +287,15 @@ impl Compiler {
                 .insert(name.clone(), self.set.services.len());
             self.set.services.push(Arc::new(Service {
                 name: name.as_str().into(),
-                live: s.live.value,
+                live,
                 blue: Group::new(blue),
                 green: Group::new(green),
                 backup_page,
                 backup_service: None,
                 health,
-                balance: s.balance.unwrap_or_default(),
+                balance,
                 send_proxy: s.send_proxy.is_some(),
+                mode,
             }));
         }
     }
@@ -302,6 +359,7 @@ impl Compiler {
         let mut spec = HealthSpec {
             path: None,
             expect: None,
+            port: None,
             interval: Duration::from_secs(2),
             timeout: Duration::from_secs(1),
             rise: 2,
@@ -319,6 +377,12 @@ impl Compiler {
             spec.path = Some(p.value.clone());
         }
         spec.expect = h.expect;
+        if let Some(p) = &h.port {
+            if p.value == 0 {
+                self.err(file, at(p), format!("service `{service}`: health port 0"));
+            }
+            spec.port = Some(p.value);
+        }
         for (field, value, target) in [
             ("interval", &h.interval, &mut spec.interval),
             ("timeout", &h.timeout, &mut spec.timeout),
@@ -352,6 +416,17 @@ impl Compiler {
                 continue;
             };
             match target {
+                Some(t) if t != me && self.set.services[t].mode != self.set.services[me].mode => {
+                    self.err_hint(
+                        file,
+                        at(b),
+                        format!(
+                            "service `{name}`: backup_service `{}` speaks another mode",
+                            b.value
+                        ),
+                        "an HTTP service backs up an HTTP service",
+                    )
+                }
                 Some(t) if t != me => {
                     if let Some(s) = Arc::get_mut(&mut self.set.services[me]) {
                         s.backup_service = Some(t);
@@ -462,12 +537,7 @@ impl Compiler {
         for h in &s.hosts {
             match HostPattern::parse(&h.value) {
                 Ok(p) => {
-                    let (map, key) = match &p {
-                        HostPattern::Exact(k) => (&mut self.set.hosts.exact, k),
-                        HostPattern::FirstLabel(k) => (&mut self.set.hosts.first_label, k),
-                        HostPattern::Suffix(k) => (&mut self.set.hosts.suffix, k),
-                    };
-                    if map.insert(key.clone(), index).is_some() {
+                    if !self.set.hosts.claim(&p, index) {
                         self.err(
                             file,
                             at(h),
@@ -615,6 +685,18 @@ impl Compiler {
                         format!("one of: {}", known.join(", ")),
                     );
                 }
+                if let Some(i) = s.filter(|i| self.set.services[*i].mode == Mode::Tcp) {
+                    self.err_hint(
+                        file,
+                        at(service),
+                        format!(
+                            "route `{name}`: service `{}` is a TCP service",
+                            self.set.services[i].name
+                        ),
+                        "routes forward HTTP; a TCP service is reached from a TCP listener or `passthrough`",
+                    );
+                    return None;
+                }
                 match (p, s) {
                     (Some(pool), Some(service)) => Action::Forward { pool, service },
                     _ => return None,
@@ -644,6 +726,63 @@ impl Compiler {
             allow,
             max_body,
         })
+    }
+
+    fn passthrough(&mut self, file: &Path, spanned: &Spanned<PassthroughFile>) {
+        let p = &spanned.value;
+        let name = p.name.value.trim();
+        let index = self.set.passthrough.len();
+        let mut hosts = Vec::new();
+        for h in &p.hosts {
+            match HostPattern::parse(&h.value) {
+                Ok(pat) => {
+                    if !self.set.passthrough_hosts.claim(&pat, index) {
+                        self.err(
+                            file,
+                            at(h),
+                            format!("passthrough `{name}`: `{}` is already passed through", h.value),
+                        );
+                    }
+                    hosts.push(pat);
+                }
+                Err(e) => self.err_hint(
+                    file,
+                    at(h),
+                    format!("passthrough `{name}`: {e}"),
+                    "pass.example.org, *.example.org or pass.*",
+                ),
+            }
+        }
+        if p.hosts.is_empty() {
+            self.err(file, at(spanned), format!("passthrough `{name}` has no hosts"));
+        }
+        let service = match self.service_index.get(&p.service.value).copied() {
+            Some(i) if self.set.services[i].mode == Mode::Tcp => i,
+            Some(_) => {
+                return self.err_hint(
+                    file,
+                    at(&p.service),
+                    format!(
+                        "passthrough `{name}`: service `{}` is an HTTP service",
+                        p.service.value
+                    ),
+                    "passthrough relays TLS bytes to a service with `mode: tcp`",
+                );
+            }
+            None => {
+                return self.err_hint(
+                    file,
+                    at(&p.service),
+                    format!("passthrough `{name}`: unknown service `{}`", p.service.value),
+                    "the name of a service with `mode: tcp`",
+                );
+            }
+        };
+        self.set.passthrough.push(Passthrough {
+            name: name.into(),
+            hosts,
+            service,
+        });
     }
 
     fn defaults(&mut self, file: &Path, f: &RulesFile) {

@@ -31,6 +31,34 @@ pub struct RulesFile {
     /// Replacement HTML pages for the proxy's own error responses, by status code.
     #[serde(default)]
     pub error_pages: BTreeMap<u16, Spanned<String>>,
+    /// TLS names passed through untouched to a `mode: tcp` service (the service keeps its
+    /// own certificate): the HTTPS listeners peek at the ClientHello's SNI and, for these
+    /// names, relay the bytes instead of terminating.
+    #[serde(default)]
+    pub passthrough: Vec<Spanned<PassthroughFile>>,
+}
+
+/// SNI names relayed without terminating TLS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassthroughFile {
+    /// Name used in logs and stats.
+    pub name: Spanned<String>,
+    /// SNI patterns: `pass.example.org`, `*.example.org` or `pass.*`.
+    pub hosts: Vec<Spanned<String>>,
+    /// The `mode: tcp` service whose servers terminate the TLS themselves.
+    pub service: Spanned<String>,
+}
+
+/// What a service speaks.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// HTTP requests from routes (default).
+    #[default]
+    Http,
+    /// Raw TCP connections from a TCP listener or a passthrough name.
+    Tcp,
 }
 
 /// A traffic class: requests in flight at once, and how many may wait for a slot.
@@ -73,6 +101,10 @@ pub struct HealthFile {
     /// HTTP path to GET; without it, a TCP connect is the check.
     #[serde(default)]
     pub path: Option<Spanned<String>>,
+    /// Port to check instead of the server's own (e.g. OpenSearch's HTTP port 9200 for
+    /// `/_cluster/health`, RabbitMQ's management port 15672 for an AMQP node).
+    #[serde(default)]
+    pub port: Option<Spanned<u16>>,
     /// Status that counts as healthy (default: any 2xx or 3xx).
     #[serde(default)]
     pub expect: Option<u16>,
@@ -105,7 +137,13 @@ pub enum Colour {
 #[serde(deny_unknown_fields)]
 pub struct ServiceFile {
     /// Which colour serves the normal hosts; the other one serves the `-dev` hosts.
-    pub live: Spanned<Colour>,
+    /// May be left out when only one colour has servers (that one is live).
+    #[serde(default)]
+    pub live: Option<Spanned<Colour>>,
+    /// `http` (default): reached from routes. `tcp`: reached from a TCP listener or a
+    /// passthrough name; bytes are relayed, never parsed.
+    #[serde(default)]
+    pub mode: Option<Spanned<Mode>>,
     /// The blue servers.
     #[serde(default)]
     pub blue: Vec<Spanned<ServerFile>>,

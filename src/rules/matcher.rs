@@ -60,6 +60,17 @@ impl HostPattern {
     }
 }
 
+/// Written back as in the rules (`data.example.org`, `*.example.org`, `store.*`).
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Exact(x) => f.write_str(x),
+            HostPattern::Suffix(x) => write!(f, "*.{x}"),
+            HostPattern::FirstLabel(x) => write!(f, "{x}.*"),
+        }
+    }
+}
+
 /// How a route matches the normalized request path.
 #[derive(Clone, Debug)]
 pub enum PathPattern {

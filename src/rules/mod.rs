@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use compile::{compile, load};
-pub use file::{Balance, Colour, ColourChoice};
+pub use file::{Balance, Colour, ColourChoice, Mode};
 pub use select::Group;
 
 /// A compiled, immutable generation of the rules.
@@ -33,16 +33,64 @@ pub struct RuleSet {
     pub pools: Vec<PoolSpec>,
     /// Replacement pages for the proxy's own error responses.
     pub error_pages: HashMap<u16, Bytes>,
+    /// TLS names relayed without terminating, in file order.
+    pub passthrough: Vec<Passthrough>,
     hosts: HostIndex,
+    passthrough_hosts: HostIndex,
     default_site: Option<usize>,
 }
 
-/// Host name → site, exact names first, then `first.*`, then `*.suffix` (longest first).
+/// SNI names whose TLS is relayed to a TCP service instead of terminated here.
+#[derive(Debug)]
+pub struct Passthrough {
+    /// Name for logs.
+    pub name: Arc<str>,
+    /// The SNI patterns it claims.
+    pub hosts: Vec<HostPattern>,
+    /// Index into `RuleSet::services` (a `mode: tcp` service).
+    pub service: usize,
+}
+
+/// Host name → index, exact names first, then `first.*`, then `*.suffix` (longest first).
 #[derive(Debug, Default)]
 struct HostIndex {
     exact: HashMap<String, usize>,
     first_label: HashMap<String, usize>,
     suffix: HashMap<String, usize>,
+}
+
+impl HostIndex {
+    /// The index claiming `host` (lower-case, no port), if any.
+    fn lookup(&self, host: &str) -> Option<usize> {
+        if let Some(&i) = self.exact.get(host) {
+            return Some(i);
+        }
+        let (first, mut rest) = host.split_once('.')?;
+        if let Some(&i) = self.first_label.get(first) {
+            return Some(i);
+        }
+        // Longest suffix first: strip one label at a time.
+        loop {
+            if let Some(&i) = self.suffix.get(rest) {
+                return Some(i);
+            }
+            rest = rest.split_once('.')?.1;
+        }
+    }
+
+    /// Claims `pattern` for `index`; `false` when another index already holds it.
+    fn claim(&mut self, pattern: &HostPattern, index: usize) -> bool {
+        let (map, key) = match pattern {
+            HostPattern::Exact(k) => (&mut self.exact, k),
+            HostPattern::FirstLabel(k) => (&mut self.first_label, k),
+            HostPattern::Suffix(k) => (&mut self.suffix, k),
+        };
+        map.insert(key.clone(), index).is_none()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.first_label.is_empty() && self.suffix.is_empty()
+    }
 }
 
 /// A site: host names and ordered routes.
@@ -113,6 +161,8 @@ pub struct HealthSpec {
     pub path: Option<String>,
     /// Healthy status, or `None` for any 2xx/3xx.
     pub expect: Option<u16>,
+    /// Port to check instead of the server's own.
+    pub port: Option<u16>,
     /// Time between checks.
     pub interval: Duration,
     /// Time one check may take.
@@ -144,6 +194,8 @@ pub struct Service {
     pub balance: Balance,
     /// Whether connections to the servers start with a PROXY v2 header.
     pub send_proxy: bool,
+    /// HTTP (routes) or TCP (listeners, passthrough).
+    pub mode: Mode,
 }
 
 /// One backend server.
@@ -201,6 +253,14 @@ impl Service {
         }
     }
 
+    /// `http` or `tcp`, as HAProxy's CSV `mode` column says it.
+    pub fn mode_str(&self) -> &'static str {
+        match self.mode {
+            Mode::Http => "http",
+            Mode::Tcp => "tcp",
+        }
+    }
+
     /// The servers of one colour, with their pick structures.
     pub fn group(&self, colour: Colour) -> &Group {
         match colour {
@@ -226,26 +286,23 @@ impl RuleSet {
     }
 
     fn site_index(&self, host: &str) -> Option<usize> {
-        let h = &self.hosts;
-        if let Some(&i) = h.exact.get(host) {
-            return Some(i);
-        }
-        let Some((first, mut rest)) = host.split_once('.') else {
-            return self.default_site;
-        };
-        if let Some(&i) = h.first_label.get(first) {
-            return Some(i);
-        }
-        // Longest suffix first: strip one label at a time.
-        loop {
-            if let Some(&i) = h.suffix.get(rest) {
-                return Some(i);
-            }
-            match rest.split_once('.') {
-                Some((_, tail)) => rest = tail,
-                None => return self.default_site,
-            }
-        }
+        self.hosts.lookup(host).or(self.default_site)
+    }
+
+    /// The passthrough entry (and its index) claiming the SNI name `sni` (lower-case).
+    pub fn passthrough_for(&self, sni: &str) -> Option<(usize, &Passthrough)> {
+        let i = self.passthrough_hosts.lookup(sni)?;
+        Some((i, self.passthrough.get(i)?))
+    }
+
+    /// Whether any name is passed through (the listeners only peek when one is).
+    pub fn has_passthrough(&self) -> bool {
+        !self.passthrough_hosts.is_empty()
+    }
+
+    /// The index of the service called `name`.
+    pub fn service_named(&self, name: &str) -> Option<usize> {
+        self.services.iter().position(|s| &*s.name == name)
     }
 
     /// Whether `ip` may use `route` (no allow-list means everyone).

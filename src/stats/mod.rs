@@ -119,6 +119,13 @@ impl Counters {
         self.responses[class.saturating_sub(1).min(5)].load(Ordering::Relaxed)
     }
 
+    /// Counts one TCP session ending (a session has no status; bytes were counted live).
+    pub fn leave_session(&self, micros: u64) {
+        self.current.fetch_sub(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.total_time_us.fetch_add(micros, Ordering::Relaxed);
+    }
+
     /// Counts a finished request that was never counted as entering.
     pub fn record(&self, status: u16, bytes_in: u64, bytes_out: u64, micros: u64) {
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -158,8 +165,25 @@ pub struct Stats {
     /// All requests, as a frontend total.
     pub frontend: Counters,
     families: Mutex<Families>,
+    fronts: Mutex<Vec<Front>>,
     /// Recent snapshots for rates and "recent" percentiles (see [`Stats::sample`]).
     samples: Mutex<Samples>,
+}
+
+/// A listener the process config declares (a TCP front), for the stats page. Its
+/// counters are the `Kind::Listener` family of the same name.
+#[derive(Debug, Clone)]
+pub struct Front {
+    /// Listener name.
+    pub name: Arc<str>,
+    /// `tcp`.
+    pub mode: &'static str,
+    /// Bound addresses.
+    pub bind: Vec<std::net::SocketAddr>,
+    /// The service it relays to.
+    pub service: Arc<str>,
+    /// Connections allowed at once.
+    pub limit: u64,
 }
 
 /// One snapshot: when, total requests, latency buckets per named counter set.
@@ -190,6 +214,8 @@ pub enum Kind {
     Server,
     /// A route.
     Route,
+    /// A TCP listener or a passthrough name (HAProxy frontend in TCP mode).
+    Listener,
 }
 
 impl Default for Stats {
@@ -205,6 +231,7 @@ impl Default for Stats {
             tls_failures: AtomicU64::new(0),
             frontend: Counters::default(),
             families: Mutex::new(HashMap::new()),
+            fronts: Mutex::new(Vec::new()),
             samples: Mutex::new(Samples::default()),
         }
     }
@@ -216,6 +243,22 @@ impl Stats {
     pub fn counters(&self, kind: Kind, name: &Arc<str>) -> Arc<Counters> {
         let mut map = self.families.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((kind, name.clone())).or_default().clone()
+    }
+
+    /// Records a listener for the stats page (once, at start).
+    pub fn add_front(&self, f: Front) {
+        self.fronts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(f);
+    }
+
+    /// The listeners recorded with [`Stats::add_front`].
+    pub fn fronts(&self) -> Vec<Front> {
+        self.fronts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Takes a snapshot for rates and recent percentiles; called every few seconds by the

@@ -63,11 +63,7 @@ impl Row {
     }
 
     fn set(&mut self, col: &str, v: impl std::fmt::Display) {
-        if let Some(i) = CSV_HEADER
-            .trim_start_matches("# ")
-            .split(',')
-            .position(|c| c == col)
-        {
+        if let Some(&i) = columns().get(col) {
             self.cells[i] = v.to_string();
         }
     }
@@ -119,6 +115,18 @@ pub fn csv(v: &View<'_>) -> String {
         r.set("mode", "http");
         r.write(&mut out);
     }
+    for (name, what, c, limit) in tcp_fronts(v) {
+        let mut r = Row::new(&name, "FRONTEND", 0);
+        r.counters(&c);
+        r.set("status", "OPEN");
+        r.set("mode", "tcp");
+        if let Some(l) = limit {
+            r.set("slim", l);
+        }
+        r.set("conn_tot", c.requests.load(Relaxed));
+        let _ = what;
+        r.write(&mut out);
+    }
     let uptime = v.stats.started.elapsed().as_secs();
     for (i, svc) in g.rules.services.iter().enumerate() {
         let live = svc.live;
@@ -135,7 +143,7 @@ pub fn csv(v: &View<'_>) -> String {
                 r.set("bck", u8::from(s.backup));
                 r.set("sid", s.id + 1);
                 r.set("addr", s.addr);
-                r.set("mode", "http");
+                r.set("mode", svc.mode_str());
                 r.set("qcur", 0);
                 r.set("qmax", 0);
                 if let Some(m) = s.maxconn {
@@ -188,11 +196,37 @@ pub fn csv(v: &View<'_>) -> String {
                 .map(|s| s.weight)
                 .sum::<u32>(),
         );
-        r.set("mode", "http");
+        r.set("mode", svc.mode_str());
         r.set("algo", algo(svc.balance));
         r.set("lastchg", uptime);
         r.set("downtime", 0);
         r.write(&mut out);
+    }
+    out
+}
+
+/// Every TCP frontend: the process's TCP listeners, then the rules' passthrough names,
+/// as (name, what it listens on, counters, connection limit).
+fn tcp_fronts(v: &View<'_>) -> Vec<(std::sync::Arc<str>, String, std::sync::Arc<Counters>, Option<u64>)> {
+    let g = v.generation;
+    let mut out: Vec<_> = v
+        .stats
+        .fronts()
+        .into_iter()
+        .map(|f| {
+            let c = v.stats.counters(Kind::Listener, &f.name);
+            let bind: Vec<String> = f.bind.iter().map(|a| a.to_string()).collect();
+            (f.name, format!("{} → {}", bind.join(" "), f.service), c, Some(f.limit))
+        })
+        .collect();
+    for (i, p) in g.rules.passthrough.iter().enumerate() {
+        let hosts: Vec<String> = p.hosts.iter().map(|h| h.to_string()).collect();
+        out.push((
+            p.name.clone(),
+            format!("TLS SNI {} → {}", hosts.join(" "), g.rules.services[p.service].name),
+            g.passthrough[i].clone(),
+            None,
+        ));
     }
     out
 }
@@ -252,7 +286,7 @@ pub fn json(v: &View<'_>) -> String {
                         "counters": counters(&g.servers[srv.id])})
                 })
                 .collect();
-            serde_json::json!({"name": &*s.name, "live": s.live.as_str(), "counters": counters(&g.services[i]), "servers": servers})
+            serde_json::json!({"name": &*s.name, "mode": s.mode_str(), "live": s.live.as_str(), "counters": counters(&g.services[i]), "servers": servers})
         })
         .collect();
     let pools: Vec<_> = g.pools.iter().map(|p| serde_json::json!({"name": &*p.name, "in_use": p.in_use(), "slots": p.limit(), "queued": p.waiting(), "queue_limit": p.queue_limit(), "max_queued": p.max_waiting.load(Relaxed), "queue_full": p.queue_full.load(Relaxed), "queue_timeouts": p.queue_timeouts.load(Relaxed)})).collect();
@@ -265,6 +299,7 @@ pub fn json(v: &View<'_>) -> String {
         "tls_handshakes": v.stats.tls_handshakes.load(Relaxed),
         "requests": counters(&v.stats.frontend),
         "sites": sites, "services": services, "pools": pools,
+        "tcp_frontends": tcp_fronts(v).into_iter().map(|(name, what, c, limit)| serde_json::json!({"name": &*name, "listens": what, "limit": limit, "counters": counters(&c)})).collect::<Vec<_>>(),
     })
     .to_string()
 }
@@ -286,6 +321,10 @@ pub fn prometheus(v: &View<'_>) -> String {
                 &g.routes[i][j],
             ));
         }
+    }
+    let fronts = tcp_fronts(v);
+    for (name, _, c, _) in &fronts {
+        sets.push((format!("listener=\"{name}\""), c));
     }
     for (i, s) in g.rules.services.iter().enumerate() {
         sets.push((format!("service=\"{}\"", s.name), &g.services[i]));
@@ -704,15 +743,7 @@ pub fn html(v: &View<'_>) -> String {
     o.push_str("</table><h2>Sites <small>frontends</small></h2><table id=\"sites\"><tr><th>site</th><th>hosts</th><th>requests</th><th>1xx</th><th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th><th>bytes in</th><th>bytes out</th><th>p50 ms</th><th>p99 ms</th></tr>");
     for (i, s) in g.rules.sites.iter().enumerate() {
         let c = &g.sites[i];
-        let hosts: Vec<String> = s
-            .hosts
-            .iter()
-            .map(|h| match h {
-                crate::rules::matcher::HostPattern::Exact(x) => x.clone(),
-                crate::rules::matcher::HostPattern::Suffix(x) => format!("*.{x}"),
-                crate::rules::matcher::HostPattern::FirstLabel(x) => format!("{x}.*"),
-            })
-            .collect();
+        let hosts: Vec<String> = s.hosts.iter().map(|h| h.to_string()).collect();
         let (p50, p99) = st.recent_latency(Kind::Site, &s.name, c);
         let _ = write!(
             o,
@@ -732,17 +763,39 @@ pub fn html(v: &View<'_>) -> String {
         );
     }
     o.push_str("</table>");
+    let fronts = tcp_fronts(v);
+    if !fronts.is_empty() {
+        o.push_str("<h2>TCP <small>listeners and passthrough names</small></h2><table id=\"tcp\"><tr><th>frontend</th><th>listens</th><th>sessions now</th><th>max</th><th>limit</th><th>total</th><th>bytes in</th><th>bytes out</th><th>no server</th></tr>");
+        for (name, what, c, limit) in &fronts {
+            let _ = write!(
+                o,
+                "<tr data-tcp=\"{n}\"><td>{n}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(what),
+                c.current.load(Relaxed),
+                c.max_current.load(Relaxed),
+                limit.map_or("–".into(), |l| l.to_string()),
+                c.requests.load(Relaxed),
+                bytes(c.bytes_in.load(Relaxed)),
+                bytes(c.bytes_out.load(Relaxed)),
+                c.connect_errors.load(Relaxed),
+                n = escape(name)
+            );
+        }
+        o.push_str("</table>");
+    }
     for (i, svc) in g.rules.services.iter().enumerate() {
         let c = &g.services[i];
         let _ = write!(
             o,
-            "<h2 id=\"service-{n}\">{n} <small>live colour: <span class=\"live\">{}</span> · balance {} · checks {}</small></h2>",
+            "<h2 id=\"service-{n}\">{n} <small>{} · live colour: <span class=\"live\">{}</span> · balance {} · checks {}</small></h2>",
+            svc.mode_str(),
             svc.live.as_str(),
             algo(svc.balance),
             svc.health
                 .path
                 .as_deref()
-                .map_or("TCP connect".to_string(), |p| format!("GET {}", escape(p))),
+                .map_or("TCP connect".to_string(), |p| format!("GET {}", escape(p)))
+                + &svc.health.port.map_or(String::new(), |p| format!(" on port {p}")),
             n = escape(&svc.name)
         );
         o.push_str("<table class=\"service\"><tr><th>server</th><th>status</th><th>since</th><th>colour</th><th>weight</th><th>cur</th><th>max</th><th>limit</th><th>queue</th><th>requests</th><th>bytes in</th><th>bytes out</th><th>1xx</th><th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th><th>conn err</th><th>resp err</th><th>redisp</th><th>last check</th><th>downtime</th><th>p50 ms</th><th>p99 ms</th>");

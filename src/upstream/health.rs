@@ -260,14 +260,17 @@ impl HealthTable {
 
 /// Runs one check against `server`.
 pub async fn check(server: &Server, spec: &HealthSpec) -> (bool, u32) {
+    let mut addr = server.addr;
+    if let Some(port) = spec.port {
+        addr.set_port(port);
+    }
     let attempt = async {
-        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.ok()?;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
         let Some(path) = &spec.path else {
             return Some((true, 0));
         };
         let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: gatehouse-health-check\r\nConnection: close\r\n\r\n",
-            server.addr
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: gatehouse-health-check\r\nConnection: close\r\n\r\n"
         );
         tcp.write_all(req.as_bytes()).await.ok()?;
         let mut buf = [0u8; 64];
