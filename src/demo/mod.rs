@@ -57,6 +57,8 @@ pub struct Stack {
     servers: Mutex<HashMap<String, StandInEntry>>,
     /// Concurrency per service (the name's first word: `ui`, `api`).
     services: Mutex<HashMap<String, Arc<standin::Concurrency>>>,
+    /// Servers that speak the line protocol instead of HTTP.
+    lines: Mutex<std::collections::HashSet<String>>,
 }
 
 type StandInEntry = (SocketAddr, Option<CancellationToken>, Arc<standin::StandIn>);
@@ -69,7 +71,17 @@ impl Stack {
             .with_context(|| format!("stand-in {name} cannot listen on {addr}"))?;
         let stop = CancellationToken::new();
         let service = self.service(name.split('-').next().unwrap_or(name));
-        let s = standin::serve(name.into(), listener, stop.clone(), service).await;
+        let speaks = if self
+            .lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
+        {
+            standin::Speaks::Lines
+        } else {
+            standin::Speaks::Http
+        };
+        let s = standin::serve(name.into(), listener, stop.clone(), service, speaks).await;
         let mut map = self.servers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, Some(old), _)) = map.insert(name.to_string(), (addr, Some(stop), s)) {
             old.cancel();
@@ -147,11 +159,20 @@ impl Stack {
     }
 }
 
-/// Starts a stand-in for every server (both colours) the rules at `rules_path` name.
+/// Starts a stand-in for every server (both colours) the rules at `rules_path` name. A TCP
+/// service's servers speak HTTP when it is checked over HTTP (an OpenSearch-like node),
+/// else the line protocol (a RabbitMQ-like node).
 pub async fn start_stack(rules_path: &Path) -> anyhow::Result<Arc<Stack>> {
     let set = rules::load(rules_path).map_err(|d| anyhow::anyhow!("{d}"))?;
     let stack = Arc::new(Stack::default());
-    for (_, _, server) in set.all_servers() {
+    for (svc, _, server) in set.all_servers() {
+        if svc.mode == rules::Mode::Tcp && svc.health.path.is_none() {
+            stack
+                .lines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(server.name.to_string());
+        }
         stack.start(&server.name, server.addr).await?;
     }
     Ok(stack)
@@ -227,6 +248,8 @@ pub fn tour(dir: &Path, https: u16, http: u16) -> String {
   {s} -i https://store.localhost:{https}/api/records        # 403: store.* only serves files\n\
   {d} --http2 -I https://data.localhost:{https}/            # HTTP/2\n\
   curl -si http://data.localhost:{http}/x?y=1 --resolve data.localhost:{http}:127.0.0.1   # 308 to https\n\
+  curl -s http://127.0.0.1:8920/_cluster/health             # TCP front: the search cluster (search-1/2)\n\
+  echo hello | curl -s --max-time 1 telnet://127.0.0.1:8672  # TCP front: the message-queue cluster (mq-1/2)\n\
   curl -s http://127.0.0.1:8404/healthz                     # stats listener\n\
   curl -s http://127.0.0.1:8404/stats                       # the stats page (open it in a browser)\n\
   curl -s -X POST http://127.0.0.1:8405/servers/ui-blue-1/stop   # demo: stop a stand-in (start: .../start)\n\

@@ -73,12 +73,23 @@ fn pattern() -> &'static Bytes {
     })
 }
 
+/// What a stand-in speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Speaks {
+    /// HTTP/1.1 and HTTP/2 (UI, API, OpenSearch-like nodes).
+    Http,
+    /// A line protocol (a RabbitMQ-like node behind a TCP listener): a greeting naming
+    /// the node, then every line echoed back with the node's name in front.
+    Lines,
+}
+
 /// Serves `listener` as the stand-in `name` until `stop` fires.
 pub async fn serve(
     name: Arc<str>,
     listener: TcpListener,
     stop: CancellationToken,
     service: Arc<Concurrency>,
+    speaks: Speaks,
 ) -> Arc<StandIn> {
     let me = Arc::new(StandIn {
         name,
@@ -102,6 +113,13 @@ pub async fn serve(
             let conns = conns.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
+                if speaks == Speaks::Lines {
+                    tokio::select! {
+                        _ = lines(&me, tcp) => {}
+                        _ = conns.cancelled() => {}
+                    }
+                    return;
+                }
                 let svc = service_fn(move |req| answer(me.clone(), req));
                 let conn = http.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
                 tokio::select! {
@@ -114,6 +132,26 @@ pub async fn serve(
         conns.cancel();
     });
     out
+}
+
+/// The line protocol: greet, then echo each line (at most 4 KiB) with the node's name.
+async fn lines(me: &StandIn, tcp: tokio::net::TcpStream) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let (r, mut w) = tcp.into_split();
+    w.write_all(format!("{} ready: lines are echoed\r\n", me.name).as_bytes())
+        .await?;
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = (&mut r).take(4096).read_line(&mut line).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        me.served.fetch_add(1, Ordering::Relaxed);
+        w.write_all(format!("{}: {}\n", me.name, line.trim_end()).as_bytes())
+            .await?;
+    }
 }
 
 struct InFlight(Arc<StandIn>);
@@ -130,9 +168,14 @@ async fn answer(
 ) -> Result<Response<DemoBody>, Infallible> {
     // Health checks are answered but not counted as requests or against concurrency
     // (HAProxy does not count them against maxconn either).
-    if req.uri().path() == "/ping" {
+    if matches!(req.uri().path(), "/ping" | "/_cluster/health") {
         me.pings.fetch_add(1, Ordering::Relaxed);
-        let mut r = text(StatusCode::OK, "text/plain", "pong\n".to_string());
+        let mut r = if req.uri().path() == "/ping" {
+            text(StatusCode::OK, "text/plain", "pong\n".to_string())
+        } else {
+            let body = r#"{"cluster_name":"demo","status":"green","number_of_nodes":2}"#;
+            text(StatusCode::OK, "application/json", format!("{body}\n"))
+        };
         if let Ok(v) = HeaderValue::from_str(&me.name) {
             r.headers_mut().insert("x-served-by", v);
         }

@@ -4,9 +4,11 @@
 
 /// Requests answered, by family label and status class.
 pub const REQUESTS: &str = "gatehouse_requests_total";
+/// TCP sessions ended (TCP listeners and passthrough names).
+pub const TCP_SESSIONS: &str = "gatehouse_tcp_sessions_total";
 /// Response-time histogram (to the response headers), seconds.
 pub const RESPONSE_SECONDS: &str = "gatehouse_response_seconds";
-/// Request body bytes received.
+/// Request body bytes received (TCP: bytes from clients).
 pub const BYTES_IN: &str = "gatehouse_bytes_in_total";
 /// Response body bytes sent.
 pub const BYTES_OUT: &str = "gatehouse_bytes_out_total";

@@ -346,7 +346,7 @@ pub fn prometheus(v: &View<'_>) -> String {
         "counter",
         "Requests answered, by status class.",
     );
-    for (l, c) in &sets {
+    for (l, c) in sets.iter().filter(|(l, _)| !l.starts_with("listener=")) {
         for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx", "other"]
             .iter()
             .enumerate()
@@ -358,6 +358,15 @@ pub fn prometheus(v: &View<'_>) -> String {
                 c.responses[i].load(Relaxed)
             );
         }
+    }
+    head(
+        &mut o,
+        names::TCP_SESSIONS,
+        "counter",
+        "TCP sessions ended, by TCP listener or passthrough name.",
+    );
+    for (l, c) in sets.iter().filter(|(l, _)| l.starts_with("listener=")) {
+        let _ = writeln!(o, "{}{{{l}}} {}", names::TCP_SESSIONS, c.requests.load(Relaxed));
     }
     for (name, kind, help, get) in [
         (
@@ -411,7 +420,10 @@ pub fn prometheus(v: &View<'_>) -> String {
         "histogram",
         "Response time to the response headers.",
     );
-    for (l, c) in sets.iter().filter(|(l, _)| !l.contains("route=")) {
+    for (l, c) in sets
+        .iter()
+        .filter(|(l, _)| !l.contains("route=") && !l.starts_with("listener="))
+    {
         let snap = c.latency.snapshot();
         let mut acc = 0;
         for (i, n) in snap.iter().enumerate() {

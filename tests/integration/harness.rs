@@ -270,6 +270,17 @@ pub fn spawn_proxy_with(
     stderr_log: &Path,
     extra: &[&str],
 ) -> (Child, SocketAddr, SocketAddr, SocketAddr) {
+    let (child, line) = spawn_proxy_ready(config, stderr_log, extra);
+    let (h, p, s) = (
+        ready_field(&line, "https"),
+        ready_field(&line, "http"),
+        ready_field(&line, "stats"),
+    );
+    (child, h, p, s)
+}
+
+/// Starts `gatehouse run` and returns it with its ready line.
+pub fn spawn_proxy_ready(config: &Path, stderr_log: &Path, extra: &[&str]) -> (Child, String) {
     let log = std::fs::File::create(stderr_log).expect("log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["run", "-c"])
@@ -290,15 +301,17 @@ pub fn spawn_proxy_with(
         "no ready line: {line:?}; log: {}",
         std::fs::read_to_string(stderr_log).unwrap_or_default()
     );
-    let field = |k: &str| -> SocketAddr {
-        line.split_whitespace()
-            .find_map(|f| f.strip_prefix(&format!("{k}=")))
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {k} in {line}"))
-    };
-    let (h, p, s) = (field("https"), field("http"), field("stats"));
-    (child, h, p, s)
+    (child, line)
+}
+
+/// The first address of `key=` in a ready line (`tcp=` entries are `name@addr`).
+pub fn ready_field(line: &str, key: &str) -> SocketAddr {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.rsplit('@').next().unwrap_or(v))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
 }
 
 /// A TLS client that can choose SNI, ALPN and its source address.

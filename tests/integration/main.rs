@@ -12,4 +12,5 @@ mod resilience;
 mod routing;
 mod stats;
 mod transfer;
+mod tcp;
 mod two_tier;

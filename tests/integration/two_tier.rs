@@ -197,3 +197,38 @@ async fn curl_haproxy_protocol_v1() {
         "the conveyed 127.0.0.9 is outside: {out}"
     );
 }
+
+/// The outer tier at layer 4: a Gatehouse TCP listener relays TLS untouched to the inner
+/// tier's HTTPS listener with a PROXY v2 header; the inner tier terminates TLS and judges
+/// the real client.
+#[tokio::test(flavor = "multi_thread")]
+async fn gatehouse_tcp_front_sends_proxy_v2() {
+    let s = Stack::start_with(inner()).await;
+    let dir = s.dir.path().join("outer-tcp");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("gatehouse.yaml"),
+        "rules: rules.yaml\nlisteners:\n  tcp:\n    - { name: edge, bind: [127.0.0.1:0], service: inner-tls }\nstats: { bind: 127.0.0.1:0 }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("rules.yaml"),
+        format!(
+            "services:\n  inner-tls:\n    mode: tcp\n    send_proxy: v2\n    blue: [ {{ name: inner-tls-1, addr: {} }} ]\n",
+            s.https
+        ),
+    )
+    .unwrap();
+    let (outer, line) =
+        crate::harness::spawn_proxy_ready(&dir.join("gatehouse.yaml"), &dir.join("log"), &[]);
+    let _outer = Kill(outer);
+    let mut c = s.client();
+    c.addr = crate::harness::ready_field(&line, "tcp");
+    let r = c
+        .get_with("data.localhost", "/api/who", &from("127.0.0.2"))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["x_forwarded_for"], "127.0.0.2");
+    let r = c.get_with("data.localhost", "/", &from("127.0.0.3")).await;
+    assert_eq!(r.status, 403, "127.0.0.3 is outside, though the TCP hop came from 127.0.0.1");
+}
