@@ -449,7 +449,7 @@ impl Config {
                             l.name, l.service
                         ),
                     )
-                    .hint("give the service `mode: tcp` in the rules"),
+                    .hint("a service with `mode: tcp` in the rules"),
                 ),
                 None => diags.push(
                     Diagnostic::new(

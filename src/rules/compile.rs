@@ -665,8 +665,12 @@ impl Compiler {
                 let s = self.service_index.get(&service.value).copied();
                 let p = self.pool_index.get(&pool.value).copied();
                 if s.is_none() {
-                    let mut known: Vec<&str> =
-                        self.service_index.keys().map(String::as_str).collect();
+                    let mut known: Vec<&str> = self
+                        .service_index
+                        .iter()
+                        .filter(|(_, i)| self.set.services[**i].mode == Mode::Http)
+                        .map(|(k, _)| k.as_str())
+                        .collect();
                     known.sort_unstable();
                     self.err_hint(
                         file,
@@ -740,7 +744,10 @@ impl Compiler {
                         self.err(
                             file,
                             at(h),
-                            format!("passthrough `{name}`: `{}` is already passed through", h.value),
+                            format!(
+                                "passthrough `{name}`: `{}` is already passed through",
+                                h.value
+                            ),
                         );
                     }
                     hosts.push(pat);
@@ -754,7 +761,11 @@ impl Compiler {
             }
         }
         if p.hosts.is_empty() {
-            self.err(file, at(spanned), format!("passthrough `{name}` has no hosts"));
+            self.err(
+                file,
+                at(spanned),
+                format!("passthrough `{name}` has no hosts"),
+            );
         }
         let service = match self.service_index.get(&p.service.value).copied() {
             Some(i) if self.set.services[i].mode == Mode::Tcp => i,
@@ -773,7 +784,10 @@ impl Compiler {
                 return self.err_hint(
                     file,
                     at(&p.service),
-                    format!("passthrough `{name}`: unknown service `{}`", p.service.value),
+                    format!(
+                        "passthrough `{name}`: unknown service `{}`",
+                        p.service.value
+                    ),
                     "the name of a service with `mode: tcp`",
                 );
             }

@@ -115,16 +115,15 @@ pub fn csv(v: &View<'_>) -> String {
         r.set("mode", "http");
         r.write(&mut out);
     }
-    for (name, what, c, limit) in tcp_fronts(v) {
-        let mut r = Row::new(&name, "FRONTEND", 0);
-        r.counters(&c);
+    for f in tcp_fronts(v) {
+        let mut r = Row::new(&f.name, "FRONTEND", 0);
+        r.counters(&f.counters);
         r.set("status", "OPEN");
         r.set("mode", "tcp");
-        if let Some(l) = limit {
+        if let Some(l) = f.limit {
             r.set("slim", l);
         }
-        r.set("conn_tot", c.requests.load(Relaxed));
-        let _ = what;
+        r.set("conn_tot", f.counters.requests.load(Relaxed));
         r.write(&mut out);
     }
     let uptime = v.stats.started.elapsed().as_secs();
@@ -205,28 +204,45 @@ pub fn csv(v: &View<'_>) -> String {
     out
 }
 
-/// Every TCP frontend: the process's TCP listeners, then the rules' passthrough names,
-/// as (name, what it listens on, counters, connection limit).
-fn tcp_fronts(v: &View<'_>) -> Vec<(std::sync::Arc<str>, String, std::sync::Arc<Counters>, Option<u64>)> {
+/// One TCP frontend row: a TCP listener or a passthrough name.
+struct TcpRow {
+    name: std::sync::Arc<str>,
+    /// What it listens on and where it relays to.
+    listens: String,
+    counters: std::sync::Arc<Counters>,
+    /// Connections allowed at once (passthrough shares the HTTPS listener's limit).
+    limit: Option<u64>,
+}
+
+/// Every TCP frontend: the process's TCP listeners, then the rules' passthrough names.
+fn tcp_fronts(v: &View<'_>) -> Vec<TcpRow> {
     let g = v.generation;
-    let mut out: Vec<_> = v
+    let mut out: Vec<TcpRow> = v
         .stats
         .fronts()
         .into_iter()
         .map(|f| {
-            let c = v.stats.counters(Kind::Listener, &f.name);
             let bind: Vec<String> = f.bind.iter().map(|a| a.to_string()).collect();
-            (f.name, format!("{} → {}", bind.join(" "), f.service), c, Some(f.limit))
+            TcpRow {
+                counters: v.stats.counters(Kind::Listener, &f.name),
+                listens: format!("{} → {}", bind.join(" "), f.service),
+                name: f.name,
+                limit: Some(f.limit),
+            }
         })
         .collect();
     for (i, p) in g.rules.passthrough.iter().enumerate() {
         let hosts: Vec<String> = p.hosts.iter().map(|h| h.to_string()).collect();
-        out.push((
-            p.name.clone(),
-            format!("TLS SNI {} → {}", hosts.join(" "), g.rules.services[p.service].name),
-            g.passthrough[i].clone(),
-            None,
-        ));
+        out.push(TcpRow {
+            name: p.name.clone(),
+            listens: format!(
+                "TLS SNI {} → {}",
+                hosts.join(" "),
+                g.rules.services[p.service].name
+            ),
+            counters: g.passthrough[i].clone(),
+            limit: None,
+        });
     }
     out
 }
@@ -299,7 +315,7 @@ pub fn json(v: &View<'_>) -> String {
         "tls_handshakes": v.stats.tls_handshakes.load(Relaxed),
         "requests": counters(&v.stats.frontend),
         "sites": sites, "services": services, "pools": pools,
-        "tcp_frontends": tcp_fronts(v).into_iter().map(|(name, what, c, limit)| serde_json::json!({"name": &*name, "listens": what, "limit": limit, "counters": counters(&c)})).collect::<Vec<_>>(),
+        "tcp_frontends": tcp_fronts(v).into_iter().map(|f| serde_json::json!({"name": &*f.name, "listens": f.listens, "limit": f.limit, "counters": counters(&f.counters)})).collect::<Vec<_>>(),
     })
     .to_string()
 }
@@ -323,8 +339,8 @@ pub fn prometheus(v: &View<'_>) -> String {
         }
     }
     let fronts = tcp_fronts(v);
-    for (name, _, c, _) in &fronts {
-        sets.push((format!("listener=\"{name}\""), c));
+    for f in &fronts {
+        sets.push((format!("listener=\"{}\"", f.name), &f.counters));
     }
     for (i, s) in g.rules.services.iter().enumerate() {
         sets.push((format!("service=\"{}\"", s.name), &g.services[i]));
@@ -366,7 +382,12 @@ pub fn prometheus(v: &View<'_>) -> String {
         "TCP sessions ended, by TCP listener or passthrough name.",
     );
     for (l, c) in sets.iter().filter(|(l, _)| l.starts_with("listener=")) {
-        let _ = writeln!(o, "{}{{{l}}} {}", names::TCP_SESSIONS, c.requests.load(Relaxed));
+        let _ = writeln!(
+            o,
+            "{}{{{l}}} {}",
+            names::TCP_SESSIONS,
+            c.requests.load(Relaxed)
+        );
     }
     for (name, kind, help, get) in [
         (
@@ -778,7 +799,13 @@ pub fn html(v: &View<'_>) -> String {
     let fronts = tcp_fronts(v);
     if !fronts.is_empty() {
         o.push_str("<h2>TCP <small>listeners and passthrough names</small></h2><table id=\"tcp\"><tr><th>frontend</th><th>listens</th><th>sessions now</th><th>max</th><th>limit</th><th>total</th><th>bytes in</th><th>bytes out</th><th>no server</th></tr>");
-        for (name, what, c, limit) in &fronts {
+        for TcpRow {
+            name,
+            listens: what,
+            counters: c,
+            limit,
+        } in &fronts
+        {
             let _ = write!(
                 o,
                 "<tr data-tcp=\"{n}\"><td>{n}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -807,7 +834,10 @@ pub fn html(v: &View<'_>) -> String {
                 .path
                 .as_deref()
                 .map_or("TCP connect".to_string(), |p| format!("GET {}", escape(p)))
-                + &svc.health.port.map_or(String::new(), |p| format!(" on port {p}")),
+                + &svc
+                    .health
+                    .port
+                    .map_or(String::new(), |p| format!(" on port {p}")),
             n = escape(&svc.name)
         );
         o.push_str("<table class=\"service\"><tr><th>server</th><th>status</th><th>since</th><th>colour</th><th>weight</th><th>cur</th><th>max</th><th>limit</th><th>queue</th><th>requests</th><th>bytes in</th><th>bytes out</th><th>1xx</th><th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th><th>conn err</th><th>resp err</th><th>redisp</th><th>last check</th><th>downtime</th><th>p50 ms</th><th>p99 ms</th>");

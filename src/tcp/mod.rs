@@ -150,7 +150,9 @@ pub async fn relay(
     let Some((svc_ix, server, _guard, mut upstream)) = connect(shared, g, service, &origin).await
     else {
         origin.front.connect_errors.fetch_add(1, Relaxed);
-        origin.front.leave_session(start.elapsed().as_micros() as u64);
+        origin
+            .front
+            .leave_session(start.elapsed().as_micros() as u64);
         return;
     };
     let counters: [&Counters; 3] = [origin.front, &g.services[svc_ix], &g.servers[server.id]];
@@ -217,11 +219,9 @@ async fn connect(
             )
             .await;
             let Ok((server, guard)) = picked else { break };
-            let attempt = tokio::time::timeout(
-                shared.timeouts.connect,
-                TcpStream::connect(server.addr),
-            )
-            .await;
+            let attempt =
+                tokio::time::timeout(shared.timeouts.connect, TcpStream::connect(server.addr))
+                    .await;
             match attempt {
                 Ok(Ok(tcp)) => {
                     let _ = tcp.set_nodelay(true);

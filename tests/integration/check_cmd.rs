@@ -50,7 +50,7 @@ fn typo_key_is_reported_with_line_and_column() {
     let (code, _, err) = check(dir.path());
     assert_eq!(code, 1);
     assert!(
-        err.contains("rules/repository.yaml:19:5: unknown field `lvie`"),
+        err.contains("rules/repository.yaml:20:5: unknown field `lvie`"),
         "{err}"
     );
 }
@@ -132,7 +132,54 @@ fn yaml_syntax_and_missing_certificate() {
     assert_eq!(code, 1);
     assert!(err.contains("rules/repository.yaml:"), "{err}");
     assert!(
-        err.contains("config/gatehouse.yaml:17:7: certificate"),
+        err.contains("config/gatehouse.yaml:26:7: certificate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tcp_and_http_services_are_not_mixed_up() {
+    let dir = workdir();
+    // `search` loses `mode: tcp`: the config's TCP listener now names an HTTP service.
+    edit(
+        dir.path(),
+        "    mode: tcp\n    balance: leastconn",
+        "    balance: leastconn",
+    );
+    // A route forwarding to the TCP service `mq`.
+    edit(
+        dir.path(),
+        "pool: app,    service: api, max_body: 1MiB }",
+        "pool: app,    service: mq, max_body: 1MiB }",
+    );
+    // Passthrough to an HTTP service.
+    let p = dir.path().join("rules/repository.yaml");
+    let mut text = std::fs::read_to_string(&p).unwrap();
+    text.push_str("\npassthrough:\n  - { name: pass, hosts: [pass.localhost], service: ui }\n");
+    std::fs::write(&p, text).unwrap();
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("route `data-api`: service `mq` is a TCP service"),
+        "{err}"
+    );
+    assert!(
+        err.contains("passthrough `pass`: service `ui` is an HTTP service"),
+        "{err}"
+    );
+    // Rules errors come first; fix them and the config cross-check speaks.
+    let fixed = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("service: mq, max_body", "service: api, max_body")
+        .replace(
+            "[pass.localhost], service: ui",
+            "[pass.localhost], service: mq",
+        );
+    std::fs::write(&p, fixed).unwrap();
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("config/gatehouse.yaml:15:16: tcp listener `search`: service `search` is an HTTP service"),
         "{err}"
     );
 }

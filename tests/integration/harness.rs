@@ -96,7 +96,7 @@ impl Stack {
             "bind: 127.0.0.1:8404",
             &format!("bind: 127.0.0.1:{stats_port}"),
         );
-        for port in ["8443", "8080", "8404"] {
+        for port in ["8443", "8080", "8404", "8920", "8672"] {
             config = config.replace(&format!("127.0.0.1:{port}]"), "127.0.0.1:0]");
             config = config.replace(&format!("bind: 127.0.0.1:{port}"), "bind: 127.0.0.1:0");
         }

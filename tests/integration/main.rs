@@ -11,6 +11,6 @@ mod reload;
 mod resilience;
 mod routing;
 mod stats;
-mod transfer;
 mod tcp;
+mod transfer;
 mod two_tier;

@@ -30,7 +30,7 @@ async fn sighup_switches_colour_and_refuses_bad_edits() {
     .await;
     assert!(
         s.log()
-            .contains("repository.yaml:19:11: unknown variant `gren`"),
+            .contains("repository.yaml:20:11: unknown variant `gren`"),
         "{}",
         s.log()
     );

@@ -225,9 +225,11 @@ async fn redis_nodes_behind_a_tcp_listener() {
             Some(p2)
         );
     }
-    wait_until("redis-1 DOWN in stats", Duration::from_secs(5), async || {
-        proxy.row("redis", "redis-1")["status"] == "DOWN"
-    })
+    wait_until(
+        "redis-1 DOWN in stats",
+        Duration::from_secs(5),
+        async || proxy.row("redis", "redis-1")["status"] == "DOWN",
+    )
     .await;
     for _ in 0..4 {
         assert_eq!(
@@ -243,13 +245,18 @@ async fn redis_nodes_behind_a_tcp_listener() {
         m[k].parse().unwrap_or(0)
     };
     assert!(n(&fe, "stot") >= 10, "sessions counted: {fe:?}");
-    assert!(n(&fe, "bin") > 0 && n(&fe, "bout") > 1000, "bytes counted: {fe:?}");
+    assert!(
+        n(&fe, "bin") > 0 && n(&fe, "bout") > 1000,
+        "bytes counted: {fe:?}"
+    );
     let s2 = proxy.row("redis", "redis-2");
     assert_eq!((s2["mode"].as_str(), s2["status"].as_str()), ("tcp", "UP"));
     assert!(n(&s2, "bout") > 0);
     let metrics = proxy.get("/metrics");
     assert!(
-        metrics.contains("gatehouse_server_up{service=\"redis\",colour=\"blue\",server=\"redis-1\"} 0"),
+        metrics.contains(
+            "gatehouse_server_up{service=\"redis\",colour=\"blue\",server=\"redis-1\"} 0"
+        ),
         "{metrics}"
     );
     let sessions = metrics
@@ -259,7 +266,10 @@ async fn redis_nodes_behind_a_tcp_listener() {
         .unwrap_or(0);
     assert!(sessions >= 10, "{metrics}");
     let page = proxy.get("/stats");
-    assert!(page.contains("data-tcp=\"front\""), "TCP table on the stats page");
+    assert!(
+        page.contains("data-tcp=\"front\""),
+        "TCP table on the stats page"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -273,7 +283,13 @@ async fn tcp_listener_limit_idle_timeout_and_check_port() {
     let check_port = free_port();
     let http = Kill(
         Command::new("python3")
-            .args(["-m", "http.server", &check_port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "-m",
+                "http.server",
+                &check_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
             .current_dir(web.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -287,9 +303,11 @@ async fn tcp_listener_limit_idle_timeout_and_check_port() {
         ),
     );
     let front = proxy.addr("tcp");
-    wait_until("the HTTP check on the other port passes", Duration::from_secs(10), async || {
-        proxy.row("redis", "node-1")["check_status"] == "L7OK"
-    })
+    wait_until(
+        "the HTTP check on the other port passes",
+        Duration::from_secs(10),
+        async || proxy.row("redis", "node-1")["check_status"] == "L7OK",
+    )
     .await;
 
     // Limit 2: a third connection waits in the backlog until one of the two closes.
@@ -298,7 +316,8 @@ async fn tcp_listener_limit_idle_timeout_and_check_port() {
     ping(&mut a).unwrap();
     ping(&mut b).unwrap();
     let mut c = TcpStream::connect(front).unwrap();
-    c.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
     c.write_all(b"PING\r\n").unwrap();
     let mut buf = [0u8; 7];
     assert!(
@@ -311,18 +330,29 @@ async fn tcp_listener_limit_idle_timeout_and_check_port() {
     assert_eq!(&buf, b"+PONG\r\n");
 
     // Idle timeout 1s: silent sessions are closed by the proxy.
-    assert!(closed_within(&mut b, Duration::from_secs(4)), "idle session closed");
-    assert!(closed_within(&mut c, Duration::from_secs(4)), "idle session closed");
+    assert!(
+        closed_within(&mut b, Duration::from_secs(4)),
+        "idle session closed"
+    );
+    assert!(
+        closed_within(&mut c, Duration::from_secs(4)),
+        "idle session closed"
+    );
 
     // The check's port dies while redis is fine: the node goes DOWN by its check,
     // and a client finds no server (closed at once).
     drop(http);
-    wait_until("node-1 DOWN by its HTTP check", Duration::from_secs(5), async || {
-        proxy.row("redis", "node-1")["status"] == "DOWN"
-    })
+    wait_until(
+        "node-1 DOWN by its HTTP check",
+        Duration::from_secs(5),
+        async || proxy.row("redis", "node-1")["status"] == "DOWN",
+    )
     .await;
     let mut d = TcpStream::connect(front).unwrap();
-    assert!(closed_within(&mut d, Duration::from_secs(3)), "no server: closed");
+    assert!(
+        closed_within(&mut d, Duration::from_secs(3)),
+        "no server: closed"
+    );
     assert!(proxy.log().contains("DOWN"), "{}", proxy.log());
 }
 
@@ -396,10 +426,16 @@ async fn tls_passthrough_by_sni() {
         out.contains("CN = x.localhost") || out.contains("CN=x.localhost"),
         "other names are terminated with Gatehouse's certificate: {out}"
     );
-    assert!(out.contains("HTTP/1.1 403"), "and routed by the rules: {out}");
+    assert!(
+        out.contains("HTTP/1.1 403"),
+        "and routed by the rules: {out}"
+    );
 
     let fe = proxy.row("pass", "FRONTEND");
     assert_eq!(fe["mode"], "tcp");
     assert_eq!(fe["stot"], "1", "{fe:?}");
-    assert!(fe["bin"].parse::<u64>().unwrap_or(0) > 100, "ClientHello counted: {fe:?}");
+    assert!(
+        fe["bin"].parse::<u64>().unwrap_or(0) > 100,
+        "ClientHello counted: {fe:?}"
+    );
 }
