@@ -115,6 +115,15 @@ fn parse_v1(line: &[u8]) -> Option<Option<SocketAddr>> {
     }
 }
 
+/// A v2 `LOCAL` header: the connection is the proxy's own (a health check), so the
+/// receiver takes the peer address as is. Lets a check reach a listener that insists on
+/// PROXY headers from us.
+pub fn v2_local() -> Vec<u8> {
+    let mut out = SIG.to_vec();
+    out.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+    out
+}
+
 /// A v2 PROXY header for a TCP connection from `src` to `dst`.
 pub fn v2_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     let mut out = SIG.to_vec();

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-/// The shipped config, rules and page, compiled in so the demo needs nothing on disk.
-const FILES: [(&str, &str); 3] = [
+/// The shipped config, rules, page and examples, compiled in so the demo needs nothing on disk.
+const FILES: [(&str, &str); 8] = [
     (
         "config/gatehouse.yaml",
         include_str!("../../config/gatehouse.yaml"),
@@ -30,6 +30,26 @@ const FILES: [(&str, &str); 3] = [
     (
         "rules/pages/maintenance.html",
         include_str!("../../rules/pages/maintenance.html"),
+    ),
+    (
+        "config/examples/two-tier/outer.yaml",
+        include_str!("../../config/examples/two-tier/outer.yaml"),
+    ),
+    (
+        "config/examples/two-tier/outer-rules.yaml",
+        include_str!("../../config/examples/two-tier/outer-rules.yaml"),
+    ),
+    (
+        "config/examples/two-tier/outer-l4.yaml",
+        include_str!("../../config/examples/two-tier/outer-l4.yaml"),
+    ),
+    (
+        "config/examples/two-tier/outer-l4-rules.yaml",
+        include_str!("../../config/examples/two-tier/outer-l4-rules.yaml"),
+    ),
+    (
+        "config/examples/two-tier/inner.yaml",
+        include_str!("../../config/examples/two-tier/inner.yaml"),
     ),
 ];
 

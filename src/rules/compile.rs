@@ -278,7 +278,8 @@ impl Compiler {
                 }
             }
             let backup_page = s.backup_page.as_ref().and_then(|p| self.page(file, p));
-            let health = self.health(file, name, s.health.as_ref());
+            let mut health = self.health(file, name, s.health.as_ref());
+            health.send_proxy = s.send_proxy.is_some() && health.port.is_none();
             if self.service_index.contains_key(name) {
                 self.err(file, at(svc), format!("service `{name}` is defined twice"));
                 continue;
@@ -360,6 +361,7 @@ impl Compiler {
             path: None,
             expect: None,
             port: None,
+            send_proxy: false,
             interval: Duration::from_secs(2),
             timeout: Duration::from_secs(1),
             rise: 2,

@@ -163,6 +163,9 @@ pub struct HealthSpec {
     pub expect: Option<u16>,
     /// Port to check instead of the server's own.
     pub port: Option<u16>,
+    /// Whether a check on the server's own port starts with a PROXY v2 `LOCAL` header
+    /// (the service has `send_proxy`, so its servers expect one on every connection).
+    pub send_proxy: bool,
     /// Time between checks.
     pub interval: Duration,
     /// Time one check may take.

@@ -266,6 +266,11 @@ pub async fn check(server: &Server, spec: &HealthSpec) -> (bool, u32) {
     }
     let attempt = async {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        if spec.send_proxy {
+            tcp.write_all(&crate::proxy_protocol::v2_local())
+                .await
+                .ok()?;
+        }
         let Some(path) = &spec.path else {
             return Some((true, 0));
         };

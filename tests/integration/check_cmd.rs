@@ -183,3 +183,23 @@ fn tcp_and_http_services_are_not_mixed_up() {
         "{err}"
     );
 }
+
+#[test]
+fn two_tier_examples_are_valid() {
+    let dir = workdir();
+    for file in ["outer", "outer-l4", "inner"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args([
+                "check",
+                "-c",
+                &format!("config/examples/two-tier/{file}.yaml"),
+            ])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{file}: {text}");
+        assert!(text.contains("valid"), "{file}: {text}");
+    }
+}

@@ -27,6 +27,15 @@ fn inner() -> Options {
     }
 }
 
+/// The outer proxy's CSV, over a plain socket.
+fn stats_csv(stats: std::net::SocketAddr) -> String {
+    let mut c = std::net::TcpStream::connect(stats).unwrap();
+    c.write_all(b"GET /stats;csv HTTP/1.0\r\n\r\n").unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    s
+}
+
 fn from(ip: &str) -> Req {
     Req {
         from: Some(ip.parse().unwrap()),
@@ -123,14 +132,25 @@ async fn gatehouse_outer_sends_proxy_v2() {
         dir.join("rules/outer.yaml"),
         format!(
             "pools:\n  app: {{ slots: 100, queue: 100, queue_timeout: 5s }}\nservices:\n  inner:\n    live: blue\n    send_proxy: v2\n    blue: [ {{ name: inner-1, addr: {} }} ]\n\
+             \x20   health: {{ path: /no-site-for-an-address-host, expect: 404, interval: 200ms, timeout: 500ms, fall: 1 }}\n\
              sites:\n  - name: all\n    hosts: [data.*, store.*]\n    routes:\n      - {{ path: {{ prefix: / }}, pool: app, service: inner }}\n",
             s.http
         ),
     )
     .unwrap();
-    let (outer, https, _, _) =
+    let (outer, https, _, outer_stats) =
         spawn_proxy_with(&dir.join("config/gatehouse.yaml"), &dir.join("log"), &[]);
     let _outer = Kill(outer);
+    // The outer's HTTP checks reach the inner listener, which insists on PROXY headers
+    // from the outer: they start with a v2 LOCAL header, so they pass (a refused check
+    // would take inner-1 DOWN after one failure).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let csv = stats_csv(outer_stats);
+    let row = csv
+        .lines()
+        .find(|l| l.starts_with("inner,inner-1,"))
+        .unwrap_or_else(|| panic!("{csv}"));
+    assert!(row.contains(",UP,") && row.contains(",L7OK,"), "{row}");
     let mut c = s.client();
     c.addr = https;
     let r = c
