@@ -176,8 +176,14 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--idle", type=int, default=9900, help="idle keep-alive connections for the memory row (HAProxy 2.6 tops out at ~9,990 under the 20,000-fd hard limit of these machines)")
     ap.add_argument("--only", default="gatehouse,haproxy,nginx")
+    ap.add_argument("--scenarios", default="", help="comma-separated words; run only scenarios whose name contains one (e.g. h2,plain)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the idle-memory row")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results", "latest.md"))
     a = ap.parse_args()
+    global SCENARIOS
+    if a.scenarios:
+        words = [w.strip().lower() for w in a.scenarios.split(",") if w.strip()]
+        SCENARIOS = [s for s in SCENARIOS if any(w in s[0].lower() for w in words)]
     if a.quick:
         a.rounds, a.duration = 1, 4
     if a.smoke:
@@ -236,7 +242,7 @@ def main():
                         results[(p.name, name)].append(r)
                         cpu[(p.name, name)].append((c1 - c0) / max(r["total"], 1) * 1e6)
                         print(f"round {rnd + 1} {p.name:9} {name:42} {r['value']:>12.1f} {unit}", flush=True)
-                    if rnd == 0:
+                    if rnd == 0 and not a.no_memory:
                         idle, held, n = idle_memory(p, a.idle)
                         peak = proc_status(p.p.pid, "VmHWM:")
                         mem[p.name] = (idle, held, n, peak)
@@ -264,7 +270,7 @@ def main():
                          f"{statistics.median(cpu[(p.name, name)]):.1f} |" if p50 else
                          f"| {name} | {p.name} | {v:,.1f} {unit} | {v / b:.2f} | – | – | {statistics.median(cpu[(p.name, name)]):.1f} |")
     lines += ["", f"| memory | proxy | idle RSS | RSS with idle keep-alive conns | conns held | peak RSS (whole run) |", "|---|---|---|---|---|---|"]
-    for p in proxies:
+    for p in [p for p in proxies if p.name in mem]:
         idle, held, n, peak = mem[p.name]
         lines.append(f"| memory | {p.name} | {idle / 2**20:.1f} MiB | {held / 2**20:.1f} MiB | {n} | {peak / 2**20:.1f} MiB |")
     table = "\n".join(lines)

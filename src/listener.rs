@@ -371,7 +371,10 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let shared = l.shared.clone();
-    let svc = service_fn(move |req| proxy::handle(shared.clone(), info.clone(), req));
+    // Boxed: the request future is ~4.5 KB, and hyper keeps a slot for it inline in every
+    // connection (idle ones too) and copies it into each HTTP/2 stream task. A box makes
+    // both a pointer, for one allocation per request (measured in docs/performance.md).
+    let svc = service_fn(move |req| Box::pin(proxy::handle(shared.clone(), info.clone(), req)));
     let conn = l.http.serve_connection_with_upgrades(io, svc).into_owned();
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(error = %e, "connection ended with an error");

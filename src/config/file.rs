@@ -191,7 +191,9 @@ pub struct LimitsFile {
     pub max_headers: Option<usize>,
     /// Client connections open at once per process (default 20000).
     pub max_connections: Option<usize>,
-    /// Idle keep-alive connections kept per server (default 64).
+    /// Idle keep-alive connections kept per server and worker (default 1024; each closes
+    /// after `timeouts.upstream_idle`). HTTP/2 clients multiplex many requests, each needing
+    /// its own HTTP/1.1 server connection: a small pool makes them reconnect per request.
     pub upstream_idle_per_server: Option<usize>,
     /// Longest request URI (default 8KiB; 414 beyond it).
     pub max_uri_bytes: Option<Spanned<Scalar>>,

@@ -367,7 +367,7 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         max_header_bytes,
         max_headers: l.max_headers.unwrap_or(100).clamp(8, 1000),
         max_connections: l.max_connections.unwrap_or(20_000).max(1),
-        upstream_idle_per_server: l.upstream_idle_per_server.unwrap_or(64),
+        upstream_idle_per_server: l.upstream_idle_per_server.unwrap_or(1024),
     };
     let access_log = match raw.access_log.as_ref().map(|s| (s.value.as_str(), s)) {
         None | Some(("text", _)) => AccessLog::Text,

@@ -264,8 +264,10 @@ async fn handle_inner(
     let progress = Arc::new(BodyProgress::default());
     rec.progress = Some(progress.clone());
     let body = LimitedBody::new(body, limit, progress.clone());
-    // Kept only for requests without a body: those alone may be re-sent elsewhere.
-    let retry = bodyless.then(|| (parts.method.clone(), parts.headers.clone()));
+    // Kept only for requests without a body (those alone may be re-sent elsewhere), and
+    // only when there is another server to re-send to: no header copy otherwise.
+    let elsewhere = service.group(colour).servers.len() > 1;
+    let retry = (bodyless && elsewhere).then(|| (parts.method.clone(), parts.headers.clone()));
     let mut server = first;
     let mut request = Request::from_parts(parts, body);
     let mut attempt = 0;
