@@ -272,7 +272,8 @@ async fn handle_inner(
     let mut request = Request::from_parts(parts, body);
     let mut attempt = 0;
     loop {
-        *request.uri_mut() = upstream_uri(&server, &path_and_query)?;
+        // Origin-form (`/path?q`): the server reads the host from `Host`.
+        *request.uri_mut() = Uri::from(path_and_query.clone());
         rec.server_id = Some(server.id);
         rec.server = server.name.clone();
         let sent = Instant::now();
@@ -286,10 +287,7 @@ async fn handle_inner(
                 )
                 .await
             } else {
-                conn.upstream
-                    .request(request)
-                    .await
-                    .map_err(upstream::SendError::from)
+                conn.upstream.send(server.addr, request).await
             }
         };
         let result = tokio::time::timeout(shared.timeouts.response, sending).await;
@@ -469,15 +467,6 @@ fn checked_path(uri: &Uri) -> Result<PathAndQuery, ProxyError> {
             PathAndQuery::try_from(s).map_err(|_| ProxyError::BadRequest("bad path"))
         }
     }
-}
-
-fn upstream_uri(server: &Server, pq: &PathAndQuery) -> Result<Uri, ProxyError> {
-    Uri::builder()
-        .scheme("http")
-        .authority(server.authority.clone())
-        .path_and_query(pq.clone())
-        .build()
-        .map_err(|_| ProxyError::BadRequest("bad path"))
 }
 
 /// The host a request names (`:authority` or `Host`), lower-case, without port.
