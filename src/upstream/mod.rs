@@ -99,8 +99,8 @@ async fn sweep(pool: Weak<Upstream>) {
         let mut map = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
         for q in map.values_mut() {
             q.retain(|p| {
-                !p.send.is_closed()
-                    && !(p.send.is_ready() && now.duration_since(p.since) > pool.idle_timeout)
+                let expired = p.send.is_ready() && now.duration_since(p.since) > pool.idle_timeout;
+                !(p.send.is_closed() || expired)
             });
         }
         map.retain(|_, q| !q.is_empty());
