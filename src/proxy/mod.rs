@@ -279,12 +279,13 @@ async fn handle_inner(
         let sent = Instant::now();
         let sending = async {
             if service.send_proxy {
-                upstream::send_with_proxy_header(
+                // Boxed for the same reason as the pool's connect: rare and large.
+                Box::pin(upstream::send_with_proxy_header(
                     &server,
                     conn.peer,
                     shared.timeouts.connect,
                     request,
-                )
+                ))
                 .await
             } else {
                 conn.upstream.send(server.addr, request).await

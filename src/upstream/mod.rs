@@ -120,7 +120,9 @@ impl Upstream {
         loop {
             let (mut send, reused) = match self.checkout(addr) {
                 Some(s) => (s, true),
-                None => (self.connect(addr).await?, false),
+                // Boxed: the connect and handshake state is large and rarely live; inline,
+                // every request's future would carry (and copy) it.
+                None => (Box::pin(self.connect(addr)).await?, false),
             };
             match send.try_send_request(req).await {
                 Ok(resp) => {
