@@ -220,13 +220,13 @@ async fn serve_connection(
     } else {
         &l.proxy_protocol_plain
     };
-    let (peer, outer) = match expect {
-        None => (peer, None),
+    let (peer, outer, forwarded_tls) = match expect {
+        None => (peer, None, false),
         Some(from) => {
             match tokio::time::timeout(Duration::from_secs(5), proxy_header(&mut tcp, peer, from))
                 .await
             {
-                Ok(Ok(client)) => (client, (client != peer).then_some(peer)),
+                Ok(Ok((client, tls))) => (client, (client != peer).then_some(peer), tls),
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "PROXY protocol: connection refused");
                     return;
@@ -243,7 +243,9 @@ async fn serve_connection(
             peer,
             sni: None,
             tls: false,
-            redirect_https: l.redirect_http,
+            forwarded_tls,
+            // Already HTTPS at the outer proxy: redirecting would loop.
+            redirect_https: l.redirect_http && !forwarded_tls,
             tls_time: Duration::ZERO,
             upstream: l.upstream.clone(),
             outer_proxy: outer,
@@ -340,6 +342,7 @@ async fn terminate<S>(
         peer,
         sni,
         tls: true,
+        forwarded_tls: false,
         redirect_https: false,
         tls_time: start.elapsed(),
         upstream: l.upstream.clone(),
@@ -349,20 +352,24 @@ async fn terminate<S>(
 }
 
 /// On a listener that expects the PROXY protocol: a trusted peer must send a header (its
-/// conveyed source becomes the client); anyone else sending one is refused.
+/// conveyed source becomes the client); anyone else sending one is refused. Returns the
+/// client and whether the outer proxy says the client came over TLS.
 pub(crate) async fn proxy_header(
     tcp: &mut TcpStream,
     peer: SocketAddr,
     from: &crate::rules::matcher::AllowList,
-) -> std::io::Result<SocketAddr> {
+) -> std::io::Result<(SocketAddr, bool)> {
     use crate::proxy_protocol::{Start, peek_start, read_header};
     let refuse = |m: &str| std::io::Error::new(std::io::ErrorKind::PermissionDenied, m.to_string());
     let start = peek_start(tcp).await?;
     match (from.contains(peer.ip()), start) {
-        (true, Start::Proxy) => Ok(read_header(tcp).await?.unwrap_or(peer)),
+        (true, Start::Proxy) => {
+            let c = read_header(tcp).await?;
+            Ok((c.source.unwrap_or(peer), c.tls))
+        }
         (true, Start::Other) => Err(refuse("a trusted peer sent no PROXY header")),
         (false, Start::Proxy) => Err(refuse("PROXY header from an untrusted peer")),
-        (false, Start::Other) => Ok(peer),
+        (false, Start::Other) => Ok((peer, false)),
     }
 }
 

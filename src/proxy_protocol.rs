@@ -50,9 +50,22 @@ pub async fn peek_start(tcp: &TcpStream) -> io::Result<Start> {
     }
 }
 
-/// Reads one PROXY header (v1 or v2) and returns the source address it conveys
-/// (`None` for `UNKNOWN` / `LOCAL`, where the peer itself is the client).
-pub async fn read_header(tcp: &mut TcpStream) -> io::Result<Option<SocketAddr>> {
+/// What a PROXY header conveys about the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Conveyed {
+    /// The client's address (`None` for `UNKNOWN` / `LOCAL`: the peer itself is the client).
+    pub source: Option<SocketAddr>,
+    /// Whether the client reached the outer proxy over TLS (v2 `PP2_TYPE_SSL`), so the
+    /// request's scheme is `https` even though this hop is plain.
+    pub tls: bool,
+}
+
+/// The v2 TLV type for TLS information, and its "client used TLS" flag.
+const PP2_TYPE_SSL: u8 = 0x20;
+const PP2_CLIENT_SSL: u8 = 0x01;
+
+/// Reads one PROXY header (v1 or v2) and returns what it conveys.
+pub async fn read_header(tcp: &mut TcpStream) -> io::Result<Conveyed> {
     let bad =
         |m: &str| io::Error::new(io::ErrorKind::InvalidData, format!("bad PROXY header: {m}"));
     let mut peek = [0u8; V1_MAX];
@@ -64,7 +77,8 @@ pub async fn read_header(tcp: &mut TcpStream) -> io::Result<Option<SocketAddr>> 
             .ok_or_else(|| bad("no CRLF in 107 bytes"))?;
         let mut line = vec![0u8; end + 2];
         tcp.read_exact(&mut line).await?;
-        return parse_v1(&line[..end]).ok_or_else(|| bad("v1 fields"));
+        let source = parse_v1(&line[..end]).ok_or_else(|| bad("v1 fields"))?;
+        return Ok(Conveyed { source, tls: false });
     }
     let mut head = [0u8; 16];
     tcp.read_exact(&mut head).await?;
@@ -79,26 +93,44 @@ pub async fn read_header(tcp: &mut TcpStream) -> io::Result<Option<SocketAddr>> 
     let mut rest = vec![0u8; len];
     tcp.read_exact(&mut rest).await?;
     if ver_cmd & 0x0F == 0 {
-        return Ok(None); // LOCAL: health checks from the outer proxy itself
+        return Ok(Conveyed::default()); // LOCAL: health checks from the outer proxy itself
     }
-    match fam >> 4 {
+    let (source, addr_len) = match fam >> 4 {
         1 if len >= 12 => {
             let ip = Ipv4Addr::new(rest[0], rest[1], rest[2], rest[3]);
-            Ok(Some(SocketAddr::new(
-                IpAddr::V4(ip),
-                u16::from_be_bytes([rest[8], rest[9]]),
-            )))
+            let port = u16::from_be_bytes([rest[8], rest[9]]);
+            (Some(SocketAddr::new(IpAddr::V4(ip), port)), 12)
         }
         2 if len >= 36 => {
             let mut a = [0u8; 16];
             a.copy_from_slice(&rest[..16]);
-            Ok(Some(SocketAddr::new(
-                IpAddr::V6(Ipv6Addr::from(a)),
-                u16::from_be_bytes([rest[32], rest[33]]),
-            )))
+            let port = u16::from_be_bytes([rest[32], rest[33]]);
+            (
+                Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(a)), port)),
+                36,
+            )
         }
-        _ => Ok(None),
+        _ => (None, len),
+    };
+    Ok(Conveyed {
+        source,
+        tls: client_used_tls(&rest[addr_len..]),
+    })
+}
+
+/// Whether the TLVs after the addresses carry `PP2_TYPE_SSL` with the client-TLS flag.
+fn client_used_tls(mut tlvs: &[u8]) -> bool {
+    while tlvs.len() >= 3 {
+        let (kind, n) = (tlvs[0], usize::from(u16::from_be_bytes([tlvs[1], tlvs[2]])));
+        let Some(value) = tlvs.get(3..3 + n) else {
+            return false;
+        };
+        if kind == PP2_TYPE_SSL {
+            return value.first().is_some_and(|c| c & PP2_CLIENT_SSL != 0);
+        }
+        tlvs = &tlvs[3 + n..];
     }
+    false
 }
 
 fn parse_v1(line: &[u8]) -> Option<Option<SocketAddr>> {
@@ -124,14 +156,23 @@ pub fn v2_local() -> Vec<u8> {
     out
 }
 
-/// A v2 PROXY header for a TCP connection from `src` to `dst`.
-pub fn v2_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+/// A v2 PROXY header for a TCP connection from `src` to `dst`; with `tls`, a
+/// `PP2_TYPE_SSL` TLV says the client reached us over TLS (HAProxy's `send-proxy-v2-ssl`),
+/// so an inner tier behind a terminating outer one still sees `https`.
+pub fn v2_header(src: SocketAddr, dst: SocketAddr, tls: bool) -> Vec<u8> {
+    // type, length 5, client flags, verify result (no client certificate: 0)
+    let tlv: &[u8] = if tls {
+        &[PP2_TYPE_SSL, 0, 5, PP2_CLIENT_SSL, 0, 0, 0, 0]
+    } else {
+        &[]
+    };
+    let extra = tlv.len() as u16;
     let mut out = SIG.to_vec();
     out.push(0x21); // version 2, PROXY
     match (src, dst) {
         (SocketAddr::V4(s), SocketAddr::V4(d)) => {
             out.push(0x11);
-            out.extend_from_slice(&12u16.to_be_bytes());
+            out.extend_from_slice(&(12 + extra).to_be_bytes());
             out.extend_from_slice(&s.ip().octets());
             out.extend_from_slice(&d.ip().octets());
             out.extend_from_slice(&s.port().to_be_bytes());
@@ -143,19 +184,32 @@ pub fn v2_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
                 IpAddr::V6(v6) => v6,
             };
             out.push(0x21);
-            out.extend_from_slice(&36u16.to_be_bytes());
+            out.extend_from_slice(&(36 + extra).to_be_bytes());
             out.extend_from_slice(&v6(s).octets());
             out.extend_from_slice(&v6(d).octets());
             out.extend_from_slice(&s.port().to_be_bytes());
             out.extend_from_slice(&d.port().to_be_bytes());
         }
     }
+    out.extend_from_slice(tlv);
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_tlv_is_found_among_others() {
+        assert!(!client_used_tls(&[]));
+        assert!(client_used_tls(&[0x20, 0, 5, 1, 0, 0, 0, 0]));
+        assert!(!client_used_tls(&[0x20, 0, 5, 0, 0, 0, 0, 0]));
+        // An ALPN TLV first, then SSL; and a truncated TLV is ignored.
+        assert!(client_used_tls(&[
+            0x01, 0, 2, b'h', b'2', 0x20, 0, 5, 1, 0, 0, 0, 0
+        ]));
+        assert!(!client_used_tls(&[0x20, 0, 9, 1]));
+    }
 
     #[test]
     fn v1_lines() {
@@ -179,13 +233,14 @@ mod tests {
         let client = tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
             let mut c = TcpStream::connect(addr).await.unwrap();
-            c.write_all(&v2_header(src, addr)).await.unwrap();
+            c.write_all(&v2_header(src, addr, true)).await.unwrap();
             c.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         });
         let (mut s, _) = l.accept().await.unwrap();
         client.await.unwrap();
         assert_eq!(peek_start(&s).await.unwrap(), Start::Proxy);
-        assert_eq!(read_header(&mut s).await.unwrap(), Some(src));
+        let got = read_header(&mut s).await.unwrap();
+        assert_eq!((got.source, got.tls), (Some(src), true));
         let mut rest = [0u8; 4];
         s.read_exact(&mut rest).await.unwrap();
         assert_eq!(&rest, b"GET ", "exactly the header was consumed");

@@ -59,6 +59,13 @@ pub struct Shared {
     pub health: HealthTable,
 }
 
+impl ConnInfo {
+    /// Whether the client's request is HTTPS: TLS here, or at the outer proxy that says so.
+    pub fn https(&self) -> bool {
+        self.tls || self.forwarded_tls
+    }
+}
+
 /// What is known about the client connection a request came on.
 #[derive(Debug)]
 pub struct ConnInfo {
@@ -68,6 +75,8 @@ pub struct ConnInfo {
     pub sni: Option<Box<str>>,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// Whether an outer proxy says (PROXY v2 `PP2_TYPE_SSL`) the client reached it over TLS.
+    pub forwarded_tls: bool,
     /// Whether a plain connection's requests are redirected to HTTPS.
     pub redirect_https: bool,
     /// TLS handshake time.
@@ -236,7 +245,13 @@ async fn handle_inner(
     let (mut parts, body) = req.into_parts();
     // Forwarding headers are kept (and appended to) only from a trusted peer.
     let trusted_peer = shared.trusted.contains(conn.peer.ip());
-    forward::rewrite_request(&mut parts.headers, &client, trusted_peer, &host, conn.tls);
+    forward::rewrite_request(
+        &mut parts.headers,
+        &client,
+        trusted_peer,
+        &host,
+        conn.https(),
+    );
     if let Some(proto) = &upgrade {
         parts
             .headers
@@ -283,6 +298,7 @@ async fn handle_inner(
                 Box::pin(upstream::send_with_proxy_header(
                     &server,
                     conn.peer,
+                    conn.https(),
                     shared.timeouts.connect,
                     request,
                 ))
@@ -318,7 +334,7 @@ async fn handle_inner(
                 }
                 forward::strip_hop_by_hop(resp.headers_mut());
                 if let Some(hsts) = &decision.site.hsts
-                    && conn.tls
+                    && conn.https()
                 {
                     resp.headers_mut()
                         .entry(header::STRICT_TRANSPORT_SECURITY)

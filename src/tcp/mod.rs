@@ -110,7 +110,7 @@ async fn session(shared: &Shared, front: &TcpFront, mut tcp: TcpStream, peer: So
         Some(from) => {
             let read = crate::listener::proxy_header(&mut tcp, peer, from);
             match tokio::time::timeout(Duration::from_secs(5), read).await {
-                Ok(Ok(c)) => c,
+                Ok(Ok((c, _))) => c,
                 _ => {
                     tracing::debug!(%peer, listener = &*front.name, "PROXY protocol: connection refused");
                     return;
@@ -161,7 +161,8 @@ pub async fn relay(
     let svc = &g.rules.services[svc_ix];
     let first = async {
         if svc.send_proxy {
-            let h = crate::proxy_protocol::v2_header(origin.client, origin.local);
+            // Bytes are relayed as they came: whoever terminates TLS sees it first-hand.
+            let h = crate::proxy_protocol::v2_header(origin.client, origin.local, false);
             upstream.write_all(&h).await?;
         }
         upstream.write_all(origin.first).await

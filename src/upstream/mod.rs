@@ -241,6 +241,7 @@ impl std::error::Error for SendError {
 pub async fn send_with_proxy_header(
     server: &crate::rules::Server,
     client: std::net::SocketAddr,
+    tls: bool,
     connect_timeout: std::time::Duration,
     request: http::Request<LimitedBody>,
 ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
@@ -258,7 +259,7 @@ pub async fn send_with_proxy_header(
             Err(e) => return Err(connect_err(Box::new(e))),
         };
     let _ = tcp.set_nodelay(true);
-    let header = crate::proxy_protocol::v2_header(client, server.addr);
+    let header = crate::proxy_protocol::v2_header(client, server.addr, tls);
     tcp.write_all(&header)
         .await
         .map_err(|e| connect_err(Box::new(e)))?;

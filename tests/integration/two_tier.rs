@@ -158,6 +158,11 @@ async fn gatehouse_outer_sends_proxy_v2() {
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["x_forwarded_for"], "127.0.0.2");
+    assert_eq!(
+        r.json()["x_forwarded_proto"],
+        "https",
+        "the outer tier's TLS travels in the PROXY v2 SSL TLV"
+    );
     assert!(r.served_by().starts_with("api-blue-"));
     let r = c.get_with("data.localhost", "/", &from("127.0.0.3")).await;
     assert_eq!(r.status, 403);
