@@ -168,24 +168,35 @@ pub async fn serve_plain(l: Listening, listener: TcpListener) {
     accept_loop(l, listener, None).await
 }
 
-async fn accept_loop(l: Listening, listener: TcpListener, tls: Option<TlsAcceptor>) {
+/// Takes a connection permit from `slots`, then accepts one connection; `None` once `stop`
+/// fires. The permit comes first so that at the limit the kernel backlog holds the excess.
+pub(crate) async fn next_connection(
+    slots: &Arc<Semaphore>,
+    listener: &TcpListener,
+    stop: &CancellationToken,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+    let permit = tokio::select! {
+        p = slots.clone().acquire_owned() => p.ok()?,
+        _ = stop.cancelled() => return None,
+    };
     loop {
-        let permit = tokio::select! {
-            p = l.connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = l.stop.cancelled() => return,
-        };
-        let (tcp, peer) = tokio::select! {
+        tokio::select! {
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok((tcp, peer)) => return Some((permit, tcp, peer)),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
                 }
             },
-            _ = l.stop.cancelled() => return,
-        };
+            _ = stop.cancelled() => return None,
+        }
+    }
+}
+
+async fn accept_loop(l: Listening, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    while let Some((permit, tcp, peer)) = next_connection(&l.connections, &listener, &l.stop).await
+    {
         let ctx = l.conn.clone();
         let watcher = l.graceful.watcher();
         let tls = tls.clone();

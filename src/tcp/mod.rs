@@ -70,22 +70,9 @@ pub async fn serve(
     stop: CancellationToken,
     sessions: tokio_util::task::TaskTracker,
 ) {
-    loop {
-        let permit = tokio::select! {
-            p = front.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stop.cancelled() => return,
-        };
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => return,
-        };
+    while let Some((permit, tcp, peer)) =
+        crate::listener::next_connection(&front.slots, &listener, &stop).await
+    {
         let (shared, front, stop) = (shared.clone(), front.clone(), stop.clone());
         sessions.spawn(async move {
             let _permit = permit;

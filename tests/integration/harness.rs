@@ -256,6 +256,15 @@ pub fn proc_status_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A loopback port free right now (for peers that cannot bind port 0 and report it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 /// Starts `gatehouse run` and waits for its ready line.
 pub fn spawn_proxy(
     config: &Path,

@@ -1,20 +1,12 @@
 //! Layer 4: TCP listeners in front of real redis servers, TLS passthrough by SNI to a real
 //! `openssl s_server`, listener limits, idle timeouts and health checks on another port.
 
-use crate::harness::{Kill, ready_field, spawn_proxy_ready, wait_until};
+use crate::harness::{Kill, free_port, ready_field, spawn_proxy_ready, wait_until};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A real redis-server (Debian package) on `port`, answering PING before this returns.
 fn redis(port: u16) -> Kill {

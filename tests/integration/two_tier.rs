@@ -1,18 +1,10 @@
 //! Two tiers: the real client address carried by the PROXY protocol, from HAProxy and from
 //! Gatehouse as the outer proxy; refusals for untrusted or missing headers.
 
-use crate::harness::{Kill, Options, Req, Stack, spawn_proxy_with};
+use crate::harness::{Kill, Options, Req, Stack, free_port, spawn_proxy_with};
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The inner tier: campus is 127.0.0.1 and 127.0.0.2; only 127.0.0.1 (the outer proxy)
 /// may send PROXY headers, on both listeners; the plain listener proxies (no redirect).
