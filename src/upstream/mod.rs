@@ -2,9 +2,9 @@
 //!
 //! Each worker has its own pool (the request, its client connection and its server
 //! connection stay on one thread), so the lock here is never contended. Per server, a
-//! FIFO of HTTP/1.1 connections: one goes to the back when its response headers arrive,
-//! and is taken again from the front once hyper says it is ready (its previous response
-//! fully read). No task per request, no hashing of URIs: connections are keyed by the
+//! connection goes into a FIFO of busy ones when its response headers arrive, moves to a
+//! stack of ready ones once hyper says so (its previous response fully read), and the top
+//! of that stack is reused first. No task per request, no hashing of URIs: connections are keyed by the
 //! server's socket address. Measured against hyper-util's pooled client in
 //! docs/performance.md.
 
@@ -26,7 +26,7 @@ pub type UpstreamClient = Arc<Upstream>;
 
 /// Keep-alive connections to the servers, per server address.
 pub struct Upstream {
-    idle: Mutex<HashMap<SocketAddr, VecDeque<Pooled>, BuildHasherDefault<AddrHasher>>>,
+    idle: Mutex<HashMap<SocketAddr, PerServer, BuildHasherDefault<AddrHasher>>>,
     max_per_server: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -38,6 +38,22 @@ impl std::fmt::Debug for Upstream {
         f.debug_struct("Upstream")
             .field("max_per_server", &self.max_per_server)
             .finish()
+    }
+}
+
+/// One server's connections: busy ones (their last response may still be streaming) in the
+/// order they were handed back, and ready ones as a stack, so the most recently used are
+/// reused first and the rest go cold and expire (a few hot connections, not hundreds
+/// warmed in turn).
+#[derive(Default)]
+struct PerServer {
+    busy: VecDeque<Pooled>,
+    ready: Vec<Pooled>,
+}
+
+impl PerServer {
+    fn len(&self) -> usize {
+        self.busy.len() + self.ready.len()
     }
 }
 
@@ -69,6 +85,9 @@ impl Hasher for AddrHasher {
     }
 }
 
+/// Largest read buffer of one server connection.
+const READ_BUF: usize = 64 * 1024;
+
 /// How many pooled connections one checkout looks at before opening a new one.
 const SCAN: usize = 8;
 
@@ -76,8 +95,9 @@ const SCAN: usize = 8;
 /// (must run inside the worker's runtime).
 pub fn client(config: &Config) -> UpstreamClient {
     let mut http1 = http1::Builder::new();
-    // Bounded read buffer: a slow client must not make us hold more than this per download.
-    http1.max_buf_size(256 * 1024);
+    // The read buffer starts at 8 KiB and grows to this only on connections that carry
+    // large bodies (64 KiB reads keep 1 MiB downloads at full speed; 256 KiB bought nothing).
+    http1.max_buf_size(READ_BUF);
     let up = Arc::new(Upstream {
         idle: Mutex::new(HashMap::default()),
         max_per_server: config.limits.upstream_idle_per_server,
@@ -98,12 +118,14 @@ async fn sweep(pool: Weak<Upstream>) {
         let now = Instant::now();
         let mut map = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
         for q in map.values_mut() {
-            q.retain(|p| {
+            let live = |p: &Pooled| {
                 let expired = p.send.is_ready() && now.duration_since(p.since) > pool.idle_timeout;
                 !(p.send.is_closed() || expired)
-            });
+            };
+            q.busy.retain(live);
+            q.ready.retain(live);
         }
-        map.retain(|_, q| !q.is_empty());
+        map.retain(|_, q| q.len() > 0);
     }
 }
 
@@ -142,25 +164,29 @@ impl Upstream {
         }
     }
 
-    /// A ready connection to `addr`: oldest first (the likeliest to have finished its
-    /// last response); closed or expired ones are dropped on the way.
+    /// A ready connection to `addr`, the most recently used first. Busy connections that
+    /// have finished their response since are moved to the ready stack on the way (a few
+    /// per call, oldest first); closed or expired ones are dropped.
     fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<LimitedBody>> {
         let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let q = map.get_mut(&addr)?;
-        let mut now = None;
-        for _ in 0..q.len().min(SCAN) {
-            let p = q.pop_front()?;
+        for _ in 0..q.busy.len().min(SCAN) {
+            let Some(p) = q.busy.pop_front() else { break };
             if p.send.is_closed() {
                 continue;
             }
             if p.send.is_ready() {
-                let now = *now.get_or_insert_with(Instant::now);
-                if now.duration_since(p.since) > self.idle_timeout {
-                    continue;
-                }
+                q.ready.push(p);
+            } else {
+                q.busy.push_back(p); // still streaming its last response
+            }
+        }
+        let mut now = None;
+        while let Some(p) = q.ready.pop() {
+            let now = *now.get_or_insert_with(Instant::now);
+            if p.send.is_ready() && now.duration_since(p.since) <= self.idle_timeout {
                 return Some(p.send);
             }
-            q.push_back(p); // still streaming its last response
         }
         None
     }
@@ -172,7 +198,7 @@ impl Upstream {
         let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let q = map.entry(addr).or_default();
         if q.len() < self.max_per_server {
-            q.push_back(Pooled {
+            q.busy.push_back(Pooled {
                 send,
                 since: Instant::now(),
             });
