@@ -265,13 +265,10 @@ async fn serve_connection(
         return;
     };
     let start = Instant::now();
-    let g = l.shared.state.load();
-    if !g.rules.has_passthrough() {
-        drop(g);
+    if !l.shared.state.load().rules.has_passthrough() {
         terminate(l, watcher, tcp, peer, outer, acceptor, start).await;
         return;
     }
-    drop(g);
     // Some names are passed through: read the ClientHello to see which name this is.
     let hello = match tokio::time::timeout(
         l.handshake_timeout,

@@ -182,6 +182,7 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
             bind: bound,
             service: t.service.clone().into(),
             limit: t.max_connections as u64,
+            counters: front.counters.clone(),
         });
     }
 

@@ -326,40 +326,33 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         grace: dur(&t.grace, 1, "grace"),
     };
     let l = &raw.limits;
-    let max_header_bytes = match &l.max_header_bytes {
-        None => 16 * 1024,
-        Some(s) => match parse_size(&s.value.0) {
-            Ok(n) if (1024..=1 << 20).contains(&n) => n as usize,
-            _ => {
-                diags.push(
-                    Diagnostic::new(
-                        path,
-                        Pos::of(&s.referenced),
-                        "limits.max_header_bytes is out of range",
-                    )
-                    .hint("a size from 1KiB to 1MiB"),
-                );
-                16 * 1024
+    // A size limit from `low` (its text `low_text`) up to 1 MiB.
+    let mut size =
+        |v: &Option<Spanned<Scalar>>, default: usize, low: u64, low_text: &str, what: &str| {
+            let Some(sv) = v else { return default };
+            match parse_size(&sv.value.0) {
+                Ok(n) if (low..=1 << 20).contains(&n) => n as usize,
+                _ => {
+                    diags.push(
+                        Diagnostic::new(
+                            path,
+                            Pos::of(&sv.referenced),
+                            format!("limits.{what} is out of range"),
+                        )
+                        .hint(format!("a size from {low_text} to 1MiB")),
+                    );
+                    default
+                }
             }
-        },
-    };
-    let max_uri_bytes = match &l.max_uri_bytes {
-        None => 8 * 1024,
-        Some(s) => match parse_size(&s.value.0) {
-            Ok(n) if (256..=1 << 20).contains(&n) => n as usize,
-            _ => {
-                diags.push(
-                    Diagnostic::new(
-                        path,
-                        Pos::of(&s.referenced),
-                        "limits.max_uri_bytes is out of range",
-                    )
-                    .hint("a size from 256 to 1MiB"),
-                );
-                8 * 1024
-            }
-        },
-    };
+        };
+    let max_header_bytes = size(
+        &l.max_header_bytes,
+        16 * 1024,
+        1024,
+        "1KiB",
+        "max_header_bytes",
+    );
+    let max_uri_bytes = size(&l.max_uri_bytes, 8 * 1024, 256, "256", "max_uri_bytes");
     let limits = Limits {
         max_uri_bytes,
         max_connections_per_client: l.max_connections_per_client.unwrap_or(1000).max(1),

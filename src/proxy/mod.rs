@@ -18,9 +18,9 @@ use crate::pool::PoolPermit;
 use crate::rules::matcher::AllowList;
 use crate::rules::select::stable_hash;
 use crate::rules::{Action, Balance, Colour, RuleSet, Server, Service};
-use crate::stats::Stats;
+use crate::stats::{Histogram, Stats};
+use crate::upstream::UpstreamClient;
 use crate::upstream::health::{HealthTable, ServerGuard};
-use crate::upstream::{self, UpstreamClient};
 use arc_swap::ArcSwap;
 use body::{BodyProgress, Hold, LimitedBody, ProxyBody};
 use bytes::Bytes;
@@ -295,11 +295,10 @@ async fn handle_inner(
         let sending = async {
             if service.send_proxy {
                 // Boxed for the same reason as the pool's connect: rare and large.
-                Box::pin(upstream::send_with_proxy_header(
-                    &server,
+                Box::pin(conn.upstream.send_with_proxy_header(
+                    server.addr,
                     conn.peer,
                     conn.https(),
-                    shared.timeouts.connect,
                     request,
                 ))
                 .await
@@ -666,22 +665,25 @@ impl Hold for Record {
         self.stats
             .frontend
             .leave(self.status, bytes_in, bytes_out, micros);
-        self.stats.frontend.latency.observe(response_us);
         let g = &self.generation;
         let route = self
             .site_index
             .zip(self.route_index)
             .and_then(|(s, r)| g.routes.get(s).and_then(|v| v.get(r)));
-        for c in self
-            .site_index
-            .and_then(|i| g.sites.get(i))
-            .into_iter()
-            .chain(route)
-            .chain(self.service_index.and_then(|i| g.services.get(i)))
-            .chain(self.server_id.and_then(|i| g.servers.get(i)))
-        {
+        // Latency is kept where it is shown (site, service, server: the stats page and
+        // Prometheus), with the bucket found once.
+        let bucket = Histogram::bucket(response_us);
+        let timed = [
+            self.site_index.and_then(|i| g.sites.get(i)),
+            self.service_index.and_then(|i| g.services.get(i)),
+            self.server_id.and_then(|i| g.servers.get(i)),
+        ];
+        for c in timed.into_iter().flatten() {
             c.record(self.status, bytes_in, bytes_out, micros);
-            c.latency.observe(response_us);
+            c.latency.observe_at(bucket, response_us);
+        }
+        if let Some(c) = route {
+            c.record(self.status, bytes_in, bytes_out, micros);
         }
         if self.shared_log == AccessLog::Off {
             return;

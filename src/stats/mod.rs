@@ -28,14 +28,18 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    /// Records one observation.
-    pub fn observe(&self, micros: u64) {
+    /// The bucket an observation falls in (find it once, record it in several histograms).
+    pub fn bucket(micros: u64) -> usize {
         let secs = micros as f64 / 1e6;
-        let i = BUCKETS
+        BUCKETS
             .iter()
             .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            .unwrap_or(BUCKETS.len())
+    }
+
+    /// Records one observation whose bucket is known.
+    pub fn observe_at(&self, bucket: usize, micros: u64) {
+        self.buckets[bucket.min(BUCKETS.len())].fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(micros, Ordering::Relaxed);
     }
 
@@ -170,8 +174,7 @@ pub struct Stats {
     samples: Mutex<Samples>,
 }
 
-/// A listener the process config declares (a TCP front), for the stats page. Its
-/// counters are the `Kind::Listener` family of the same name.
+/// A listener the process config declares (a TCP front), for the stats page.
 #[derive(Debug, Clone)]
 pub struct Front {
     /// Listener name.
@@ -184,6 +187,8 @@ pub struct Front {
     pub service: Arc<str>,
     /// Connections allowed at once.
     pub limit: u64,
+    /// Its FRONTEND counters (shared with the listener's sessions).
+    pub counters: Arc<Counters>,
 }
 
 /// One snapshot: when, total requests, latency buckets per named counter set.

@@ -6,6 +6,7 @@ use crate::generation::Generation;
 use crate::reload::ReloadStatus;
 use crate::rules::{Balance, Colour};
 use crate::stats::{BUCKETS, Counters, Kind, Stats, names};
+use crate::upstream::health::ServerState;
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -224,7 +225,7 @@ fn tcp_fronts(v: &View<'_>) -> Vec<TcpRow> {
         .map(|f| {
             let bind: Vec<String> = f.bind.iter().map(|a| a.to_string()).collect();
             TcpRow {
-                counters: v.stats.counters(Kind::Listener, &f.name),
+                counters: f.counters,
                 listens: format!("{} → {}", bind.join(" "), f.service),
                 name: f.name,
                 limit: Some(f.limit),
@@ -464,39 +465,31 @@ pub fn prometheus(v: &View<'_>) -> String {
         );
         let _ = writeln!(o, "{}_count{{{l}}} {acc}", names::RESPONSE_SECONDS);
     }
-    head(
-        &mut o,
-        names::SERVER_UP,
-        "gauge",
-        "1 when the server is UP and READY.",
-    );
-    for (svc, colour, s) in g.rules.all_servers() {
-        let _ = writeln!(
-            o,
-            "{}{{service=\"{}\",colour=\"{}\",server=\"{}\"}} {}",
+    for (name, kind, help, get) in [
+        (
             names::SERVER_UP,
-            svc.name,
-            colour.as_str(),
-            s.name,
-            u8::from(g.health[s.id].usable())
-        );
-    }
-    head(
-        &mut o,
-        names::CHECK_FAILURES,
-        "counter",
-        "Failed health checks.",
-    );
-    for (svc, colour, s) in g.rules.all_servers() {
-        let _ = writeln!(
-            o,
-            "{}{{service=\"{}\",colour=\"{}\",server=\"{}\"}} {}",
+            "gauge",
+            "1 when the server is UP and READY.",
+            (|h: &ServerState| u64::from(h.usable())) as fn(&ServerState) -> u64,
+        ),
+        (
             names::CHECK_FAILURES,
-            svc.name,
-            colour.as_str(),
-            s.name,
-            g.health[s.id].checks_failed.load(Relaxed)
-        );
+            "counter",
+            "Failed health checks.",
+            |h| h.checks_failed.load(Relaxed),
+        ),
+    ] {
+        head(&mut o, name, kind, help);
+        for (svc, colour, s) in g.rules.all_servers() {
+            let _ = writeln!(
+                o,
+                "{name}{{service=\"{}\",colour=\"{}\",server=\"{}\"}} {}",
+                svc.name,
+                colour.as_str(),
+                s.name,
+                get(&g.health[s.id])
+            );
+        }
     }
     head(
         &mut o,

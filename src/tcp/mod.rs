@@ -207,14 +207,8 @@ async fn connect(
             )
             .await;
             let Ok((server, guard)) = picked else { break };
-            let attempt =
-                tokio::time::timeout(shared.timeouts.connect, TcpStream::connect(server.addr))
-                    .await;
-            match attempt {
-                Ok(Ok(tcp)) => {
-                    let _ = tcp.set_nodelay(true);
-                    return Some((ix, server, guard, tcp));
-                }
+            match crate::upstream::dial(server.addr, shared.timeouts.connect).await {
+                Ok(tcp) => return Some((ix, server, guard, tcp)),
                 _ => {
                     g.servers[server.id].connect_errors.fetch_add(1, Relaxed);
                     g.health[server.id].observe(false, &svc.health, &server.name);

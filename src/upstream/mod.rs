@@ -144,7 +144,7 @@ impl Upstream {
                 Some(s) => (s, true),
                 // Boxed: the connect and handshake state is large and rarely live; inline,
                 // every request's future would carry (and copy) it.
-                None => (Box::pin(self.connect(addr)).await?, false),
+                None => (Box::pin(self.connect(addr, &[])).await?, false),
             };
             match send.try_send_request(req).await {
                 Ok(resp) => {
@@ -205,20 +205,44 @@ impl Upstream {
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<LimitedBody>, SendError> {
+    /// Sends one request on a fresh connection that starts with a PROXY v2 header carrying
+    /// the client's address (and whether it came over TLS). Not pooled: a PROXY header
+    /// describes one client, so its connection must never carry another client's requests.
+    pub async fn send_with_proxy_header(
+        &self,
+        addr: SocketAddr,
+        client: SocketAddr,
+        tls: bool,
+        req: http::Request<LimitedBody>,
+    ) -> Result<http::Response<Incoming>, SendError> {
+        let header = crate::proxy_protocol::v2_header(client, addr, tls);
+        let mut send = self.connect(addr, &header).await?;
+        send.send_request(req).await.map_err(|e| SendError {
+            connect: false,
+            source: Box::new(e),
+        })
+    }
+
+    /// A new HTTP/1.1 connection to `addr`, its first bytes `preface` (a PROXY header, or
+    /// nothing); its connection task runs beside (upgrades included).
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        preface: &[u8],
+    ) -> Result<SendRequest<LimitedBody>, SendError> {
+        use tokio::io::AsyncWriteExt;
         let connect_err = |e: Box<dyn std::error::Error + Send + Sync>| SendError {
             connect: true,
             source: e,
         };
-        let tcp =
-            match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
+        let mut tcp = dial(addr, self.connect_timeout)
+            .await
+            .map_err(|e| connect_err(Box::new(e)))?;
+        if !preface.is_empty() {
+            tcp.write_all(preface)
                 .await
-            {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => return Err(connect_err(Box::new(e))),
-                Err(e) => return Err(connect_err(Box::new(e))),
-            };
-        let _ = tcp.set_nodelay(true);
+                .map_err(|e| connect_err(Box::new(e)))?;
+        }
         let (send, conn) = self
             .http1
             .handshake(TokioIo::new(tcp))
@@ -231,6 +255,16 @@ impl Upstream {
         });
         Ok(send)
     }
+}
+
+/// A TCP connection to a server within `timeout`, Nagle off: how every connection to a
+/// server starts (HTTP pool, PROXY-header sends, TCP relay).
+pub async fn dial(addr: SocketAddr, timeout: Duration) -> std::io::Result<tokio::net::TcpStream> {
+    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 /// A failed attempt to get a response from a server.
@@ -259,48 +293,4 @@ impl std::error::Error for SendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&*self.source)
     }
-}
-
-/// Sends one request on a fresh connection that starts with a PROXY v2 header carrying the
-/// client's address. Not pooled: a PROXY header describes one client, so its connection
-/// must never carry another client's requests.
-pub async fn send_with_proxy_header(
-    server: &crate::rules::Server,
-    client: std::net::SocketAddr,
-    tls: bool,
-    connect_timeout: std::time::Duration,
-    request: http::Request<LimitedBody>,
-) -> Result<http::Response<hyper::body::Incoming>, SendError> {
-    use tokio::io::AsyncWriteExt;
-    let connect_err = |e: Box<dyn std::error::Error + Send + Sync>| SendError {
-        connect: true,
-        source: e,
-    };
-    let mut tcp =
-        match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(server.addr))
-            .await
-        {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => return Err(connect_err(Box::new(e))),
-            Err(e) => return Err(connect_err(Box::new(e))),
-        };
-    let _ = tcp.set_nodelay(true);
-    let header = crate::proxy_protocol::v2_header(client, server.addr, tls);
-    tcp.write_all(&header)
-        .await
-        .map_err(|e| connect_err(Box::new(e)))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .map_err(|e| connect_err(Box::new(e)))?;
-    tokio::spawn(conn.with_upgrades());
-    // A bare connection sends the URI as given: make it origin-form (`/path?q`), as the
-    // pooled client does, so the server reads the host from `Host`.
-    let mut request = request;
-    if let Some(pq) = request.uri().path_and_query().cloned() {
-        *request.uri_mut() = http::Uri::from(pq);
-    }
-    send.send_request(request).await.map_err(|e| SendError {
-        connect: false,
-        source: Box::new(e),
-    })
 }

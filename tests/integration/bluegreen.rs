@@ -436,15 +436,12 @@ async fn upgrade_takes_over_without_a_failed_request() {
 async fn explain_gives_the_decision() {
     let s = Stack::start().await;
     let cfg = s.config_path();
-    let cfg = cfg.to_str().unwrap();
-    let (code, out, _) = s.cli(&[
-        "explain",
-        "-c",
-        cfg,
-        "--from",
-        "127.0.0.1",
-        "https://data.localhost/api/records",
-    ]);
+    let explain = |args: &[&str]| {
+        let mut all = vec!["explain", "-c", cfg.to_str().unwrap()];
+        all.extend_from_slice(args);
+        s.cli(&all)
+    };
+    let (code, out, _) = explain(&["--from", "127.0.0.1", "https://data.localhost/api/records"]);
     assert_eq!(code, 0);
     assert!(
         out.contains("route          data-api")
@@ -456,19 +453,9 @@ async fn explain_gives_the_decision() {
         out.contains("api-blue-1") && out.contains("[UP]"),
         "live state from the running proxy: {out}"
     );
-    let (_, out, _) = s.cli(&[
-        "explain",
-        "-c",
-        cfg,
-        "--from",
-        "127.0.0.2",
-        "https://data.localhost/",
-    ]);
+    let (_, out, _) = explain(&["--from", "127.0.0.2", "https://data.localhost/"]);
     assert!(out.contains("outside: 403 Forbidden"), "{out}");
-    let (_, out, _) = s.cli(&[
-        "explain",
-        "-c",
-        cfg,
+    let (_, out, _) = explain(&[
         "--from",
         "127.0.0.2",
         "https://store.localhost/records/a/files/1M.bin",
@@ -477,28 +464,11 @@ async fn explain_gives_the_decision() {
         out.contains("forward to api blue") && out.contains("pool           files"),
         "{out}"
     );
-    let (_, out, _) = s.cli(&[
-        "explain",
-        "-c",
-        cfg,
-        "--from",
-        "127.0.0.1",
-        "https://store.localhost/api/records",
-    ]);
+    let (_, out, _) = explain(&["--from", "127.0.0.1", "https://store.localhost/api/records"]);
     assert!(out.contains("403") && out.contains("deny route"), "{out}");
-    let (_, out, _) = s.cli(&[
-        "explain",
-        "-c",
-        cfg,
-        "--from",
-        "127.0.0.1",
-        "https://data-dev.localhost/",
-    ]);
+    let (_, out, _) = explain(&["--from", "127.0.0.1", "https://data-dev.localhost/"]);
     assert!(out.contains("forward to ui green"), "{out}");
-    let (_, out, _) = s.cli(&[
-        "explain",
-        "-c",
-        cfg,
+    let (_, out, _) = explain(&[
         "--from",
         "127.0.0.1",
         "--via-proxy",

@@ -24,6 +24,18 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 /// A flood of slow downloads never takes more than the files pool's slots, and the UI
 /// (app pool) stays fast meanwhile; a full queue answers 503 at once.
+/// One pool's entry in the stats JSON.
+async fn pool(s: &Stack, name: &str) -> serde_json::Value {
+    let j = s.stats_json().await;
+    j["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap()
+        .clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn downloads_flood_never_starves_the_ui() {
     let s = Stack::start_with(edits(&[(
@@ -59,14 +71,7 @@ async fn downloads_flood_never_starves_the_ui() {
         "the files queue to fill",
         Duration::from_secs(20),
         async || {
-            let j = s.stats_json().await;
-            let files = j["pools"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["name"] == "files")
-                .unwrap()
-                .clone();
+            let files = pool(&s, "files").await;
             max_in_use.fetch_max(files["in_use"].as_u64().unwrap(), Ordering::Relaxed);
             files["queued"] == 180
         },
@@ -112,14 +117,7 @@ async fn downloads_flood_never_starves_the_ui() {
     );
     for d in downloads {
         d.await.unwrap();
-        let j = s.stats_json().await;
-        let files = j["pools"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "files")
-            .unwrap()
-            .clone();
+        let files = pool(&s, "files").await;
         max_in_use.fetch_max(files["in_use"].as_u64().unwrap(), Ordering::Relaxed);
     }
     assert_eq!(
