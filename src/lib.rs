@@ -11,6 +11,7 @@ pub mod generation;
 pub mod handover;
 pub mod listener;
 pub mod ops;
+pub mod park;
 pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -2,25 +2,32 @@
 //!
 //! A connection permit is taken *before* accepting, so at the connection limit the
 //! kernel backlog absorbs the excess instead of us spawning unbounded tasks. Each
-//! connection is watched by the graceful-shutdown watcher so a drain lets in-flight
-//! requests finish.
+//! connection holds a [`Drain`] token so a drain lets in-flight requests finish.
+//!
+//! HTTP/1.1 connections are driven here, round by round: hyper serves requests until the
+//! connection has been idle for a moment, then gives the socket back and the connection
+//! waits with no buffers (see [`crate::park`]). HTTP/2 connections are hyper's throughout.
 
 use crate::config::Config;
+use crate::park::{self, ParkIo, Readiness};
 use crate::proxy::{self, ConnInfo, Shared};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// Everything an accept loop needs.
 #[derive(Clone)]
@@ -31,17 +38,52 @@ pub struct Listening {
     pub connections: Arc<Semaphore>,
     /// Fired to stop accepting.
     pub stop: CancellationToken,
-    /// Tracks open connections for the drain; only accept loops hold it, so once they
-    /// have stopped the owner can unwrap it and wait for the connections.
-    pub graceful: Arc<GracefulShutdown>,
+    /// Tells open connections to finish, and counts them for the drain.
+    pub drain: Drain,
+}
+
+/// The drain at shutdown: a signal every connection watches, and a count of the open ones
+/// to wait for. Idle connections close at the signal; busy ones finish their request.
+#[derive(Clone, Default)]
+pub struct Drain {
+    signal: CancellationToken,
+    open: TaskTracker,
+}
+
+/// One connection's part in the drain: counted until dropped.
+pub struct Draining {
+    signal: CancellationToken,
+    _open: TaskTrackerToken,
+}
+
+impl Drain {
+    fn enter(&self) -> Draining {
+        Draining {
+            signal: self.signal.clone(),
+            _open: self.open.token(),
+        }
+    }
+
+    /// Signals every connection, then waits until the last one has closed.
+    pub async fn finish(self) {
+        self.open.close();
+        self.signal.cancel();
+        self.open.wait().await;
+    }
 }
 
 /// What each connection task needs.
 pub struct ConnCtx {
     /// Shared request state.
     pub shared: Arc<Shared>,
-    /// HTTP server settings (h1 and h2).
+    /// HTTP server settings (h2, and h1 for HTTP/2-or-1 sniffing).
     pub http: auto::Builder<TokioExecutor>,
+    /// HTTP/1.1 server settings for the connections driven here.
+    pub http1: http1::Builder,
+    /// The wait for a new connection's first request.
+    pub request_header_timeout: Duration,
+    /// The wait for a parked keep-alive connection's next request.
+    pub idle_timeout: Duration,
     /// TLS handshake timeout.
     pub handshake_timeout: Duration,
     /// Whether plain connections are redirected to HTTPS.
@@ -135,6 +177,18 @@ pub fn bind_group(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::ne
     Ok(out)
 }
 
+/// The HTTP/1.1 server settings every client connection uses.
+pub fn http1_builder(config: &Config) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(config.timeouts.request_header)
+        .max_buf_size(config.limits.max_header_bytes.max(8192))
+        .max_headers(config.limits.max_headers)
+        .keep_alive(true)
+        .half_close(false);
+    b
+}
+
 /// The HTTP server settings every client connection uses.
 pub fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -168,21 +222,21 @@ pub async fn serve_plain(l: Listening, listener: TcpListener) {
     accept_loop(l, listener, None).await
 }
 
-/// Takes a connection permit from `slots`, then accepts one connection; `None` once `stop`
-/// fires. The permit comes first so that at the limit the kernel backlog holds the excess.
+/// Accepts one connection, then takes a connection permit for it from `slots`; `None`
+/// once `stop` fires. Every worker accepts on its own socket, so the permit comes *after*
+/// the accept: taken before, each idle worker would sit on a permit while a connection
+/// that landed on a busier worker's socket waited in its backlog below the limit. At the
+/// limit each worker holds at most one accepted connection, unread, until a slot frees;
+/// the kernel backlog holds the rest.
 pub(crate) async fn next_connection(
     slots: &Arc<Semaphore>,
     listener: &TcpListener,
     stop: &CancellationToken,
 ) -> Option<(tokio::sync::OwnedSemaphorePermit, TcpStream, SocketAddr)> {
-    let permit = tokio::select! {
-        p = slots.clone().acquire_owned() => p.ok()?,
-        _ = stop.cancelled() => return None,
-    };
-    loop {
+    let (tcp, peer) = loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((tcp, peer)) => return Some((permit, tcp, peer)),
+                Ok(accepted) => break accepted,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -191,14 +245,22 @@ pub(crate) async fn next_connection(
             },
             _ = stop.cancelled() => return None,
         }
-    }
+    };
+    let permit = match slots.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => tokio::select! {
+            p = slots.clone().acquire_owned() => p.ok()?,
+            _ = stop.cancelled() => return None,
+        },
+    };
+    Some((permit, tcp, peer))
 }
 
 async fn accept_loop(l: Listening, listener: TcpListener, tls: Option<TlsAcceptor>) {
     while let Some((permit, tcp, peer)) = next_connection(&l.connections, &listener, &l.stop).await
     {
         let ctx = l.conn.clone();
-        let watcher = l.graceful.watcher();
+        let draining = l.drain.enter();
         let tls = tls.clone();
         let Some(client_slot) = ctx.per_client.enter(peer.ip()) else {
             // Over the per-address limit: closed before any byte is read.
@@ -211,7 +273,7 @@ async fn accept_loop(l: Listening, listener: TcpListener, tls: Option<TlsAccepto
             let stats = &ctx.shared.stats;
             stats.connections.fetch_add(1, Ordering::Relaxed);
             stats.connections_total.fetch_add(1, Ordering::Relaxed);
-            serve_connection(&ctx, watcher, tcp, peer, tls).await;
+            serve_connection(&ctx, &draining, tcp, peer, tls).await;
             stats.connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -219,7 +281,7 @@ async fn accept_loop(l: Listening, listener: TcpListener, tls: Option<TlsAccepto
 
 async fn serve_connection(
     l: &ConnCtx,
-    watcher: Watcher,
+    d: &Draining,
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
@@ -251,22 +313,23 @@ async fn serve_connection(
     };
     let Some(acceptor) = tls else {
         let info = Arc::new(ConnInfo {
-            peer,
-            sni: None,
-            tls: false,
             forwarded_tls,
             // Already HTTPS at the outer proxy: redirecting would loop.
             redirect_https: l.redirect_http && !forwarded_tls,
-            tls_time: Duration::ZERO,
-            upstream: l.upstream.clone(),
             outer_proxy: outer,
+            ..ConnInfo::new(peer, l.upstream.clone())
         });
-        serve_http(l, watcher, TokioIo::new(tcp), info).await;
+        match first_bytes_h2(&tcp, l.request_header_timeout, &d.signal).await {
+            Some(false) => serve_h1(l, d, tcp, info).await,
+            // HTTP/2 with prior knowledge: hyper sorts it out.
+            Some(true) => serve_h2(l, d, tcp, info).await,
+            None => {}
+        }
         return;
     };
     let start = Instant::now();
     if !l.shared.state.load().rules.has_passthrough() {
-        terminate(l, watcher, tcp, peer, outer, acceptor, start).await;
+        terminate(l, d, tcp, peer, outer, acceptor, start).await;
         return;
     }
     // Some names are passed through: read the ClientHello to see which name this is.
@@ -305,20 +368,20 @@ async fn serve_connection(
     }
     drop(g);
     let stream = crate::tcp::sni::Rewind::new(hello, tcp);
-    terminate(l, watcher, stream, peer, outer, acceptor, start).await;
+    terminate(l, d, stream, peer, outer, acceptor, start).await;
 }
 
 /// Terminates TLS on `tcp` and serves HTTP on it.
 async fn terminate<S>(
     l: &ConnCtx,
-    watcher: Watcher,
+    d: &Draining,
     tcp: S,
     peer: SocketAddr,
     outer: Option<SocketAddr>,
     acceptor: TlsAcceptor,
     start: Instant,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,
 {
     let handshake = async {
         let _slot = l.handshakes.acquire().await;
@@ -346,17 +409,19 @@ async fn terminate<S>(
         .1
         .server_name()
         .map(|s| s.to_ascii_lowercase().into_boxed_str());
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let info = Arc::new(ConnInfo {
-        peer,
         sni,
         tls: true,
-        forwarded_tls: false,
-        redirect_https: false,
         tls_time: start.elapsed(),
-        upstream: l.upstream.clone(),
         outer_proxy: outer,
+        ..ConnInfo::new(peer, l.upstream.clone())
     });
-    serve_http(l, watcher, TokioIo::new(stream), info).await;
+    if h2 {
+        serve_h2(l, d, stream, info).await;
+    } else {
+        serve_h1(l, d, stream, info).await;
+    }
 }
 
 /// On a listener that expects the PROXY protocol: a trusted peer must send a header (its
@@ -381,17 +446,134 @@ pub(crate) async fn proxy_header(
     }
 }
 
-async fn serve_http<I>(l: &ConnCtx, watcher: Watcher, io: TokioIo<I>, info: Arc<ConnInfo>)
+/// Waits for a plain connection's first bytes: `Some(true)` if they open HTTP/2 (prior
+/// knowledge), `Some(false)` for anything else, `None` if nothing came in time.
+async fn first_bytes_h2(tcp: &TcpStream, wait: Duration, stop: &CancellationToken) -> Option<bool> {
+    const PREFACE: &[u8] = b"PRI ";
+    let sniff = async {
+        loop {
+            park::readable(tcp).await.ok()?;
+            let mut b = [0u8; 4];
+            let n = tcp.peek(&mut b).await.ok()?;
+            if n == 0 || n >= PREFACE.len() || !PREFACE.starts_with(&b[..n]) {
+                return Some(b[..n] == *PREFACE);
+            }
+            // "P", "PR", "PRI": a split first segment; the rest is a moment away.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::select! {
+        r = tokio::time::timeout(wait, sniff) => r.ok().flatten(),
+        _ = stop.cancelled() => None,
+    }
+}
+
+/// Serves HTTP/2 until the client leaves or the drain has let its streams finish.
+async fn serve_h2<I>(l: &ConnCtx, d: &Draining, io: I, info: Arc<ConnInfo>)
 where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = l.shared.clone();
     // Boxed: the request future is ~4.5 KB, and hyper keeps a slot for it inline in every
-    // connection (idle ones too) and copies it into each HTTP/2 stream task. A box makes
-    // both a pointer, for one allocation per request (measured in docs/performance.md).
+    // connection and copies it into each HTTP/2 stream task. A box makes both a pointer,
+    // for one allocation per request (measured in docs/performance.md).
     let svc = service_fn(move |req| Box::pin(proxy::handle(shared.clone(), info.clone(), req)));
-    let conn = l.http.serve_connection_with_upgrades(io, svc).into_owned();
-    if let Err(e) = watcher.watch(conn).await {
+    let conn = l.http.serve_connection(TokioIo::new(io), svc);
+    let mut conn = std::pin::pin!(conn);
+    let r = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = d.signal.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = r {
         tracing::debug!(error = %e, "connection ended with an error");
     }
+}
+
+/// Serves HTTP/1.1 round by round: hyper serves requests until the connection has been
+/// idle for [`park::PARK_AFTER`] and hands the socket back; the connection then waits for
+/// the client's next bytes holding nothing but the socket (under `timeouts.idle`), and
+/// the next round starts a fresh hyper connection on it.
+async fn serve_h1<I>(l: &ConnCtx, d: &Draining, io: I, info: Arc<ConnInfo>)
+where
+    I: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,
+{
+    let mut io = ParkIo::new(io, info.in_flight.clone());
+    let mut wait = l.request_header_timeout;
+    let mut first = true;
+    loop {
+        let ready = {
+            let _parked = (!first).then(|| Parked::new(&l.shared.stats));
+            tokio::select! {
+                r = tokio::time::timeout(wait, park::readable(io.get_ref())) => matches!(r, Ok(Ok(()))),
+                _ = d.signal.cancelled() => false,
+            }
+        };
+        first = false;
+        if !ready {
+            close(io).await;
+            return;
+        }
+        wait = l.idle_timeout;
+        let shared = l.shared.clone();
+        let conn_info = info.clone();
+        let svc =
+            service_fn(move |req| Box::pin(proxy::handle(shared.clone(), conn_info.clone(), req)));
+        let mut conn = l.http1.serve_connection(io, svc);
+        let mut draining = false;
+        let ended = loop {
+            tokio::select! {
+                r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+                _ = d.signal.cancelled(), if !draining => draining = true,
+            }
+            // Idle: closes now; busy: finishes this request with `Connection: close`.
+            std::pin::Pin::new(&mut conn).graceful_shutdown();
+        };
+        let parts = conn.into_parts();
+        io = parts.io;
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "connection ended with an error");
+            return;
+        }
+        if let Some(tunnel) = info.take_upgrade()
+            && !tunnel.is_closed()
+        {
+            // The 101 is written: the socket, and whatever the client sent after its
+            // request, go to the tunnel.
+            let stream = crate::tcp::sni::Rewind::new(parts.read_buf.to_vec(), io.into_inner());
+            let _ = tunnel.send(Box::new(stream));
+            return;
+        }
+        if !io.parked() || draining || !parts.read_buf.is_empty() {
+            close(io).await;
+            return;
+        }
+        io.unpark();
+    }
+}
+
+/// Counts a connection as parked while it lives.
+struct Parked(Arc<crate::stats::Stats>);
+
+impl Parked {
+    fn new(stats: &Arc<crate::stats::Stats>) -> Self {
+        stats.parked.fetch_add(1, Ordering::Relaxed);
+        Parked(stats.clone())
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.parked.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Closes a connection hyper has finished with (TLS close_notify, then FIN), bounded so
+/// a client that stopped reading cannot hold the task.
+async fn close<I: AsyncWrite + Unpin>(io: ParkIo<I>) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut io = io.into_inner();
+    let _ = tokio::time::timeout(Duration::from_secs(5), io.shutdown()).await;
 }

@@ -21,7 +21,6 @@ use crate::tls::CertStore;
 use crate::upstream;
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -276,11 +275,14 @@ fn worker(
         }
     };
     rt.block_on(async move {
-        let graceful = Arc::new(GracefulShutdown::new());
+        let drain = listener::Drain::default();
         let l = Listening {
             conn: Arc::new(ConnCtx {
                 shared,
                 http: listener::http_builder(&config),
+                http1: listener::http1_builder(&config),
+                request_header_timeout: config.timeouts.request_header,
+                idle_timeout: config.timeouts.idle,
                 handshake_timeout: config.timeouts.handshake,
                 redirect_http: config.redirect_http,
                 upstream: upstream::client(&config),
@@ -292,7 +294,7 @@ fn worker(
             }),
             connections: limits.connections,
             stop: stop.clone(),
-            graceful: graceful.clone(),
+            drain: drain.clone(),
         };
         let mut tasks = Vec::new();
         for s in socks.tls {
@@ -332,16 +334,11 @@ fn worker(
         // Grace: connections accepted just before the stop (some still in their TLS
         // handshake) get to send their first request before idle ones are closed.
         tokio::time::sleep(config.timeouts.grace.min(config.timeouts.drain)).await;
-        match Arc::try_unwrap(graceful) {
-            Ok(g) => {
-                if tokio::time::timeout(config.timeouts.drain, g.shutdown())
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!("drain deadline passed; closing the remaining connections");
-                }
-            }
-            Err(_) => tracing::warn!("connections still referenced; not waiting"),
+        if tokio::time::timeout(config.timeouts.drain, drain.finish())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain deadline passed; closing the remaining connections");
         }
         // TCP sessions end by themselves at the drain deadline (see `tcp::serve`).
         sessions.wait().await;

@@ -67,7 +67,6 @@ impl ConnInfo {
 }
 
 /// What is known about the client connection a request came on.
-#[derive(Debug)]
 pub struct ConnInfo {
     /// TCP peer.
     pub peer: SocketAddr,
@@ -87,6 +86,45 @@ pub struct ConnInfo {
     /// The outer proxy when the client address came in a PROXY header (`peer` is then
     /// the conveyed client).
     pub outer_proxy: Option<SocketAddr>,
+    /// Requests whose response has not ended: an HTTP/1.1 connection parks only at zero.
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// An HTTP/1.1 upgrade waiting for the socket: the listener fills it once hyper has
+    /// written the 101 and handed the connection back.
+    pub upgrade: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Box<dyn tunnel::ClientIo>>>>,
+}
+
+impl ConnInfo {
+    /// What is known of a new connection.
+    pub fn new(peer: SocketAddr, upstream: UpstreamClient) -> Self {
+        ConnInfo {
+            peer,
+            sni: None,
+            tls: false,
+            forwarded_tls: false,
+            redirect_https: false,
+            tls_time: Duration::ZERO,
+            upstream,
+            outer_proxy: None,
+            in_flight: Arc::default(),
+            upgrade: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The client side of an upgrade: the listener hands the socket over once hyper has
+    /// written the 101 and let go of the connection.
+    fn client_upgrade(&self) -> tokio::sync::oneshot::Receiver<Box<dyn tunnel::ClientIo>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *self.upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// The upgrade waiting for this connection's socket, if any.
+    pub fn take_upgrade(&self) -> Option<tokio::sync::oneshot::Sender<Box<dyn tunnel::ClientIo>>> {
+        self.upgrade
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
 }
 
 /// Serves one request. Never fails: errors become pages here.
@@ -240,8 +278,8 @@ async fn handle_inner(
     rec.server_guard = Some(guard);
 
     let upgrade = upgrade_protocol(req);
-    let mut req = slot.take().ok_or(ProxyError::BadRequest("no request"))?;
-    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let req = slot.take().ok_or(ProxyError::BadRequest("no request"))?;
+    let client_upgrade = upgrade.as_ref().map(|_| conn.client_upgrade());
     let (mut parts, body) = req.into_parts();
     // Forwarding headers are kept (and appended to) only from a trusted peer.
     let trusted_peer = shared.trusted.contains(conn.peer.ip());
@@ -591,6 +629,8 @@ struct Record {
     server_guard: Option<ServerGuard>,
     site_index: Option<usize>,
     route_index: Option<usize>,
+    /// Keeps the connection from parking until the response has ended.
+    _in_flight: crate::park::InFlight,
 }
 
 fn dash() -> Arc<str> {
@@ -639,6 +679,7 @@ impl Record {
             server_guard: None,
             site_index: None,
             route_index: None,
+            _in_flight: crate::park::InFlight::enter(&conn.in_flight),
         }
     }
 }

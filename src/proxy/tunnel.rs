@@ -5,10 +5,25 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+/// A client socket handed over after its 101 (with any bytes the client sent after the
+/// request replayed first).
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for T {}
 
 /// Joins the client and server halves once both upgrades complete; ends when either
-/// side closes or nothing moves for `idle`.
-pub async fn run<H: Send + 'static>(client: OnUpgrade, server: OnUpgrade, idle: Duration, hold: H) {
+/// side closes or nothing moves for `idle`. The client socket comes from the listener:
+/// it drives HTTP/1.1 connections itself (parking idle ones), so it hands the socket over
+/// once hyper has written the 101 and let go of it.
+pub async fn run<H: Send + 'static>(
+    client: oneshot::Receiver<Box<dyn ClientIo>>,
+    server: OnUpgrade,
+    idle: Duration,
+    hold: H,
+) {
+    let client = async { client.await.map_err(|_| "connection closed".to_string()) };
+    let server = async { server.await.map_err(|e| e.to_string()) };
     let (c, s) = match tokio::try_join!(client, server) {
         Ok(x) => x,
         Err(e) => {
@@ -16,7 +31,7 @@ pub async fn run<H: Send + 'static>(client: OnUpgrade, server: OnUpgrade, idle: 
             return;
         }
     };
-    let (cr, cw) = tokio::io::split(TokioIo::new(c));
+    let (cr, cw) = tokio::io::split(c);
     let (sr, sw) = tokio::io::split(TokioIo::new(s));
     tokio::select! {
         _ = pump(cr, sw, idle) => {}

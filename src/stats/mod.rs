@@ -162,6 +162,8 @@ pub struct Stats {
     pub connections: AtomicU64,
     /// Client connections accepted.
     pub connections_total: AtomicU64,
+    /// Idle HTTP/1.1 keep-alive connections parked now (their buffers given back).
+    pub parked: AtomicU64,
     /// TLS handshakes completed.
     pub tls_handshakes: AtomicU64,
     /// TLS handshakes that failed or timed out.
@@ -232,6 +234,7 @@ impl Default for Stats {
                 .map_or(0, |d| d.as_secs()),
             connections: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
             tls_handshakes: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
             frontend: Counters::default(),

@@ -38,6 +38,8 @@ pub const POOL_QUEUE_FULL: &str = "gatehouse_pool_queue_full_total";
 pub const POOL_QUEUE_TIMEOUTS: &str = "gatehouse_pool_queue_timeouts_total";
 /// Client connections open.
 pub const CONNECTIONS: &str = "gatehouse_connections";
+/// Idle HTTP/1.1 keep-alive connections parked (holding no buffers).
+pub const CONNECTIONS_PARKED: &str = "gatehouse_connections_parked";
 /// Client connections accepted.
 pub const CONNECTIONS_TOTAL: &str = "gatehouse_connections_total";
 /// TLS handshakes completed.

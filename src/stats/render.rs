@@ -313,6 +313,7 @@ pub fn json(v: &View<'_>) -> String {
         "generation": g.number,
         "last_reload": {"ok": v.reload.error.is_none(), "error": v.reload.error, "generation": v.reload.generation},
         "connections": v.stats.connections.load(Relaxed),
+        "connections_parked": v.stats.parked.load(Relaxed),
         "tls_handshakes": v.stats.tls_handshakes.load(Relaxed),
         "requests": counters(&v.stats.frontend),
         "sites": sites, "services": services, "pools": pools,
@@ -552,6 +553,12 @@ pub fn prometheus(v: &View<'_>) -> String {
             st.connections.load(Relaxed),
         ),
         (
+            names::CONNECTIONS_PARKED,
+            "gauge",
+            "Idle HTTP/1.1 keep-alive connections parked (holding no buffers).",
+            st.parked.load(Relaxed),
+        ),
+        (
             names::CONNECTIONS_TOTAL,
             "counter",
             "Client connections accepted.",
@@ -724,7 +731,14 @@ pub fn html(v: &View<'_>) -> String {
                 ago(v.reload.at.elapsed().map_or(0, |d| d.as_secs()))
             ),
         ),
-        ("connections", st.connections.load(Relaxed).to_string()),
+        (
+            "connections",
+            format!(
+                "{} ({} idle, parked)",
+                st.connections.load(Relaxed),
+                st.parked.load(Relaxed)
+            ),
+        ),
         ("requests", st.frontend.requests.load(Relaxed).to_string()),
         ("rate", format!("{:.1}/s", st.request_rate())),
         (

@@ -133,6 +133,16 @@ impl<S> Rewind<S> {
             inner,
         }
     }
+
+    /// Whether replayed bytes remain to be read.
+    pub fn has_buffered(&self) -> bool {
+        self.at < self.prefix.len()
+    }
+
+    /// The stream under the replayed bytes.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {

@@ -397,3 +397,98 @@ async fn uri_too_long_is_414() {
         .await;
     assert_eq!(r.status, 200);
 }
+
+/// An idle keep-alive connection is parked (hyper's buffers given back) and serves its
+/// next request as if nothing happened; a parked connection closes at `timeouts.idle`; a
+/// pipelined pair of requests is answered in order across the park boundary.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keepalive_connections_park_then_serve_then_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Stack::start_with(Options {
+        config_edits: vec![("idle: 60s".into(), "idle: 3s".into())],
+        ..Options::default()
+    })
+    .await;
+    let parked = async || s.stats_json().await["connections_parked"].as_u64().unwrap();
+    let mut tls = s
+        .client()
+        .connect(Some("data.localhost"), &[b"http/1.1"], None)
+        .await
+        .unwrap();
+    // Reads one response (the stand-ins answer with Content-Length) and returns its text.
+    async fn response(tls: &mut (impl AsyncReadExt + Unpin)) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+                .await
+                .expect("response in time")
+                .expect("read");
+            assert!(
+                n > 0,
+                "closed mid-response: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .expect("content-length");
+                if got.len() >= end + 4 + len {
+                    return text;
+                }
+            }
+        }
+    }
+    let get = b"GET /api/x HTTP/1.1\r\nHost: data.localhost\r\n\r\n";
+    tls.write_all(get).await.unwrap();
+    assert!(response(&mut tls).await.starts_with("HTTP/1.1 200"));
+    wait_until(
+        "the idle connection to park",
+        Duration::from_secs(5),
+        async || parked().await == 1,
+    )
+    .await;
+    // Parked, then woken by the next request: same connection, same answer.
+    tls.write_all(get).await.unwrap();
+    assert!(response(&mut tls).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(parked().await, 0, "busy again");
+    // Two pipelined requests after another park: both answered, in order.
+    wait_until("parked again", Duration::from_secs(5), async || {
+        parked().await == 1
+    })
+    .await;
+    let two = [
+        &get[..],
+        b"GET /api/y HTTP/1.1\r\nHost: data.localhost\r\n\r\n",
+    ]
+    .concat();
+    tls.write_all(&two).await.unwrap();
+    let first = response(&mut tls).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // The second may already be in the first read; count both status lines overall.
+    let mut all = first;
+    if all.matches("HTTP/1.1 200").count() < 2 {
+        all.push_str(&response(&mut tls).await);
+    }
+    assert_eq!(all.matches("HTTP/1.1 200").count(), 2, "{all}");
+    // Idle past `timeouts.idle` (3s): the proxy closes the parked connection.
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+        .await
+        .expect("closed by the proxy within the idle timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "nothing but the close");
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "closed at the idle timeout, not before"
+    );
+    assert_eq!(parked().await, 0);
+}

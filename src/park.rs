@@ -1,0 +1,218 @@
+//! Idle HTTP/1.1 connections parked without buffers.
+//!
+//! hyper keeps an 8 KiB read buffer and an 8 KiB write buffer in every HTTP/1.1
+//! connection for its whole life, idle or not: 10,000 idle keep-alive clients cost
+//! 160 MiB of buffers alone. HAProxy releases its buffers while a connection waits. So do
+//! we: [`ParkIo`] sits between hyper and the socket, and once the connection has been idle
+//! for [`PARK_AFTER`] (no request in flight, everything written) it tells hyper the client
+//! has closed. hyper then ends that connection *without* shutting the socket down, and
+//! hands the socket back (`into_parts`). The listener waits for the client's next bytes on
+//! the bare socket ([`Readiness`]), under the idle timeout, and starts a fresh hyper
+//! connection on it. A busy connection never parks, so the hot path pays one timer reset
+//! per idle gap and nothing else.
+
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::rt::TokioIo;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+
+/// How long a keep-alive connection waits with hyper's buffers before it is parked.
+/// Short enough that idle clients cost little; long enough that a browser's burst of
+/// requests (and any client that answers promptly) never pays for a new hyper connection.
+pub const PARK_AFTER: Duration = Duration::from_millis(500);
+
+/// A socket that can say when it has bytes to read without reading them (so a parked
+/// connection holds no buffer while it waits).
+pub trait Readiness {
+    /// Ready once a read would not block (data, EOF or an error).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Readiness for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl<S: Readiness> Readiness for crate::tcp::sni::Rewind<S> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.has_buffered() {
+            return Poll::Ready(Ok(()));
+        }
+        self.get_ref().poll_read_ready(cx)
+    }
+}
+
+impl<S: Readiness> Readiness for tokio_rustls::server::TlsStream<S> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // hyper read until the socket said "would block", so rustls holds no plaintext:
+        // the next record to decrypt is still in the kernel.
+        self.get_ref().0.poll_read_ready(cx)
+    }
+}
+
+/// Waits until `io` has bytes to read, holding nothing but the socket.
+pub async fn readable<I: Readiness>(io: &I) -> io::Result<()> {
+    std::future::poll_fn(|cx| io.poll_read_ready(cx)).await
+}
+
+/// The socket under hyper, watching for an idle gap long enough to park in.
+pub struct ParkIo<I> {
+    io: TokioIo<I>,
+    /// Requests of this connection whose response is not finished yet.
+    in_flight: Arc<AtomicUsize>,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Bytes moved since the park timer was last set.
+    active: bool,
+    /// A write since the last completed flush: hyper may still hold bytes to send.
+    dirty: bool,
+    parked: bool,
+}
+
+impl<I> ParkIo<I> {
+    /// `io`, parking once idle; `in_flight` is the connection's request count.
+    pub fn new(io: I, in_flight: Arc<AtomicUsize>) -> Self {
+        ParkIo {
+            io: TokioIo::new(io),
+            in_flight,
+            timer: None,
+            active: true,
+            dirty: false,
+            parked: false,
+        }
+    }
+
+    /// Whether hyper's connection ended because this one was parked (rather than the
+    /// client closing, an error or `Connection: close`).
+    pub fn parked(&self) -> bool {
+        self.parked
+    }
+
+    /// Ready for another hyper connection after a park.
+    pub fn unpark(&mut self) {
+        self.parked = false;
+        self.active = true;
+    }
+
+    /// The socket.
+    pub fn get_ref(&self) -> &I {
+        self.io.inner()
+    }
+
+    /// The socket, owned (an upgraded connection's tunnel takes it).
+    pub fn into_inner(self) -> I {
+        self.io.into_inner()
+    }
+
+    /// Called when a read would block: parks (returns true) once idle for [`PARK_AFTER`].
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(PARK_AFTER)));
+        if std::mem::take(&mut self.active) {
+            timer.as_mut().reset(Instant::now() + PARK_AFTER);
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if self.in_flight.load(Ordering::Relaxed) == 0 && !self.dirty {
+            return true;
+        }
+        // A long request or a slow reader: look again later.
+        timer.as_mut().reset(Instant::now() + PARK_AFTER);
+        let _ = timer.as_mut().poll(cx);
+        false
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Read for ParkIo<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.parked {
+            return Poll::Ready(Ok(()));
+        }
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Pending => {}
+            ready => {
+                this.active = true;
+                return ready;
+            }
+        }
+        if this.idle_expired(cx) {
+            // Zero bytes: hyper takes it for the client closing an idle connection.
+            this.parked = true;
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Pending
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Write for ParkIo<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.dirty = true;
+        this.active = true;
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.dirty = true;
+        this.active = true;
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = r {
+            this.dirty = false;
+        }
+        r
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Counts a request in flight on its connection for as long as it lives (kept in the
+/// request's record, which lives until the response's last byte).
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// One more request on the connection counted by `n`.
+    pub fn enter(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        InFlight(n.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
