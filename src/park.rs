@@ -51,9 +51,14 @@ impl<S: Readiness> Readiness for crate::tcp::sni::Rewind<S> {
 
 impl<S: Readiness> Readiness for tokio_rustls::server::TlsStream<S> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // hyper read until the socket said "would block", so rustls holds no plaintext:
-        // the next record to decrypt is still in the kernel.
-        self.get_ref().0.poll_read_ready(cx)
+        // rustls may hold decrypted bytes the socket no longer shows: a client's first
+        // request often arrives with its last handshake message and is read with it.
+        // (`wants_read` is false exactly when plaintext or a close_notify is waiting.)
+        let (tcp, tls) = self.get_ref();
+        if !tls.wants_read() {
+            return Poll::Ready(Ok(()));
+        }
+        tcp.poll_read_ready(cx)
     }
 }
 

@@ -396,6 +396,62 @@ impl Client {
         TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await
     }
 
+    /// TLS 1.3 with the request sent in the same write as the client's Finished (the
+    /// server reads both in its last handshake read); returns what came back before the
+    /// server closed or `wait` passed. Blocking: call from `spawn_blocking`.
+    pub fn request_with_finished(&self, sni: &str, request: &[u8], wait: Duration) -> String {
+        use std::io::{Read, Write};
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_root_certificates(self.roots.clone())
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = ServerName::try_from(sni.to_string()).expect("name");
+        let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).expect("client");
+        let mut sock = std::net::TcpStream::connect(self.addr).expect("connect");
+        sock.set_read_timeout(Some(wait)).expect("timeout");
+        // ClientHello out, server flight in, until our Finished is ready to go.
+        while conn.is_handshaking() {
+            while conn.wants_write() {
+                conn.write_tls(&mut sock).expect("write");
+            }
+            if conn.is_handshaking() {
+                conn.read_tls(&mut sock).expect("read");
+                conn.process_new_packets().expect("handshake");
+            }
+        }
+        // Finished and the request, one write.
+        conn.writer().write_all(request).expect("request");
+        let mut out = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut out).expect("buffer");
+        }
+        sock.write_all(&out).expect("send");
+        let mut got = Vec::new();
+        loop {
+            match conn.read_tls(&mut sock) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if conn.process_new_packets().is_err() {
+                break;
+            }
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = conn.reader().read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            if String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
     /// Sends one request on a new connection and reads the whole answer.
     pub async fn send(&self, r: &Req, req: Request<Full<Bytes>>) -> Got {
         let resp = self.send_streaming(r, req).await.expect("request");

@@ -492,3 +492,28 @@ async fn idle_keepalive_connections_park_then_serve_then_close() {
     );
     assert_eq!(parked().await, 0);
 }
+
+/// A request that arrives in the same read as the client's TLS Finished is decrypted
+/// during the handshake and waits inside rustls, not in the socket: it is served at once
+/// (a connection that only watched the socket would wait for the header timeout).
+#[tokio::test(flavor = "multi_thread")]
+async fn request_sent_with_the_tls_finished_is_served_at_once() {
+    let s = Stack::start().await;
+    let c = s.client();
+    let start = Instant::now();
+    let got = tokio::task::spawn_blocking(move || {
+        c.request_with_finished(
+            "data.localhost",
+            b"GET /api/x HTTP/1.1\r\nHost: data.localhost\r\n\r\n",
+            Duration::from_secs(8),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+}
