@@ -22,9 +22,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
-/// How long a keep-alive connection waits with hyper's buffers before it is parked.
-/// Short enough that idle clients cost little; long enough that a browser's burst of
-/// requests (and any client that answers promptly) never pays for a new hyper connection.
+/// The park tick: a keep-alive connection quiet for a whole tick (so 0.5 to 1 s after its
+/// last byte) is parked. Short enough that idle clients cost little; long enough that a
+/// browser's burst of requests (and any client that answers promptly) never pays for a
+/// new hyper connection.
 pub const PARK_AFTER: Duration = Duration::from_millis(500);
 
 /// A socket that can say when it has bytes to read without reading them (so a parked
@@ -103,6 +104,10 @@ impl<I> ParkIo<I> {
     pub fn unpark(&mut self) {
         self.parked = false;
         self.active = true;
+        // The next tick starts from now.
+        if let Some(t) = self.timer.as_mut() {
+            t.as_mut().reset(Instant::now() + PARK_AFTER);
+        }
     }
 
     /// The socket.
@@ -115,21 +120,22 @@ impl<I> ParkIo<I> {
         self.io.into_inner()
     }
 
-    /// Called when a read would block: parks (returns true) once idle for [`PARK_AFTER`].
+    /// Called when a read would block: parks (returns true) once a whole [`PARK_AFTER`]
+    /// tick has passed with no bytes moved, no request in flight and nothing unflushed.
+    /// The timer is a tick, not a deadline pushed back per request: a busy connection
+    /// pays one timer wake per tick instead of a timer reset per request, and an idle
+    /// one parks between one and two ticks after its last byte.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(PARK_AFTER)));
-        if std::mem::take(&mut self.active) {
-            timer.as_mut().reset(Instant::now() + PARK_AFTER);
-        }
         if timer.as_mut().poll(cx).is_pending() {
             return false;
         }
-        if self.in_flight.load(Ordering::Relaxed) == 0 && !self.dirty {
+        let quiet = !std::mem::take(&mut self.active);
+        if quiet && self.in_flight.load(Ordering::Relaxed) == 0 && !self.dirty {
             return true;
         }
-        // A long request or a slow reader: look again later.
         timer.as_mut().reset(Instant::now() + PARK_AFTER);
         let _ = timer.as_mut().poll(cx);
         false
