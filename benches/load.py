@@ -132,8 +132,8 @@ SCENARIOS = [
 ]
 
 
-async def hold_idle(n):
-    """Opens n TLS keep-alive connections, one request each, and keeps them open."""
+async def hold_idle(n, tls=True):
+    """Opens n keep-alive connections (TLS or plain), one request each, and keeps them open."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -143,7 +143,10 @@ async def hold_idle(n):
     async def one():
         async with sem:
             try:
-                r, w = await asyncio.open_connection("127.0.0.1", 18443, ssl=ctx, server_hostname="localhost")
+                if tls:
+                    r, w = await asyncio.open_connection("127.0.0.1", 18443, ssl=ctx, server_hostname="localhost")
+                else:
+                    r, w = await asyncio.open_connection("127.0.0.1", 18080)
                 w.write(b"GET /small HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 await w.drain()
                 await asyncio.wait_for(r.readuntil(b"ok\n"), 10)
@@ -155,17 +158,19 @@ async def hold_idle(n):
     return conns
 
 
-def idle_memory(proxy, n):
+def idle_memory(proxy, n, tls=True):
+    """RSS while holding n idle keep-alive connections (after one request each)."""
     pid = proxy.p.pid
-    idle = proc_status(pid, "VmRSS:")
     loop = asyncio.new_event_loop()
-    conns = loop.run_until_complete(hold_idle(n))
-    time.sleep(1)
+    conns = loop.run_until_complete(hold_idle(n, tls))
+    time.sleep(2)
     held = proc_status(pid, "VmRSS:")
     for w in conns:
         w.close()
+    loop.run_until_complete(asyncio.sleep(0.5))
     loop.close()
-    return idle, held, len(conns)
+    time.sleep(1)
+    return held, len(conns)
 
 
 def main():
@@ -225,12 +230,16 @@ def main():
     results = {(p.name, s[0]): [] for p in proxies for s in SCENARIOS}
     cpu = {(p.name, s[0]): [] for p in proxies for s in SCENARIOS}
     mem = {}
+    fresh = {}
     start = time.time()
     try:
         for rnd in range(a.rounds):
             for p in proxies:
                 p.start()
                 try:
+                    if rnd == 0:
+                        # Idle at start: nothing served yet.
+                        fresh[p.name] = proc_status(p.p.pid, "VmRSS:")
                     for name, unit, fn in SCENARIOS:
                         c0 = proc_stat_cpu(p.p.pid)
                         r = fn(a.duration)
@@ -243,10 +252,13 @@ def main():
                         cpu[(p.name, name)].append((c1 - c0) / max(r["total"], 1) * 1e6)
                         print(f"round {rnd + 1} {p.name:9} {name:42} {r['value']:>12.1f} {unit}", flush=True)
                     if rnd == 0 and not a.no_memory:
-                        idle, held, n = idle_memory(p, a.idle)
+                        after = proc_status(p.p.pid, "VmRSS:")
+                        held, n = idle_memory(p, a.idle, tls=True)
+                        held_plain, n_plain = idle_memory(p, a.idle, tls=False)
                         peak = proc_status(p.p.pid, "VmHWM:")
-                        mem[p.name] = (idle, held, n, peak)
-                        print(f"round 1 {p.name:9} memory idle {idle >> 20} MiB, {n} idle conns {held >> 20} MiB, peak {peak >> 20} MiB", flush=True)
+                        mem[p.name] = (fresh[p.name], after, held, n, held_plain, n_plain, peak)
+                        print(f"round 1 {p.name:9} memory at start {fresh[p.name] >> 20} MiB, after load {after >> 20} MiB, "
+                              f"{n} idle TLS conns {held >> 20} MiB, {n_plain} idle plain conns {held_plain >> 20} MiB, peak {peak >> 20} MiB", flush=True)
                 finally:
                     p.stop()
     finally:
@@ -269,10 +281,12 @@ def main():
                          f"{statistics.median(p50):.2f} | {statistics.median(p99):.2f} | "
                          f"{statistics.median(cpu[(p.name, name)]):.1f} |" if p50 else
                          f"| {name} | {p.name} | {v:,.1f} {unit} | {v / b:.2f} | – | – | {statistics.median(cpu[(p.name, name)]):.1f} |")
-    lines += ["", f"| memory | proxy | idle RSS | RSS with idle keep-alive conns | conns held | peak RSS (whole run) |", "|---|---|---|---|---|---|"]
+    lines += ["", "| memory | proxy | idle RSS at start | idle RSS after the load | idle TLS keep-alive conns | RSS holding them | idle plain keep-alive conns | RSS holding them | peak RSS (whole run) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for p in [p for p in proxies if p.name in mem]:
-        idle, held, n, peak = mem[p.name]
-        lines.append(f"| memory | {p.name} | {idle / 2**20:.1f} MiB | {held / 2**20:.1f} MiB | {n} | {peak / 2**20:.1f} MiB |")
+        start_rss, after, held, n, held_plain, n_plain, peak = mem[p.name]
+        lines.append(f"| memory | {p.name} | {start_rss / 2**20:.1f} MiB | {after / 2**20:.1f} MiB | {n} | {held / 2**20:.1f} MiB | "
+                     f"{n_plain} | {held_plain / 2**20:.1f} MiB | {peak / 2**20:.1f} MiB |")
     table = "\n".join(lines)
     print("\n" + table)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
