@@ -11,10 +11,9 @@
 use crate::config::Config;
 use crate::park::{self, ParkIo, Readiness};
 use crate::proxy::{self, ConnInfo, Shared};
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -76,8 +75,8 @@ impl Drain {
 pub struct ConnCtx {
     /// Shared request state.
     pub shared: Arc<Shared>,
-    /// HTTP server settings (h2, and h1 for HTTP/2-or-1 sniffing).
-    pub http: auto::Builder<TokioExecutor>,
+    /// HTTP/2 server settings.
+    pub http: http2::Builder<TokioExecutor>,
     /// HTTP/1.1 server settings for the connections driven here.
     pub http1: http1::Builder,
     /// The wait for a new connection's first request.
@@ -189,18 +188,11 @@ pub fn http1_builder(config: &Config) -> http1::Builder {
     b
 }
 
-/// The HTTP server settings every client connection uses.
-pub fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.timeouts.request_header)
-        .max_buf_size(config.limits.max_header_bytes.max(8192))
-        .max_headers(config.limits.max_headers)
-        .keep_alive(true)
-        .half_close(false);
-    b.http2()
-        .timer(TokioTimer::new())
+/// The HTTP/2 server settings every client connection uses (HTTP/1.1 is `http1_builder`:
+/// the listener sorts connections by ALPN or preface, so hyper never has to).
+pub fn http_builder(config: &Config) -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
         .max_header_list_size(config.limits.max_header_bytes as u32)
         .max_concurrent_streams(256)
         .initial_stream_window_size(256 * 1024)
@@ -321,7 +313,7 @@ async fn serve_connection(
         });
         match first_bytes_h2(&tcp, l.request_header_timeout, &d.signal).await {
             Some(false) => serve_h1(l, d, tcp, info).await,
-            // HTTP/2 with prior knowledge: hyper sorts it out.
+            // HTTP/2 with prior knowledge.
             Some(true) => serve_h2(l, d, tcp, info).await,
             None => {}
         }
