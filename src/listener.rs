@@ -288,9 +288,9 @@ async fn serve_connection(
     let (peer, outer, forwarded_tls) = match expect {
         None => (peer, None, false),
         Some(from) => {
-            match tokio::time::timeout(Duration::from_secs(5), proxy_header(&mut tcp, peer, from))
-                .await
-            {
+            let header =
+                tokio::time::timeout(Duration::from_secs(5), proxy_header(&mut tcp, peer, from));
+            match Box::pin(header).await {
                 Ok(Ok((client, tls))) => (client, (client != peer).then_some(peer), tls),
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "PROXY protocol: connection refused");
@@ -314,7 +314,8 @@ async fn serve_connection(
         match first_bytes_h2(&tcp, l.request_header_timeout, &d.signal).await {
             Some(false) => serve_h1(l, d, tcp, info).await,
             // HTTP/2 with prior knowledge.
-            Some(true) => serve_h2(l, d, tcp, info).await,
+            // Boxed, as below: rarer, larger states stay out of every connection's task.
+            Some(true) => Box::pin(serve_h2(l, d, tcp, info)).await,
             None => {}
         }
         return;
@@ -325,10 +326,10 @@ async fn serve_connection(
         return;
     }
     // Some names are passed through: read the ClientHello to see which name this is.
-    let hello = match tokio::time::timeout(
+    let hello = match Box::pin(tokio::time::timeout(
         l.handshake_timeout,
         crate::tcp::sni::read_client_hello(&mut tcp),
-    )
+    ))
     .await
     {
         Ok(Ok(h)) => h,
@@ -353,7 +354,7 @@ async fn serve_connection(
         // Shutdown: like a TCP listener's sessions, a relayed one gets the drain deadline.
         let drain = l.shared.timeouts.drain;
         tokio::select! {
-            _ = crate::tcp::relay(&l.shared, &g, service, tcp, origin) => {}
+            _ = Box::pin(crate::tcp::relay(&l.shared, &g, service, tcp, origin)) => {}
             _ = async { l.stop.cancelled().await; tokio::time::sleep(drain).await } => {}
         }
         return;
@@ -379,8 +380,13 @@ async fn terminate<S>(
         let _slot = l.handshakes.acquire().await;
         acceptor.accept(tcp).await
     };
-    let stream = match tokio::time::timeout(l.handshake_timeout, handshake).await {
-        Ok(Ok(s)) => s,
+    // Boxed, like the stream it yields: a connection's task is sized for its largest
+    // state, and it holds that size for its whole life, parked or not.
+    let handshake = Box::pin(tokio::time::timeout(l.handshake_timeout, handshake));
+    // The TLS state (~1.2 KB) lives on the heap too: moved through the HTTP/1.1 rounds
+    // and the close as a pointer, rather than reserved inline at each of those states.
+    let stream = match handshake.await {
+        Ok(Ok(s)) => Box::new(s),
         Ok(Err(e)) => {
             l.shared.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -410,7 +416,7 @@ async fn terminate<S>(
         ..ConnInfo::new(peer, l.upstream.clone())
     });
     if h2 {
-        serve_h2(l, d, stream, info).await;
+        Box::pin(serve_h2(l, d, stream, info)).await;
     } else {
         serve_h1(l, d, stream, info).await;
     }
@@ -513,7 +519,9 @@ where
         let conn_info = info.clone();
         let svc =
             service_fn(move |req| Box::pin(proxy::handle(shared.clone(), conn_info.clone(), req)));
-        let mut conn = l.http1.serve_connection(io, svc);
+        // Boxed for the round only: inline, hyper's connection state would be reserved in
+        // the task of every parked connection too.
+        let mut conn = Box::pin(l.http1.serve_connection(io, svc));
         let mut draining = false;
         let ended = loop {
             tokio::select! {
@@ -521,9 +529,9 @@ where
                 _ = d.signal.cancelled(), if !draining => draining = true,
             }
             // Idle: closes now; busy: finishes this request with `Connection: close`.
-            std::pin::Pin::new(&mut conn).graceful_shutdown();
+            conn.as_mut().graceful_shutdown();
         };
-        let parts = conn.into_parts();
+        let parts = std::pin::Pin::into_inner(conn).into_parts();
         io = parts.io;
         if let Err(e) = ended {
             tracing::debug!(error = %e, "connection ended with an error");

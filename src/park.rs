@@ -41,6 +41,12 @@ impl Readiness for tokio::net::TcpStream {
     }
 }
 
+impl<S: Readiness + ?Sized> Readiness for Box<S> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        (**self).poll_read_ready(cx)
+    }
+}
+
 impl<S: Readiness> Readiness for crate::tcp::sni::Rewind<S> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.has_buffered() {
