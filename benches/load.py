@@ -158,12 +158,18 @@ async def hold_idle(n, tls=True):
     return conns
 
 
+# Idle figures are read after this many seconds of quiet, for every proxy alike: "idle"
+# means the burst that opened the connections (or the load) is over. Gatehouse gives the
+# heap pages that burst freed back to the system within 5 s (src/memory.rs).
+SETTLE = 7
+
+
 def idle_memory(proxy, n, tls=True):
     """RSS while holding n idle keep-alive connections (after one request each)."""
     pid = proxy.p.pid
     loop = asyncio.new_event_loop()
     conns = loop.run_until_complete(hold_idle(n, tls))
-    time.sleep(2)
+    time.sleep(SETTLE)
     held = proc_status(pid, "VmRSS:")
     for w in conns:
         w.close()
@@ -185,7 +191,7 @@ def main():
     ap.add_argument("--no-memory", action="store_true", help="skip the idle-memory row")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results", "latest.md"))
     a = ap.parse_args()
-    global SCENARIOS
+    global SCENARIOS, SETTLE
     if a.scenarios:
         words = [w.strip().lower() for w in a.scenarios.split(",") if w.strip()]
         SCENARIOS = [s for s in SCENARIOS if any(w in s[0].lower() for w in words)]
@@ -193,6 +199,7 @@ def main():
         a.rounds, a.duration = 1, 4
     if a.smoke:
         a.rounds, a.duration, a.idle = 1, 1, 200
+        SETTLE = 1
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     for tool in ["wrk", "h2load", "haproxy", "nginx", "taskset", "openssl"]:
@@ -252,6 +259,7 @@ def main():
                         cpu[(p.name, name)].append((c1 - c0) / max(r["total"], 1) * 1e6)
                         print(f"round {rnd + 1} {p.name:9} {name:42} {r['value']:>12.1f} {unit}", flush=True)
                     if rnd == 0 and not a.no_memory:
+                        time.sleep(SETTLE)
                         after = proc_status(p.p.pid, "VmRSS:")
                         peak = proc_status(p.p.pid, "VmHWM:")
                         # Each idle-connection figure on a fresh process: freed memory is

@@ -10,6 +10,7 @@ pub mod fallback;
 pub mod generation;
 pub mod handover;
 pub mod listener;
+pub mod memory;
 pub mod ops;
 pub mod park;
 pub mod pool;

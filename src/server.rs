@@ -205,6 +205,7 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
         workers.push(handle);
     }
 
+    tokio::spawn(crate::memory::return_freed(stop.clone()));
     let checked = shared.clone();
     tokio::spawn(crate::upstream::health::run_checks(
         move || checked.state.load_full(),
