@@ -4,6 +4,7 @@
 //! Nothing here buffers a body: frames pass through one at a time, and hyper's
 //! back-pressure (a frame is only polled when the other side can take it) bounds memory.
 
+use crate::upstream::direct::DirectBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -127,6 +128,7 @@ pin_project! {
                 let complete = match this.kind.project() {
                     KindProj::Full { data } => data.is_none(),
                     KindProj::Upstream { inner } => inner.is_end_stream(),
+                    KindProj::Direct { inner } => inner.is_end_stream(),
                 };
                 h.finish(*this.sent, complete);
             }
@@ -138,6 +140,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind {
         Upstream { #[pin] inner: Incoming },
+        Direct { inner: DirectBody },
         Full { data: Option<Bytes> },
     }
 }
@@ -147,6 +150,15 @@ impl ProxyBody {
     pub fn upstream(inner: Incoming) -> Self {
         ProxyBody {
             kind: Kind::Upstream { inner },
+            sent: 0,
+            hold: None,
+        }
+    }
+
+    /// A body read straight from the server's socket (`upstream::direct`).
+    pub fn direct(inner: DirectBody) -> Self {
+        ProxyBody {
+            kind: Kind::Direct { inner },
             sent: 0,
             hold: None,
         }
@@ -189,6 +201,8 @@ impl Body for ProxyBody {
             KindProj::Upstream { inner } => {
                 ready!(inner.poll_frame(cx)).map(|r| r.map_err(|e| Box::new(e) as BoxError))
             }
+            KindProj::Direct { inner } => ready!(Pin::new(inner).poll_frame(cx))
+                .map(|r| r.map_err(|e| Box::new(e) as BoxError)),
             KindProj::Full { data } => data.take().map(|d| Ok(Frame::data(d))),
         };
         match &next {
@@ -214,6 +228,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Upstream { inner } => inner.is_end_stream(),
+            Kind::Direct { inner } => inner.is_end_stream(),
             Kind::Full { data } => data.is_none(),
         }
     }
@@ -221,6 +236,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Upstream { inner } => inner.size_hint(),
+            Kind::Direct { inner } => inner.size_hint(),
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

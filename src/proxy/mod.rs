@@ -321,6 +321,10 @@ async fn handle_inner(
     // only when there is another server to re-send to: no header copy otherwise.
     let elsewhere = service.group(colour).servers.len() > 1;
     let retry = (bodyless && elsewhere).then(|| (parts.method.clone(), parts.headers.clone()));
+    // No body, no upgrade, no PROXY header, and safe to send twice: exchanged in this task
+    // (`upstream::direct`), without hyper's per-connection task and channels.
+    let direct =
+        bodyless && upgrade.is_none() && !service.send_proxy && parts.method.is_idempotent();
     let mut server = first;
     let mut request = Request::from_parts(parts, body);
     let mut attempt = 0;
@@ -330,21 +334,30 @@ async fn handle_inner(
         rec.server_id = Some(server.id);
         rec.server = server.name.clone();
         let sent = Instant::now();
-        let sending = async {
-            if service.send_proxy {
-                // Boxed for the same reason as the pool's connect: rare and large.
-                Box::pin(conn.upstream.send_with_proxy_header(
-                    server.addr,
-                    conn.peer,
-                    conn.https(),
-                    request,
-                ))
+        let result = if direct {
+            let exchange = conn.upstream.exchange(server.addr, &request);
+            tokio::time::timeout(shared.timeouts.response, exchange)
                 .await
-            } else {
-                conn.upstream.send(server.addr, request).await
-            }
+                .map(|r| r.map(|resp| resp.map(ProxyBody::direct)))
+        } else {
+            let sending = async {
+                if service.send_proxy {
+                    // Boxed for the same reason as the pool's connect: rare and large.
+                    Box::pin(conn.upstream.send_with_proxy_header(
+                        server.addr,
+                        conn.peer,
+                        conn.https(),
+                        request,
+                    ))
+                    .await
+                } else {
+                    conn.upstream.send(server.addr, request).await
+                }
+            };
+            tokio::time::timeout(shared.timeouts.response, sending)
+                .await
+                .map(|r| r.map(|resp| resp.map(ProxyBody::upstream)))
         };
-        let result = tokio::time::timeout(shared.timeouts.response, sending).await;
         rec.first_byte = sent.elapsed();
         match result {
             Ok(Ok(mut resp)) => {
@@ -377,7 +390,7 @@ async fn handle_inner(
                         .entry(header::STRICT_TRANSPORT_SECURITY)
                         .or_insert_with(|| hsts.clone());
                 }
-                return Ok(resp.map(ProxyBody::upstream));
+                return Ok(resp);
             }
             Ok(Err(e)) if progress.too_large.load(Ordering::Relaxed) => {
                 tracing::debug!(error = %e, "request body passed its limit");

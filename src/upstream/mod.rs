@@ -8,6 +8,7 @@
 //! server's socket address. Measured against hyper-util's pooled client in
 //! docs/performance.md.
 
+pub mod direct;
 pub mod health;
 
 use crate::config::Config;
@@ -27,6 +28,8 @@ pub type UpstreamClient = Arc<Upstream>;
 /// Keep-alive connections to the servers, per server address.
 pub struct Upstream {
     idle: Mutex<HashMap<SocketAddr, PerServer, BuildHasherDefault<AddrHasher>>>,
+    /// Idle connections of bodyless exchanges (`direct.rs`), a stack per server.
+    direct: Mutex<HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>>,
     max_per_server: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -60,6 +63,12 @@ impl PerServer {
 /// A pooled connection and when it was last handed back.
 struct Pooled {
     send: SendRequest<LimitedBody>,
+    since: Instant,
+}
+
+/// A direct-exchange connection waiting for its next request.
+struct Idle {
+    tcp: tokio::net::TcpStream,
     since: Instant,
 }
 
@@ -100,6 +109,7 @@ pub fn client(config: &Config) -> UpstreamClient {
     http1.max_buf_size(READ_BUF);
     let up = Arc::new(Upstream {
         idle: Mutex::new(HashMap::default()),
+        direct: Mutex::new(HashMap::default()),
         max_per_server: config.limits.upstream_idle_per_server,
         idle_timeout: config.timeouts.upstream_idle,
         connect_timeout: config.timeouts.connect,
@@ -126,6 +136,12 @@ async fn sweep(pool: Weak<Upstream>) {
             q.ready.retain(live);
         }
         map.retain(|_, q| q.len() > 0);
+        drop(map);
+        let mut direct = pool.direct.lock().unwrap_or_else(|p| p.into_inner());
+        for q in direct.values_mut() {
+            q.retain(|i| now.duration_since(i.since) <= pool.idle_timeout);
+        }
+        direct.retain(|_, q| !q.is_empty());
     }
 }
 
@@ -189,6 +205,34 @@ impl Upstream {
             }
         }
         None
+    }
+
+    /// The most recently returned direct-exchange connection to `addr` that has not
+    /// passed the idle timeout. Not probed: a stale one fails before any response byte,
+    /// and `exchange` then sends again on a new connection.
+    fn direct_checkout(&self, addr: SocketAddr) -> Option<tokio::net::TcpStream> {
+        let mut map = self.direct.lock().unwrap_or_else(|p| p.into_inner());
+        let q = map.get_mut(&addr)?;
+        let mut now = None;
+        while let Some(i) = q.pop() {
+            let now = *now.get_or_insert_with(Instant::now);
+            if now.duration_since(i.since) <= self.idle_timeout {
+                return Some(i.tcp);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose response ended cleanly, up to the per-server bound.
+    fn direct_checkin(&self, addr: SocketAddr, tcp: tokio::net::TcpStream) {
+        let mut map = self.direct.lock().unwrap_or_else(|p| p.into_inner());
+        let q = map.entry(addr).or_default();
+        if q.len() < self.max_per_server {
+            q.push(Idle {
+                tcp,
+                since: Instant::now(),
+            });
+        }
     }
 
     /// Hands a connection back as soon as its response headers are in; it becomes ready

@@ -5,6 +5,7 @@ mod bluegreen;
 mod check_cmd;
 mod demo_curl;
 mod edge;
+mod framing;
 mod harness;
 mod monitoring;
 mod reload;

@@ -1,0 +1,563 @@
+//! Requests without a body, exchanged with the server in the request's own task.
+//!
+//! hyper's client runs each server connection as a task of its own: a request crosses to
+//! it through a channel, and the response and each body chunk come back through two more,
+//! every one a wake-up and an allocation. Requests that carry no body (GET, HEAD, the
+//! bulk of a repository's traffic) skip all of that here: the request head is written
+//! and the response head parsed (httparse) by the request's task, and the body is read
+//! from the socket by whoever polls it. Uploads, upgrades and PROXY-header sends stay on
+//! hyper (`Upstream::send`).
+//!
+//! Response framing follows RFC 9112 §6.3. Anything unusual is read to the close, and
+//! its connection is never reused: Transfer-Encoding whose last coding is not `chunked`,
+//! Transfer-Encoding beside Content-Length (the length is dropped), HTTP/1.0, `Connection:
+//! close`, or bytes after the body. Differing Content-Lengths are refused (502).
+
+use super::{SendError, Upstream, dial};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Largest response head accepted (status line and headers).
+const MAX_HEAD: usize = 64 * 1024;
+/// Most response headers accepted.
+const MAX_HEADERS: usize = 128;
+/// First read of a response: most small responses arrive whole in it.
+const FIRST_READ: usize = 8 * 1024;
+/// Largest read of a body (64 KiB reads keep 1 MiB downloads at full speed).
+const MAX_READ: usize = 64 * 1024;
+/// Longest chunk-size line (with extensions) or trailer line of a chunked body.
+const MAX_LINE: usize = 4 * 1024;
+
+/// A server answered in a way that cannot be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectError {
+    /// The response head is malformed, too large, or frames its body ambiguously.
+    #[error("bad response from server: {0}")]
+    Bad(&'static str),
+    /// The server closed or reset before the response was complete.
+    #[error("server connection: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How the rest of a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    /// This many bytes remain.
+    Length(u64),
+    /// Chunked transfer coding, at this point of a chunk.
+    Chunked(Chunk),
+    /// Until the server closes.
+    Close,
+    /// Complete.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+impl Upstream {
+    /// Sends a request without a body to `addr` on a pooled connection (or a new one) and
+    /// reads the response head. A pooled connection that fails before any byte of the
+    /// response (the server had just closed it) is replaced by a new one, once: callers
+    /// send only idempotent methods here.
+    pub async fn exchange(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        req: &Request<impl Sized>,
+    ) -> Result<Response<DirectBody>, SendError> {
+        let mut wire = Vec::with_capacity(256 + req.headers().len() * 48);
+        encode_head(&mut wire, req);
+        let head_only = req.method() == Method::HEAD;
+        let mut fresh = false;
+        loop {
+            let (mut tcp, reused) = match (!fresh).then(|| self.direct_checkout(addr)).flatten() {
+                Some(t) => (t, true),
+                None => {
+                    let tcp = dial(addr, self.connect_timeout)
+                        .await
+                        .map_err(|e| SendError {
+                            connect: true,
+                            source: Box::new(e),
+                        })?;
+                    (tcp, false)
+                }
+            };
+            let mut buf = BytesMut::new();
+            let outcome = match tcp.write_all(&wire).await {
+                Ok(()) => read_head(&mut tcp, &mut buf, head_only).await,
+                Err(e) => Err((DirectError::Io(e), false)),
+            };
+            match outcome {
+                Ok((resp, framing, reusable)) => {
+                    let mut body = DirectBody {
+                        tcp: Some(tcp),
+                        buf,
+                        framing,
+                        home: reusable.then(|| (self.clone(), addr)),
+                    };
+                    body.release_if_done();
+                    return Ok(resp.map(|()| body));
+                }
+                // Nothing came back on a kept connection: it was stale. Once more, new.
+                Err((_, false)) if reused => fresh = true,
+                Err((e, _)) => {
+                    return Err(SendError {
+                        connect: false,
+                        source: Box::new(e),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// `METHOD /path HTTP/1.1`, the headers as they are (hyper has validated them: no CR or
+/// LF can be in a name or value), and the blank line.
+fn encode_head<B>(out: &mut Vec<u8>, req: &Request<B>) {
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Reads until a final (non-1xx) response head is complete. The error's flag says whether
+/// any byte of a response had arrived (only a connection that sent nothing is retried).
+async fn read_head(
+    tcp: &mut TcpStream,
+    buf: &mut BytesMut,
+    head_only: bool,
+) -> Result<(Response<()>, Framing, bool), (DirectError, bool)> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = false;
+    loop {
+        if !buf.is_empty() {
+            match parse_head(buf, head_only) {
+                Ok(Some(done)) => return Ok(done),
+                Ok(None) => {}
+                Err(e) => return Err((e, true)),
+            }
+            if buf.len() >= MAX_HEAD {
+                return Err((DirectError::Bad("response head too large"), true));
+            }
+        }
+        buf.reserve(FIRST_READ);
+        match tcp.read_buf(buf).await {
+            Ok(0) if seen => {
+                return Err((
+                    DirectError::Io(std::io::ErrorKind::UnexpectedEof.into()),
+                    true,
+                ));
+            }
+            Ok(0) => {
+                return Err((
+                    DirectError::Io(std::io::ErrorKind::UnexpectedEof.into()),
+                    false,
+                ));
+            }
+            Ok(_) => seen = true,
+            Err(e) => return Err((DirectError::Io(e), seen)),
+        }
+    }
+}
+
+/// Parses a response head at the start of `buf` and consumes it; `None` if incomplete.
+/// Interim (1xx) responses are consumed and skipped; a 101 is refused (no upgrade was
+/// asked for on this path).
+fn parse_head(
+    buf: &mut BytesMut,
+    head_only: bool,
+) -> Result<Option<(Response<()>, Framing, bool)>, DirectError> {
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut r = httparse::Response::new(&mut slots);
+        let used = match r.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(DirectError::Bad("too many response headers"));
+            }
+            Err(_) => return Err(DirectError::Bad("malformed response head")),
+        };
+        let code = r.code.ok_or(DirectError::Bad("no status"))?;
+        if code == 101 {
+            return Err(DirectError::Bad("101 without an upgrade request"));
+        }
+        if (100..200).contains(&code) {
+            buf.advance(used);
+            continue;
+        }
+        let status = StatusCode::from_u16(code).map_err(|_| DirectError::Bad("bad status"))?;
+        let mut close = r.version != Some(1);
+        let mut headers = HeaderMap::with_capacity(r.headers.len());
+        let mut length: Option<u64> = None;
+        let mut coded = false;
+        let mut chunked = false;
+        for h in r.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| DirectError::Bad("bad header name"))?;
+            let value = HeaderValue::from_bytes(h.value)
+                .map_err(|_| DirectError::Bad("bad header value"))?;
+            if name == header::CONTENT_LENGTH {
+                for part in h.value.split(|b| *b == b',') {
+                    let n = content_length(part)?;
+                    if length.is_some_and(|m| m != n) {
+                        return Err(DirectError::Bad("differing Content-Length"));
+                    }
+                    length = Some(n);
+                }
+            } else if name == header::TRANSFER_ENCODING {
+                coded = true;
+                // The last coding of the last header decides.
+                chunked = h
+                    .value
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name == header::CONNECTION
+                && h.value
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+            {
+                close = true;
+            }
+            headers.append(name, value);
+        }
+        buf.advance(used);
+        let framing = if head_only
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            Framing::Done
+        } else if coded {
+            // Transfer-Encoding wins over a length; such a response is the last one.
+            headers.remove(header::CONTENT_LENGTH);
+            if length.is_some() {
+                close = true;
+            }
+            if chunked {
+                Framing::Chunked(Chunk::Size)
+            } else {
+                close = true;
+                Framing::Close
+            }
+        } else if let Some(n) = length {
+            Framing::Length(n)
+        } else {
+            close = true;
+            Framing::Close
+        };
+        let mut resp = Response::new(());
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        return Ok(Some((resp, framing, !close)));
+    }
+}
+
+/// A Content-Length value: digits only, no sign, no overflow.
+fn content_length(v: &[u8]) -> Result<u64, DirectError> {
+    let v = v.trim_ascii();
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) || v.len() > 19 {
+        return Err(DirectError::Bad("bad Content-Length"));
+    }
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(DirectError::Bad("bad Content-Length"))
+}
+
+/// A response body read straight from the server's socket. When it ends cleanly the
+/// connection goes back to the pool; dropped before, the connection is closed.
+pub struct DirectBody {
+    tcp: Option<TcpStream>,
+    buf: BytesMut,
+    framing: Framing,
+    /// The pool to return the connection to, when it may be reused.
+    home: Option<(Arc<Upstream>, SocketAddr)>,
+}
+
+impl std::fmt::Debug for DirectBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectBody")
+            .field("framing", &self.framing)
+            .finish()
+    }
+}
+
+impl DirectBody {
+    /// Hands the connection back once the body is complete (with no stray bytes after it).
+    fn release_if_done(&mut self) {
+        if self.framing == Framing::Length(0) {
+            self.framing = Framing::Done;
+        }
+        if self.framing != Framing::Done {
+            return;
+        }
+        let tcp = self.tcp.take();
+        if let (Some(tcp), Some((pool, addr))) = (tcp, self.home.take())
+            && self.buf.is_empty()
+        {
+            pool.direct_checkin(addr, tcp);
+        }
+    }
+
+    /// Reads more of the body into `buf`: `Ok(0)` when the server closed.
+    fn fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<std::io::Result<usize>> {
+        let Some(tcp) = self.tcp.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        self.buf.reserve(want.clamp(1, MAX_READ));
+        tokio_util::io::poll_read_buf(Pin::new(tcp), cx, &mut self.buf)
+    }
+
+    /// One step of the chunked decoder over what is buffered: `Some(frame)` to yield,
+    /// `None` to read more (or to look at the new state).
+    fn chunked_step(&mut self, at: Chunk) -> Result<Option<Bytes>, DirectError> {
+        match at {
+            Chunk::Size => {
+                let Some(end) = find_crlf(&self.buf) else {
+                    return if self.buf.len() > MAX_LINE {
+                        Err(DirectError::Bad("chunk size line too long"))
+                    } else {
+                        Ok(None)
+                    };
+                };
+                let line = &self.buf[..end];
+                let digits = line
+                    .split(|b| *b == b';')
+                    .next()
+                    .unwrap_or(line)
+                    .trim_ascii();
+                if digits.is_empty()
+                    || digits.len() > 15
+                    || !digits.iter().all(u8::is_ascii_hexdigit)
+                {
+                    return Err(DirectError::Bad("bad chunk size"));
+                }
+                let size = std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|s| u64::from_str_radix(s, 16).ok())
+                    .ok_or(DirectError::Bad("bad chunk size"))?;
+                self.buf.advance(end + 2);
+                self.framing = Framing::Chunked(if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                });
+                Ok(None)
+            }
+            Chunk::Data(left) => {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                let take = self
+                    .buf
+                    .len()
+                    .min(usize::try_from(left).unwrap_or(usize::MAX));
+                let data = self.buf.split_to(take).freeze();
+                let left = left - take as u64;
+                self.framing = Framing::Chunked(if left == 0 {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left)
+                });
+                Ok(Some(data))
+            }
+            Chunk::DataEnd => {
+                if self.buf.len() < 2 {
+                    return Ok(None);
+                }
+                if &self.buf[..2] != b"\r\n" {
+                    return Err(DirectError::Bad("chunk not followed by CRLF"));
+                }
+                self.buf.advance(2);
+                self.framing = Framing::Chunked(Chunk::Size);
+                Ok(None)
+            }
+            Chunk::Trailers => {
+                // Trailers are not forwarded; each line is read and dropped.
+                let Some(end) = find_crlf(&self.buf) else {
+                    return if self.buf.len() > MAX_LINE {
+                        Err(DirectError::Bad("trailer line too long"))
+                    } else {
+                        Ok(None)
+                    };
+                };
+                self.buf.advance(end + 2);
+                if end == 0 {
+                    self.framing = Framing::Done;
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn find_crlf(b: &[u8]) -> Option<usize> {
+    b.windows(2).position(|w| w == b"\r\n")
+}
+
+impl Body for DirectBody {
+    type Data = Bytes;
+    type Error = DirectError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, DirectError>>> {
+        let this = self.get_mut();
+        loop {
+            let want = match this.framing {
+                Framing::Done => {
+                    this.release_if_done();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(0) => {
+                    this.release_if_done();
+                    continue;
+                }
+                Framing::Length(left) => {
+                    if !this.buf.is_empty() {
+                        let take = this
+                            .buf
+                            .len()
+                            .min(usize::try_from(left).unwrap_or(usize::MAX));
+                        let data = this.buf.split_to(take).freeze();
+                        this.framing = Framing::Length(left - take as u64);
+                        // Last bytes: back to the pool now, as hyper may never poll again.
+                        this.release_if_done();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    usize::try_from(left).unwrap_or(MAX_READ)
+                }
+                Framing::Close => {
+                    if !this.buf.is_empty() {
+                        let data = this.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    MAX_READ
+                }
+                Framing::Chunked(at) => match this.chunked_step(at) {
+                    Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(None) if this.framing != Framing::Chunked(at) => continue,
+                    Ok(None) => match at {
+                        Chunk::Data(left) => usize::try_from(left).unwrap_or(MAX_READ),
+                        _ => FIRST_READ,
+                    },
+                    Err(e) => {
+                        this.tcp = None;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+            };
+            match std::task::ready!(this.fill(cx, want)) {
+                Ok(0) if this.framing == Framing::Close => this.framing = Framing::Done,
+                Ok(0) => {
+                    this.tcp = None;
+                    this.framing = Framing::Done;
+                    this.home = None;
+                    return Poll::Ready(Some(Err(DirectError::Io(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    ))));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.tcp = None;
+                    this.framing = Framing::Done;
+                    this.home = None;
+                    return Poll::Ready(Some(Err(DirectError::Io(e))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Done | Framing::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8], head: bool) -> Result<Option<(Response<()>, Framing, bool)>, DirectError> {
+        let mut b = BytesMut::from(raw);
+        parse_head(&mut b, head)
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let (_, f, reuse) = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((f, reuse), (Framing::Length(3), true));
+        let (r, f, reuse) = parse(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((f, reuse), (Framing::Chunked(Chunk::Size), false));
+        assert!(r.headers().get(header::CONTENT_LENGTH).is_none());
+        let (_, f, reuse) = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((f, reuse), (Framing::Close, false));
+        let (_, f, reuse) = parse(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((f, reuse), (Framing::Length(1), false));
+        let (_, f, _) = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(f, Framing::Done);
+        let (r, _, _) = parse(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        assert!(
+            parse(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+                false
+            )
+            .is_err()
+        );
+        assert!(parse(b"HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\n", false).is_err());
+        assert!(parse(b"HTTP/1.1 101 Switching\r\n\r\n", false).is_err());
+        assert!(
+            parse(b"HTTP/1.1 200 OK\r\nContent-Le", false)
+                .unwrap()
+                .is_none()
+        );
+    }
+}
