@@ -141,25 +141,43 @@ pub fn rewrite_request(
     for h in &FORWARDING {
         headers.remove(h);
     }
-    let xff = match prior_xff {
-        Some(p) => format!("{p}, {peer_ip}"),
-        None => peer_ip.to_string(),
-    };
-    let for_value = match peer_ip {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("\"[{a}]\""),
-    };
-    let fwd_self = format!("for={for_value};proto={proto};host=\"{host}\"");
-    let fwd = match prior_fwd {
-        Some(p) => format!("{p}, {fwd_self}"),
-        None => fwd_self,
-    };
-    if let Ok(v) = HeaderValue::try_from(xff) {
-        headers.insert("x-forwarded-for", v);
+    // Built with one formatting of the address and no intermediate strings: this runs
+    // for every request.
+    use std::fmt::Write as _;
+    let mut xff = String::with_capacity(prior_xff.as_ref().map_or(0, |p| p.len() + 2) + 40);
+    if let Some(p) = &prior_xff {
+        xff.push_str(p);
+        xff.push_str(", ");
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    let at = xff.len();
+    let _ = write!(xff, "{peer_ip}");
+    let ip = &xff[at..];
+    let mut fwd = String::with_capacity(
+        prior_fwd.as_ref().map_or(0, |p| p.len() + 2) + ip.len() + host.len() + 32,
+    );
+    if let Some(p) = &prior_fwd {
+        fwd.push_str(p);
+        fwd.push_str(", ");
+    }
+    fwd.push_str("for=");
+    if peer_ip.is_ipv6() {
+        fwd.push_str("\"[");
+        fwd.push_str(ip);
+        fwd.push_str("]\"");
+    } else {
+        fwd.push_str(ip);
+    }
+    fwd.push_str(";proto=");
+    fwd.push_str(proto);
+    fwd.push_str(";host=\"");
+    fwd.push_str(host);
+    fwd.push('"');
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        headers.insert(FORWARDING[0].clone(), v);
+    }
+    headers.insert(FORWARDING[1].clone(), HeaderValue::from_static(proto));
     if let Ok(v) = HeaderValue::from_str(host) {
-        headers.insert("x-forwarded-host", v);
+        headers.insert(FORWARDING[2].clone(), v);
     }
     if let Ok(v) = HeaderValue::try_from(fwd) {
         headers.insert(header::FORWARDED, v);
@@ -221,6 +239,23 @@ mod tests {
             h["x-forwarded-for"],
             "1.1.1.1, 198.51.100.9, 10.0.0.2, 10.0.0.1"
         );
+    }
+
+    #[test]
+    fn ipv6_peer_behind_a_trusted_chain_is_quoted_in_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert("forwarded", HeaderValue::from_static("for=192.0.2.1"));
+        let peer: SocketAddr = "[2001:db8::7]:1".parse().unwrap();
+        let trusted = AllowList::new(vec![], &["2001:db8::/32".parse().unwrap()]);
+        let c = client_addr(&h, peer, &trusted);
+        rewrite_request(&mut h, &c, true, "x", false);
+        assert_eq!(h["x-forwarded-for"], "2001:db8::7");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.1, for=\"[2001:db8::7]\";proto=http;host=\"x\""
+        );
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "x");
     }
 
     #[test]
