@@ -125,3 +125,15 @@ fn runtime(workers: usize, fut: impl std::future::Future<Output = anyhow::Result
         }
     }
 }
+
+/// jemalloc: size classes keep long-lived connection state apart from the buffers of a
+/// burst, so pages the burst freed can go back to the system whole; background purging
+/// returns them within about a second (see `MALLOC_CONF`).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Read by jemalloc at start: purge freed pages after 1 s, on its own thread.
+#[allow(unsafe_code)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8; 60] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
