@@ -31,6 +31,8 @@ pub struct Stack {
     pub standins: Arc<demo::Stack>,
     pub ca: Vec<CertificateDer<'static>>,
     pub stderr_log: PathBuf,
+    /// Ports of dead servers, held so nothing else answers on them.
+    pub _reserved: Vec<socket2::Socket>,
 }
 
 /// How to shape the rules and config before starting.
@@ -73,16 +75,27 @@ impl Stack {
             .captures_iter(&rules.clone())
             .map(|c| (c[1].to_string(), c[2].to_string()))
             .collect();
+        let mut reserved = Vec::new();
         for (name, addr) in pairs {
+            if opts.dead.contains(&name) {
+                // Bound but never listening, for the stack's life: connects are refused,
+                // and no other test's listener can be given the port meanwhile (a
+                // released port was once handed to another test's proxy, whose redirect
+                // then answered for the "dead" server).
+                let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    .expect("socket");
+                let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+                sock.bind(&any.into()).expect("bind");
+                let bound = sock.local_addr().expect("addr").as_socket().expect("inet");
+                rules = rules.replace(&addr, &bound.to_string());
+                reserved.push(sock);
+                continue;
+            }
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
             let new_addr = listener.local_addr().expect("addr").to_string();
             rules = rules.replace(&addr, &new_addr);
-            if opts.dead.contains(&name) {
-                drop(listener);
-                continue;
-            }
             drop(listener);
             let addr: SocketAddr = new_addr.parse().expect("addr");
             standins.start(&name, addr).await.expect("stand-in");
@@ -126,6 +139,7 @@ impl Stack {
             standins,
             ca,
             stderr_log,
+            _reserved: reserved,
         }
     }
 
