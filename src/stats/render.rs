@@ -635,14 +635,7 @@ struct Process {
 
 /// Process figures from /proc/self (0 where unavailable).
 fn process() -> Process {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024;
+    let rss = crate::memory::resident().unwrap_or(0);
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')

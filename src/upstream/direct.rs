@@ -320,6 +320,32 @@ impl DirectBody {
         }
     }
 
+    /// Where the buffered line ends (its CR), `None` until its CRLF has arrived; a line
+    /// longer than [`MAX_LINE`] is refused as `too_long`.
+    fn line(&self, too_long: &'static str) -> Result<Option<usize>, DirectError> {
+        match self.buf.windows(2).position(|w| w == b"\r\n") {
+            Some(end) => Ok(Some(end)),
+            None if self.buf.len() > MAX_LINE => Err(DirectError::Bad(too_long)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `left` buffered body bytes, as one frame's data.
+    fn take(&mut self, left: u64) -> Bytes {
+        let n = self
+            .buf
+            .len()
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
+        self.buf.split_to(n).freeze()
+    }
+
+    /// Gives up on the connection (closed, never pooled) and yields `e`.
+    fn fail(&mut self, e: DirectError) -> Poll<Option<Result<Frame<Bytes>, DirectError>>> {
+        self.tcp = None;
+        self.home = None;
+        Poll::Ready(Some(Err(e)))
+    }
+
     /// Reads more of the body into `buf`: `Ok(0)` when the server closed.
     fn fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<std::io::Result<usize>> {
         let Some(tcp) = self.tcp.as_mut() else {
@@ -334,12 +360,8 @@ impl DirectBody {
     fn chunked_step(&mut self, at: Chunk) -> Result<Option<Bytes>, DirectError> {
         match at {
             Chunk::Size => {
-                let Some(end) = find_crlf(&self.buf) else {
-                    return if self.buf.len() > MAX_LINE {
-                        Err(DirectError::Bad("chunk size line too long"))
-                    } else {
-                        Ok(None)
-                    };
+                let Some(end) = self.line("chunk size line too long")? else {
+                    return Ok(None);
                 };
                 let line = &self.buf[..end];
                 let digits = line
@@ -369,12 +391,8 @@ impl DirectBody {
                 if self.buf.is_empty() {
                     return Ok(None);
                 }
-                let take = self
-                    .buf
-                    .len()
-                    .min(usize::try_from(left).unwrap_or(usize::MAX));
-                let data = self.buf.split_to(take).freeze();
-                let left = left - take as u64;
+                let data = self.take(left);
+                let left = left - data.len() as u64;
                 self.framing = Framing::Chunked(if left == 0 {
                     Chunk::DataEnd
                 } else {
@@ -395,12 +413,8 @@ impl DirectBody {
             }
             Chunk::Trailers => {
                 // Trailers are not forwarded; each line is read and dropped.
-                let Some(end) = find_crlf(&self.buf) else {
-                    return if self.buf.len() > MAX_LINE {
-                        Err(DirectError::Bad("trailer line too long"))
-                    } else {
-                        Ok(None)
-                    };
+                let Some(end) = self.line("trailer line too long")? else {
+                    return Ok(None);
                 };
                 self.buf.advance(end + 2);
                 if end == 0 {
@@ -410,10 +424,6 @@ impl DirectBody {
             }
         }
     }
-}
-
-fn find_crlf(b: &[u8]) -> Option<usize> {
-    b.windows(2).position(|w| w == b"\r\n")
 }
 
 impl Body for DirectBody {
@@ -437,12 +447,8 @@ impl Body for DirectBody {
                 }
                 Framing::Length(left) => {
                     if !this.buf.is_empty() {
-                        let take = this
-                            .buf
-                            .len()
-                            .min(usize::try_from(left).unwrap_or(usize::MAX));
-                        let data = this.buf.split_to(take).freeze();
-                        this.framing = Framing::Length(left - take as u64);
+                        let data = this.take(left);
+                        this.framing = Framing::Length(left - data.len() as u64);
                         // Last bytes: back to the pool now, as hyper may never poll again.
                         this.release_if_done();
                         return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -463,29 +469,16 @@ impl Body for DirectBody {
                         Chunk::Data(left) => usize::try_from(left).unwrap_or(MAX_READ),
                         _ => FIRST_READ,
                     },
-                    Err(e) => {
-                        this.tcp = None;
-                        return Poll::Ready(Some(Err(e)));
-                    }
+                    Err(e) => return this.fail(e),
                 },
             };
             match std::task::ready!(this.fill(cx, want)) {
                 Ok(0) if this.framing == Framing::Close => this.framing = Framing::Done,
                 Ok(0) => {
-                    this.tcp = None;
-                    this.framing = Framing::Done;
-                    this.home = None;
-                    return Poll::Ready(Some(Err(DirectError::Io(
-                        std::io::ErrorKind::UnexpectedEof.into(),
-                    ))));
+                    return this.fail(DirectError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    this.tcp = None;
-                    this.framing = Framing::Done;
-                    this.home = None;
-                    return Poll::Ready(Some(Err(DirectError::Io(e))));
-                }
+                Err(e) => return this.fail(DirectError::Io(e)),
             }
         }
     }
