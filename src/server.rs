@@ -65,7 +65,7 @@ fn sockets_for(
     if group.len() < n {
         let at = group.first().map_or(Ok(addr), |s| s.local_addr())?;
         group.extend(
-            listener::bind_group(at, n - group.len())
+            listener::bind_group(at, n - group.len(), matches!(kind, "https" | "http"))
                 .with_context(|| format!("cannot listen on {addr}"))?,
         );
     }
