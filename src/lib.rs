@@ -8,6 +8,7 @@ pub mod demo;
 pub mod diag;
 pub mod fallback;
 pub mod generation;
+pub mod h1;
 pub mod handover;
 pub mod listener;
 pub mod memory;

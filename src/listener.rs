@@ -10,6 +10,7 @@
 
 use crate::config::Config;
 use crate::park::{self, ParkIo, Readiness};
+use crate::proxy::body::ClientBody;
 use crate::proxy::{self, ConnInfo, Shared};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -79,6 +80,8 @@ pub struct ConnCtx {
     pub http: http2::Builder<TokioExecutor>,
     /// HTTP/1.1 server settings for the connections driven here.
     pub http1: http1::Builder,
+    /// What the listener's own HTTP/1.1 path takes (less than hyper takes).
+    pub h1_limits: crate::h1::Limits,
     /// The wait for a new connection's first request.
     pub request_header_timeout: Duration,
     /// The wait for a parked keep-alive connection's next request.
@@ -214,12 +217,22 @@ fn defer_accept(socket: &Socket) -> std::io::Result<()> {
     }
 }
 
+/// hyper's HTTP/1.1 read buffer limit, which is its head size limit too.
+fn hyper_buf(config: &Config) -> usize {
+    config.limits.max_header_bytes.max(8192)
+}
+
+/// The limits of the listener's own HTTP/1.1 path: within hyper's.
+pub fn h1_limits(config: &Config) -> crate::h1::Limits {
+    crate::h1::Limits::new(hyper_buf(config), config.limits.max_headers)
+}
+
 /// The HTTP/1.1 server settings every client connection uses.
 pub fn http1_builder(config: &Config) -> http1::Builder {
     let mut b = http1::Builder::new();
     b.timer(TokioTimer::new())
         .header_read_timeout(config.timeouts.request_header)
-        .max_buf_size(config.limits.max_header_bytes.max(8192))
+        .max_buf_size(hyper_buf(config))
         .max_headers(config.limits.max_headers)
         .keep_alive(true)
         .half_close(false);
@@ -513,7 +526,13 @@ where
     // Boxed: the request future is ~4.5 KB, and hyper keeps a slot for it inline in every
     // connection and copies it into each HTTP/2 stream task. A box makes both a pointer,
     // for one allocation per request (measured in docs/performance.md).
-    let svc = service_fn(move |req| Box::pin(proxy::handle(shared.clone(), info.clone(), req)));
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        Box::pin(proxy::handle(
+            shared.clone(),
+            info.clone(),
+            req.map(ClientBody::Hyper),
+        ))
+    });
     let conn = l.http.serve_connection(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);
     let r = tokio::select! {
@@ -540,23 +559,41 @@ where
     let mut wait = l.request_header_timeout;
     let mut first = true;
     loop {
-        let ready = {
-            let _parked = (!first).then(|| Parked::new(&l.shared.stats));
-            tokio::select! {
-                r = tokio::time::timeout(wait, park::readable(io.get_ref())) => matches!(r, Ok(Ok(()))),
-                _ = d.signal.cancelled() => false,
-            }
-        };
+        let ready = io.has_unread()
+            || {
+                let _parked = (!first).then(|| Parked::new(&l.shared.stats));
+                tokio::select! {
+                    r = tokio::time::timeout(wait, park::readable(io.get_ref())) => matches!(r, Ok(Ok(()))),
+                    _ = d.signal.cancelled() => false,
+                }
+            };
         first = false;
         if !ready {
             close(io).await;
             return;
         }
         wait = l.idle_timeout;
+        if !io.has_unread() {
+            // The common request is served without hyper; the rest, with what was read
+            // of it, goes to a hyper round below. Boxed like hyper's round: a parked
+            // connection's task keeps no room for a request.
+            let (shared, limits) = (&l.shared, l.h1_limits);
+            let served = crate::h1::serve(shared, &info, limits, &d.signal, io.get_mut());
+            match Box::pin(served).await {
+                crate::h1::Outcome::Idle => continue,
+                crate::h1::Outcome::Close => {
+                    close(io).await;
+                    return;
+                }
+                crate::h1::Outcome::Hyper(read) => io.unread(read),
+            }
+        }
         let shared = l.shared.clone();
         let conn_info = info.clone();
-        let svc =
-            service_fn(move |req| Box::pin(proxy::handle(shared.clone(), conn_info.clone(), req)));
+        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let req = req.map(ClientBody::Hyper);
+            Box::pin(proxy::handle(shared.clone(), conn_info.clone(), req))
+        });
         // Boxed for the round only: inline, hyper's connection state would be reserved in
         // the task of every parked connection too.
         let mut conn = Box::pin(l.http1.serve_connection(io, svc));

@@ -80,6 +80,8 @@ pub struct ParkIo<I> {
     /// Requests of this connection whose response is not finished yet.
     in_flight: Arc<AtomicUsize>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// Bytes already read from the socket (by [`crate::h1`]) that hyper reads first.
+    unread: bytes::Bytes,
     /// Bytes moved since the park timer was last set.
     active: bool,
     /// A write since the last completed flush: hyper may still hold bytes to send.
@@ -94,6 +96,7 @@ impl<I> ParkIo<I> {
             io: TokioIo::new(io),
             in_flight,
             timer: None,
+            unread: bytes::Bytes::new(),
             active: true,
             dirty: false,
             parked: false,
@@ -119,6 +122,21 @@ impl<I> ParkIo<I> {
     /// The socket.
     pub fn get_ref(&self) -> &I {
         self.io.inner()
+    }
+
+    /// The socket, to read and write past hyper ([`crate::h1`]).
+    pub fn get_mut(&mut self) -> &mut I {
+        self.io.inner_mut()
+    }
+
+    /// Gives hyper `bytes` to read before the socket's.
+    pub fn unread(&mut self, bytes: bytes::Bytes) {
+        self.unread = bytes;
+    }
+
+    /// Whether bytes given back with [`ParkIo::unread`] are still waiting.
+    pub fn has_unread(&self) -> bool {
+        !self.unread.is_empty()
     }
 
     /// The socket, owned (an upgraded connection's tunnel takes it).
@@ -152,9 +170,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Read for ParkIo<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
+        mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(n));
+            this.active = true;
+            return Poll::Ready(Ok(()));
+        }
         if this.parked {
             return Poll::Ready(Ok(()));
         }

@@ -282,6 +282,7 @@ fn worker(
                 shared,
                 http: listener::http_builder(&config),
                 http1: listener::http1_builder(&config),
+                h1_limits: listener::h1_limits(&config),
                 request_header_timeout: config.timeouts.request_header,
                 idle_timeout: config.timeouts.idle,
                 handshake_timeout: config.timeouts.handshake,

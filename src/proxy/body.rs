@@ -31,11 +31,51 @@ pub struct BodyProgress {
 #[error("request body larger than {0} bytes")]
 pub struct TooLarge(pub u64);
 
+/// The client's request body as the proxy takes it: hyper's stream, or nothing at all for
+/// a request read by the listener's own HTTP/1.1 path ([`crate::h1`]), which takes only
+/// requests without a body.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// A body hyper reads from the connection.
+    Hyper(Incoming),
+    /// No body.
+    Empty,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 pin_project! {
     /// The client's request body on its way to the server, cut at `limit` bytes.
     pub struct LimitedBody {
         #[pin]
-        inner: Option<Incoming>,
+        inner: Option<ClientBody>,
         limit: u64,
         progress: Arc<BodyProgress>,
     }
@@ -43,7 +83,7 @@ pin_project! {
 
 impl LimitedBody {
     /// Wraps the client body; `limit` is `u64::MAX` when the route sets none.
-    pub fn new(inner: Incoming, limit: u64, progress: Arc<BodyProgress>) -> Self {
+    pub fn new(inner: ClientBody, limit: u64, progress: Arc<BodyProgress>) -> Self {
         LimitedBody {
             inner: Some(inner),
             limit,

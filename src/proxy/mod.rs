@@ -22,7 +22,7 @@ use crate::stats::{Histogram, Stats};
 use crate::upstream::UpstreamClient;
 use crate::upstream::health::{HealthTable, ServerGuard};
 use arc_swap::ArcSwap;
-use body::{BodyProgress, Hold, LimitedBody, ProxyBody};
+use body::{BodyProgress, ClientBody, Hold, LimitedBody, ProxyBody};
 use bytes::Bytes;
 use error::ProxyError;
 use http::header::{self, HeaderValue};
@@ -30,7 +30,6 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -131,7 +130,7 @@ impl ConnInfo {
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let generation = shared.state.load_full();
     let mut rec = Record::new(&shared, &conn, &req, generation.clone());
@@ -189,7 +188,7 @@ async fn handle_inner(
     shared: &Shared,
     conn: &ConnInfo,
     g: &Generation,
-    slot: &mut Option<Request<Incoming>>,
+    slot: &mut Option<Request<ClientBody>>,
     rec: &mut Record,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // The request stays in `slot` until it is forwarded, so an answer of our own can
@@ -434,7 +433,7 @@ async fn handle_inner(
 /// close, as nginx does): a client still sending gets to finish and read the answer instead
 /// of a reset. Bounded: 4 MiB or 5 s, then the body is dropped and the connection closes
 /// (the answer carries `Connection: close`).
-fn drain(mut body: Incoming) {
+fn drain(mut body: ClientBody) {
     tokio::spawn(async move {
         let mut left: i64 = 4 << 20;
         let read = async {
@@ -486,7 +485,7 @@ pub(crate) async fn choose_server(
 
 /// The protocol a request asks to upgrade to (HTTP/1.1 `Connection: upgrade` + `Upgrade`),
 /// never `h2c` (a smuggling vector). The tunnel opens only after the server's 101.
-fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+fn upgrade_protocol(req: &Request<ClientBody>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
@@ -537,7 +536,7 @@ fn checked_path(uri: &Uri) -> Result<PathAndQuery, ProxyError> {
 }
 
 /// The host a request names (`:authority` or `Host`), lower-case, without port.
-fn request_host(req: &Request<Incoming>) -> Result<Arc<str>, ProxyError> {
+fn request_host(req: &Request<ClientBody>) -> Result<Arc<str>, ProxyError> {
     let raw = match req.uri().authority() {
         Some(a) => a.host(),
         None => {
@@ -566,7 +565,7 @@ fn normalize_host(h: &str) -> Arc<str> {
     }
 }
 
-fn redirect_to_https(req: &Request<Incoming>, host: &str, port: u16) -> Response<ProxyBody> {
+fn redirect_to_https(req: &Request<ClientBody>, host: &str, port: u16) -> Response<ProxyBody> {
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let location = if port == 443 {
         format!("https://{host}{pq}")
@@ -655,7 +654,7 @@ impl Record {
     fn new(
         shared: &Shared,
         conn: &ConnInfo,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
         generation: Arc<Generation>,
     ) -> Self {
         shared.stats.frontend.enter();

@@ -6,6 +6,7 @@ mod check_cmd;
 mod demo_curl;
 mod edge;
 mod framing;
+mod h1_paths;
 mod harness;
 mod monitoring;
 mod reload;
