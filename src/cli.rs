@@ -67,7 +67,7 @@ pub enum Command {
         /// The request arrives through this proxy (its X-Forwarded-For counts only if trusted).
         #[arg(long)]
         via_proxy: Option<std::net::IpAddr>,
-        /// The URL, e.g. https://data.example.org/api/records
+        /// The URL, e.g. `https://data.example.org/api/records`
         url: String,
     },
     /// Run the proxy with an embedded stand-in repository stack (blue and green).

@@ -54,7 +54,7 @@ pub enum Outcome {
 pub struct Limits {
     /// Head bytes accepted (the smaller of hyper's buffer limit and [`MAX_HEAD`]).
     pub head: usize,
-    /// Headers accepted (the smaller of `limits.max_headers` and [`MAX_HEADERS`]).
+    /// Headers accepted (the smaller of `limits.max_headers` and 64).
     pub headers: usize,
 }
 

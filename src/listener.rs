@@ -1,12 +1,15 @@
 //! Listeners: accept, bound the number of connections, TLS handshake, serve HTTP/1.1 and HTTP/2.
 //!
-//! A connection permit is taken *before* accepting, so at the connection limit the
-//! kernel backlog absorbs the excess instead of us spawning unbounded tasks. Each
-//! connection holds a [`Drain`] token so a drain lets in-flight requests finish.
+//! Each worker holds at most one accepted connection waiting for a permit (see
+//! `next_connection`), so at the connection limit the kernel backlog absorbs the excess
+//! instead of us spawning unbounded tasks. Each connection holds a [`Drain`] token so a
+//! drain lets in-flight requests finish.
 //!
-//! HTTP/1.1 connections are driven here, round by round: hyper serves requests until the
-//! connection has been idle for a moment, then gives the socket back and the connection
-//! waits with no buffers (see [`crate::park`]). HTTP/2 connections are hyper's throughout.
+//! HTTP/1.1 connections are driven here, round by round: complete bodyless GET and HEAD
+//! requests are read and answered by [`crate::h1`]; anything else starts a hyper round,
+//! which serves requests until the connection has been idle for a moment, then gives the
+//! socket back. Between rounds the connection waits with no buffers (see
+//! [`crate::park`]). HTTP/2 connections are hyper's throughout.
 
 use crate::config::Config;
 use crate::park::{self, ParkIo, Readiness};

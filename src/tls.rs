@@ -157,5 +157,12 @@ pub fn server_config(
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(20_000);
+    // One TLS 1.3 ticket per handshake, resumed ones included, so a returning client
+    // always holds a fresh one for its next connection (Go's server sends one; OpenSSL
+    // one per resumption). A client that wants more for parallel connections asks for
+    // them (RFC 9149 `ticket_request`) and gets up to four. Each ticket costs the client
+    // a session to parse and keep, on every connection.
+    cfg.send_tls13_tickets = 1;
+    cfg.max_tls13_tickets = 4;
     Ok(Arc::new(cfg))
 }

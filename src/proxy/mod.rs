@@ -2,7 +2,7 @@
 //!
 //! [`handle`] never fails: every [`ProxyError`] becomes a status and a page there, and the
 //! access-log line and counters are written once, when the response body ends.
-//! [`handle_inner`] is the `?` chain in data-flow order (see docs/architecture.md §3).
+//! `handle_inner` is the `?` chain in data-flow order (see docs/architecture.md §3).
 
 pub mod body;
 pub mod error;

@@ -410,6 +410,30 @@ impl Client {
         TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await
     }
 
+    /// A TLS client config trusting the demo CA, for tests that keep one across
+    /// connections (session resumption).
+    pub fn tls_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(self.roots.clone())
+            .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        cfg
+    }
+
+    /// Opens a TLS connection to `sni` with `cfg`.
+    pub async fn connect_with(
+        &self,
+        cfg: Arc<rustls::ClientConfig>,
+        sni: &str,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let name = ServerName::try_from(sni.to_string()).expect("name");
+        let tcp = TcpStream::connect(self.addr).await?;
+        TlsConnector::from(cfg).connect(name, tcp).await
+    }
+
     /// TLS 1.3 with the request sent in the same write as the client's Finished (the
     /// server reads both in its last handshake read); returns what came back before the
     /// server closed or `wait` passed. Blocking: call from `spawn_blocking`.

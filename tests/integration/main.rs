@@ -11,6 +11,7 @@ mod harness;
 mod monitoring;
 mod reload;
 mod resilience;
+mod resumption;
 mod routing;
 mod stats;
 mod tcp;

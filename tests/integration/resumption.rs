@@ -1,0 +1,95 @@
+//! TLS session resumption: a returning client skips the certificate and key exchange work,
+//! and every connection, resumed ones too, leaves it a fresh ticket for the next.
+
+use crate::harness::Stack;
+use rustls::client::Tls13ClientSessionValue;
+use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Tls12ClientSessionValue};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The client's session store, counting the TLS 1.3 tickets the server sends.
+#[derive(Debug)]
+struct Counting {
+    inner: ClientSessionMemoryCache,
+    tickets: AtomicUsize,
+}
+
+impl ClientSessionStore for Counting {
+    fn set_kx_hint(&self, name: pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(&self, name: pki_types::ServerName<'static>, v: Tls12ClientSessionValue) {
+        self.inner.set_tls12_session(name, v)
+    }
+    fn tls12_session(&self, name: &pki_types::ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: pki_types::ServerName<'static>,
+        v: Tls13ClientSessionValue,
+    ) {
+        self.tickets.fetch_add(1, Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(name, v)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &pki_types::ServerName<'static>,
+    ) -> Option<Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls13_sessions_resume_with_one_fresh_ticket_per_connection() {
+    let s = Stack::start().await;
+    let c = s.client();
+    let store = Arc::new(Counting {
+        inner: ClientSessionMemoryCache::new(16),
+        tickets: AtomicUsize::new(0),
+    });
+    let mut cfg = c.tls_config(&[b"http/1.1"]);
+    cfg.resumption = rustls::client::Resumption::store(store.clone());
+    let cfg = Arc::new(cfg);
+    for round in 0..3 {
+        let mut tls = c.connect_with(cfg.clone(), "data.localhost").await.unwrap();
+        let kind = tls.get_ref().1.handshake_kind();
+        let expected = if round == 0 {
+            rustls::HandshakeKind::Full
+        } else {
+            rustls::HandshakeKind::Resumed
+        };
+        assert_eq!(kind, Some(expected), "connection {round}");
+        assert_eq!(
+            tls.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        // Tickets come after the handshake: a request's answer carries them in.
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: data.localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .ok();
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        assert_eq!(
+            store.tickets.load(Ordering::SeqCst),
+            round + 1,
+            "one ticket per connection"
+        );
+    }
+}
