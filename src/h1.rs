@@ -129,12 +129,22 @@ where
             Ok(resp) => resp,
             Err(never) => match never {},
         };
-        let close = close || draining.is_cancelled();
+        let close = close || draining.is_cancelled() || closes(&resp);
+        if close {
+            io.cork_until_close();
+        }
         match write_response(io, resp, head_only, close).await {
             Ok(true) if !close => {}
             _ => return Outcome::Close,
         }
     }
+}
+
+/// Whether the response says the connection closes after it.
+fn closes(resp: &Response<ProxyBody>) -> bool {
+    resp.headers()
+        .get(header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
 /// Waits for the client's next bytes (true) or a quiet tick (false).
@@ -326,11 +336,6 @@ where
             }
         },
     };
-    let close = close
-        || parts
-            .headers
-            .get(header::CONNECTION)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     if close && !parts.headers.contains_key(header::CONNECTION) {
         parts
             .headers

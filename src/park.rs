@@ -33,17 +33,31 @@ pub const PARK_AFTER: Duration = Duration::from_millis(500);
 pub trait Readiness {
     /// Ready once a read would not block (data, EOF or an error).
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// The connection's last bytes are about to be written: hold them (TCP_CORK) so the
+    /// response, TLS close_notify and FIN leave in one segment at the close, and the
+    /// client is woken once instead of three times.
+    fn cork_until_close(&self) {}
 }
 
 impl Readiness for tokio::net::TcpStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         tokio::net::TcpStream::poll_read_ready(self, cx)
     }
+
+    fn cork_until_close(&self) {
+        // A failure only costs the extra segments.
+        let _ = socket2::SockRef::from(self).set_tcp_cork(true);
+    }
 }
 
 impl<S: Readiness + ?Sized> Readiness for Box<S> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         (**self).poll_read_ready(cx)
+    }
+
+    fn cork_until_close(&self) {
+        (**self).cork_until_close()
     }
 }
 
@@ -53,6 +67,10 @@ impl<S: Readiness> Readiness for crate::tcp::sni::Rewind<S> {
             return Poll::Ready(Ok(()));
         }
         self.get_ref().poll_read_ready(cx)
+    }
+
+    fn cork_until_close(&self) {
+        self.get_ref().cork_until_close()
     }
 }
 
@@ -66,6 +84,10 @@ impl<S: Readiness> Readiness for tokio_rustls::server::TlsStream<S> {
             return Poll::Ready(Ok(()));
         }
         tcp.poll_read_ready(cx)
+    }
+
+    fn cork_until_close(&self) {
+        self.get_ref().0.cork_until_close()
     }
 }
 
