@@ -391,13 +391,7 @@ impl Client {
         alpn: &[&[u8]],
         from: Option<IpAddr>,
     ) -> std::io::Result<TlsStream<TcpStream>> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(self.roots.clone())
-            .with_no_client_auth();
-        cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        let cfg = self.tls_config(alpn);
         let name = match sni {
             Some(s) => ServerName::try_from(s.to_string()).expect("name"),
             None => ServerName::IpAddress(self.addr.ip().into()),
