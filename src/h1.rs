@@ -69,8 +69,9 @@ impl Limits {
     }
 }
 
-/// Serves the requests already sent on `io` (called once it is readable). Never waits for
-/// a client: what has not arrived yet is hyper's to wait for, under its timeouts.
+/// Serves the requests sent on `io` (called once it is readable), and the ones that follow
+/// while the client keeps sending within a park tick. Never waits for the rest of a head:
+/// a head that has not fully arrived is hyper's to wait for, under its timeouts.
 pub async fn serve<I>(
     shared: &Arc<Shared>,
     info: &Arc<ConnInfo>,
