@@ -86,9 +86,26 @@ type StandInEntry = (SocketAddr, Option<CancellationToken>, Arc<standin::StandIn
 impl Stack {
     /// Starts (or restarts) the stand-in `name` on `addr`.
     pub async fn start(&self, name: &str, addr: SocketAddr) -> anyhow::Result<()> {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("stand-in {name} cannot listen on {addr}"))?;
+        let stopped = self.get(name);
+        // A stopped stand-in holds its port until here; its task may still be letting go
+        // of the old listener, so the bind is retried for a moment.
+        let mut tries = 0;
+        let listener = loop {
+            if let Some(s) = &stopped {
+                s.release_port();
+            }
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 40 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("stand-in {name} cannot listen on {addr}"));
+                }
+            }
+        };
         let stop = CancellationToken::new();
         let service = self.service(name.split('-').next().unwrap_or(name));
         let speaks = if self

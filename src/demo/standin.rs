@@ -46,6 +46,32 @@ pub struct StandIn {
     pub pings: AtomicU64,
     /// In flight across every stand-in of the same service (both colours).
     pub service: Arc<Concurrency>,
+    /// While stopped: the port, bound but not listening, so connects are refused and no
+    /// other socket (a listener's bind, an outgoing connection's source port) takes it
+    /// before the restart.
+    pub port_hold: std::sync::Mutex<Option<socket2::Socket>>,
+}
+
+impl StandIn {
+    /// Lets go of the held port (for the restart's listener).
+    pub fn release_port(&self) {
+        self.port_hold
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+}
+
+/// A socket bound to `addr` (address reuse on, as the listener's) that never listens.
+fn hold_port(addr: std::net::SocketAddr) -> std::io::Result<socket2::Socket> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    Ok(sock)
 }
 
 /// Requests in flight across a group of stand-ins, and the most ever at once.
@@ -98,6 +124,7 @@ pub async fn serve(
         served: 0.into(),
         pings: 0.into(),
         service,
+        port_hold: Default::default(),
     });
     let out = me.clone();
     tokio::spawn(async move {
@@ -130,6 +157,13 @@ pub async fn serve(
         }
         // A stopped stand-in drops its open connections too, like a killed process.
         conns.cancel();
+        let addr = listener.local_addr();
+        drop(listener);
+        if let Ok(addr) = addr
+            && let Ok(hold) = hold_port(addr)
+        {
+            *me.port_hold.lock().unwrap_or_else(|p| p.into_inner()) = Some(hold);
+        }
     });
     out
 }
