@@ -14,14 +14,13 @@
 //! hyper's checks, error answers, limits and timeouts stay the only ones for those, and a
 //! malformed request is answered exactly as before.
 
-use crate::park::{PARK_AFTER, Readiness};
+use crate::park::{Readiness, Tick};
 use crate::proxy::body::{ClientBody, ProxyBody};
 use crate::proxy::{self, ConnInfo, Shared};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
-use std::future::Future as _;
 use std::io::{IoSlice, Write as _};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -84,10 +83,8 @@ where
 {
     let mut buf = BytesMut::new();
     let mut served = false;
-    // The park tick, as in [`crate::park`]: a connection quiet for a whole tick leaves
-    // (and waits parked, holding nothing); a busy one pays one timer wake per tick.
-    let mut tick: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut active = true;
+    // A connection quiet for a whole tick leaves (and waits parked, holding nothing).
+    let mut tick = Tick::default();
     loop {
         // What the buffer holds first: a whole request is served, half of one waits for
         // the read below, anything else is hyper's.
@@ -115,7 +112,7 @@ where
                 Some(Ok(_)) => continue,
                 Some(Err(_)) => return Outcome::Close,
                 None if buf.is_empty() && served => {
-                    if draining.is_cancelled() || !next_request(io, &mut tick, &mut active).await {
+                    if draining.is_cancelled() || !next_request(io, &mut tick).await {
                         return Outcome::Idle;
                     }
                     continue;
@@ -124,7 +121,7 @@ where
             }
         };
         served = true;
-        active = true;
+        tick.touch();
         let head_only = req.method() == Method::HEAD;
         let resp = match proxy::handle(shared.clone(), info.clone(), req).await {
             Ok(resp) => resp,
@@ -134,9 +131,9 @@ where
         if close {
             io.cork_until_close();
         }
-        match write_response(io, resp, head_only, close).await {
-            Ok(true) if !close => {}
-            _ => return Outcome::Close,
+        // `Ok(true)`: complete, and neither side asked to close.
+        if !matches!(write_response(io, resp, head_only, close).await, Ok(true)) {
+            return Outcome::Close;
         }
     }
 }
@@ -149,24 +146,15 @@ fn closes(resp: &Response<ProxyBody>) -> bool {
 }
 
 /// Waits for the client's next bytes (true) or a quiet tick (false).
-async fn next_request<I: Readiness>(
-    io: &I,
-    tick: &mut Option<Pin<Box<tokio::time::Sleep>>>,
-    active: &mut bool,
-) -> bool {
-    let tick = tick.get_or_insert_with(|| Box::pin(tokio::time::sleep(PARK_AFTER)));
+async fn next_request<I: Readiness>(io: &I, tick: &mut Tick) -> bool {
     std::future::poll_fn(|cx| {
         if io.poll_read_ready(cx).is_ready() {
-            return Poll::Ready(true);
+            Poll::Ready(true)
+        } else if tick.quiet(cx, || true) {
+            Poll::Ready(false)
+        } else {
+            Poll::Pending
         }
-        while tick.as_mut().poll(cx).is_ready() {
-            if !std::mem::take(active) {
-                return Poll::Ready(false);
-            }
-            let next = tokio::time::Instant::now() + PARK_AFTER;
-            tick.as_mut().reset(next);
-        }
-        Poll::Pending
     })
     .await
 }
@@ -309,33 +297,31 @@ where
     // Framing is this hop's business: a length the response carries is kept (the
     // upstream path checked it), any transfer coding is replaced by ours.
     parts.headers.remove(header::TRANSFER_ENCODING);
-    let length = content_length(&mut parts.headers);
-    if head_only && length.is_none() && !body.is_end_stream() {
-        // A page of our own answering HEAD: its length is the one GET would get.
-        if let Some(n) = body.size_hint().exact() {
+    // Without a length of its own, a body of known size gets one: any body that is sent,
+    // and a page of our own answering HEAD (the length GET would get).
+    let sized = if head_only {
+        !body.is_end_stream()
+    } else {
+        !bodiless
+    };
+    let length = match content_length(&mut parts.headers) {
+        None if sized => body.size_hint().exact().inspect(|&n| {
             parts
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        }
-    }
+        }),
+        length => length,
+    };
     let framing = match length {
         _ if bodiless => Framing::None,
         Some(n) => Framing::Length(n),
-        None => match body.size_hint().exact() {
-            Some(n) => {
-                parts
-                    .headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-                Framing::Length(n)
-            }
-            None => {
-                parts.headers.insert(
-                    header::TRANSFER_ENCODING,
-                    HeaderValue::from_static("chunked"),
-                );
-                Framing::Chunked
-            }
-        },
+        None => {
+            parts.headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+            Framing::Chunked
+        }
     };
     if close && !parts.headers.contains_key(header::CONNECTION) {
         parts

@@ -13,14 +13,19 @@
 
 use crate::config::Config;
 use crate::park::{self, ParkIo, Readiness};
-use crate::proxy::body::ClientBody;
+use crate::proxy::body::{ClientBody, ProxyBody};
 use crate::proxy::{self, ConnInfo, Shared};
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
+use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -520,23 +525,40 @@ async fn first_bytes_h2(tcp: &TcpStream, wait: Duration, stop: &CancellationToke
     }
 }
 
-/// Serves HTTP/2 until the client leaves or the drain has let its streams finish.
-async fn serve_h2<I>(l: &ConnCtx, d: &Draining, io: I, info: Arc<ConnInfo>)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let shared = l.shared.clone();
-    // Boxed: the request future is ~4.5 KB, and hyper keeps a slot for it inline in every
-    // connection and copies it into each HTTP/2 stream task. A box makes both a pointer,
-    // for one allocation per request (measured in docs/performance.md).
-    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+/// What [`proxy::handle`] gives hyper for a request (it never fails).
+type Answer = Result<Response<ProxyBody>, Infallible>;
+
+/// hyper's service for a connection: each request to [`proxy::handle`].
+///
+/// The request future is boxed: it is ~3.5 KB, and hyper keeps a slot for it inline in
+/// every connection and copies it into each HTTP/2 stream task. A box makes both a
+/// pointer, for one allocation per request (measured in docs/performance.md).
+fn proxy_service(
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future = Pin<Box<impl Future<Output = Answer> + Send>>,
+> + Clone {
+    service_fn(move |req: Request<Incoming>| {
         Box::pin(proxy::handle(
             shared.clone(),
             info.clone(),
             req.map(ClientBody::Hyper),
         ))
-    });
-    let conn = l.http.serve_connection(TokioIo::new(io), svc);
+    })
+}
+
+/// Serves HTTP/2 until the client leaves or the drain has let its streams finish.
+async fn serve_h2<I>(l: &ConnCtx, d: &Draining, io: I, info: Arc<ConnInfo>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = l
+        .http
+        .serve_connection(TokioIo::new(io), proxy_service(l.shared.clone(), info));
     let mut conn = std::pin::pin!(conn);
     let r = tokio::select! {
         r = conn.as_mut() => r,
@@ -591,14 +613,9 @@ where
                 crate::h1::Outcome::Hyper(read) => io.unread(read),
             }
         }
-        let shared = l.shared.clone();
-        let conn_info = info.clone();
-        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let req = req.map(ClientBody::Hyper);
-            Box::pin(proxy::handle(shared.clone(), conn_info.clone(), req))
-        });
         // Boxed for the round only: inline, hyper's connection state would be reserved in
         // the task of every parked connection too.
+        let svc = proxy_service(l.shared.clone(), info.clone());
         let mut conn = Box::pin(l.http1.serve_connection(io, svc));
         let mut draining = false;
         let ended = loop {
@@ -609,7 +626,7 @@ where
             // Idle: closes now; busy: finishes this request with `Connection: close`.
             conn.as_mut().graceful_shutdown();
         };
-        let parts = std::pin::Pin::into_inner(conn).into_parts();
+        let parts = Pin::into_inner(conn).into_parts();
         io = parts.io;
         if let Err(e) = ended {
             tracing::debug!(error = %e, "connection ended with an error");

@@ -96,16 +96,67 @@ pub async fn readable<I: Readiness>(io: &I) -> io::Result<()> {
     std::future::poll_fn(|cx| io.poll_read_ready(cx)).await
 }
 
+/// The park tick: the timer is a tick, not a deadline pushed back per request, so a busy
+/// connection pays one timer wake per tick instead of a timer reset per request, and an
+/// idle one is found quiet between one and two ticks after its last byte. Shared by
+/// hyper's rounds ([`ParkIo`]) and the listener's own HTTP/1.1 path ([`crate::h1`]).
+pub struct Tick {
+    /// Armed at the first look, then re-armed at each tick.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Bytes moved since the last tick.
+    active: bool,
+}
+
+impl Default for Tick {
+    /// Counts the connection as active until its first tick has passed.
+    fn default() -> Tick {
+        Tick {
+            timer: None,
+            active: true,
+        }
+    }
+}
+
+impl Tick {
+    /// Bytes moved: the connection is not quiet this tick.
+    pub fn touch(&mut self) {
+        self.active = true;
+    }
+
+    /// Active again, with the next tick starting now.
+    pub fn restart(&mut self) {
+        self.active = true;
+        if let Some(t) = self.timer.as_mut() {
+            t.as_mut().reset(Instant::now() + PARK_AFTER);
+        }
+    }
+
+    /// True once a whole [`PARK_AFTER`] tick has passed untouched and `idle()` holds;
+    /// otherwise the tick is re-armed and `cx` woken at its end.
+    pub fn quiet(&mut self, cx: &mut Context<'_>, idle: impl FnOnce() -> bool) -> bool {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(PARK_AFTER)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if !std::mem::take(&mut self.active) && idle() {
+            return true;
+        }
+        timer.as_mut().reset(Instant::now() + PARK_AFTER);
+        let _ = timer.as_mut().poll(cx);
+        false
+    }
+}
+
 /// The socket under hyper, watching for an idle gap long enough to park in.
 pub struct ParkIo<I> {
     io: TokioIo<I>,
     /// Requests of this connection whose response is not finished yet.
     in_flight: Arc<AtomicUsize>,
-    timer: Option<Pin<Box<Sleep>>>,
+    tick: Tick,
     /// Bytes already read from the socket (by [`crate::h1`]) that hyper reads first.
     unread: bytes::Bytes,
-    /// Bytes moved since the park timer was last set.
-    active: bool,
     /// A write since the last completed flush: hyper may still hold bytes to send.
     dirty: bool,
     parked: bool,
@@ -117,9 +168,8 @@ impl<I> ParkIo<I> {
         ParkIo {
             io: TokioIo::new(io),
             in_flight,
-            timer: None,
+            tick: Tick::default(),
             unread: bytes::Bytes::new(),
-            active: true,
             dirty: false,
             parked: false,
         }
@@ -134,11 +184,7 @@ impl<I> ParkIo<I> {
     /// Ready for another hyper connection after a park.
     pub fn unpark(&mut self) {
         self.parked = false;
-        self.active = true;
-        // The next tick starts from now.
-        if let Some(t) = self.timer.as_mut() {
-            t.as_mut().reset(Instant::now() + PARK_AFTER);
-        }
+        self.tick.restart();
     }
 
     /// The socket.
@@ -166,25 +212,12 @@ impl<I> ParkIo<I> {
         self.io.into_inner()
     }
 
-    /// Called when a read would block: parks (returns true) once a whole [`PARK_AFTER`]
-    /// tick has passed with no bytes moved, no request in flight and nothing unflushed.
-    /// The timer is a tick, not a deadline pushed back per request: a busy connection
-    /// pays one timer wake per tick instead of a timer reset per request, and an idle
-    /// one parks between one and two ticks after its last byte.
+    /// Called when a read would block: parks (returns true) once a whole [`Tick`] has
+    /// passed with no bytes moved, no request in flight and nothing unflushed.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(PARK_AFTER)));
-        if timer.as_mut().poll(cx).is_pending() {
-            return false;
-        }
-        let quiet = !std::mem::take(&mut self.active);
-        if quiet && self.in_flight.load(Ordering::Relaxed) == 0 && !self.dirty {
-            return true;
-        }
-        timer.as_mut().reset(Instant::now() + PARK_AFTER);
-        let _ = timer.as_mut().poll(cx);
-        false
+        let (in_flight, dirty) = (&self.in_flight, self.dirty);
+        self.tick
+            .quiet(cx, || in_flight.load(Ordering::Relaxed) == 0 && !dirty)
     }
 }
 
@@ -198,7 +231,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Read for ParkIo<I> {
         if !this.unread.is_empty() {
             let n = this.unread.len().min(buf.remaining());
             buf.put_slice(&this.unread.split_to(n));
-            this.active = true;
+            this.tick.touch();
             return Poll::Ready(Ok(()));
         }
         if this.parked {
@@ -207,7 +240,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Read for ParkIo<I> {
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Pending => {}
             ready => {
-                this.active = true;
+                this.tick.touch();
                 return ready;
             }
         }
@@ -228,7 +261,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Write for ParkIo<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.dirty = true;
-        this.active = true;
+        this.tick.touch();
         Pin::new(&mut this.io).poll_write(cx, buf)
     }
 
@@ -239,7 +272,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Write for ParkIo<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.dirty = true;
-        this.active = true;
+        this.tick.touch();
         Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
     }
 
