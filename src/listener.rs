@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ServerConfig;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -32,7 +33,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -265,7 +265,7 @@ pub fn http_builder(config: &Config) -> http2::Builder<TokioExecutor> {
 /// Accepts TLS connections until stopped. The TLS config is shared by every worker so
 /// session tickets and the session cache work whichever worker a client lands on.
 pub async fn serve_tls(l: Listening, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
-    accept_loop(l, listener, Some(TlsAcceptor::from(tls))).await
+    accept_loop(l, listener, Some(tls)).await
 }
 
 /// Accepts plain HTTP connections (redirects to HTTPS) until stopped.
@@ -307,7 +307,7 @@ pub(crate) async fn next_connection(
     Some((permit, tcp, peer))
 }
 
-async fn accept_loop(l: Listening, listener: TcpListener, tls: Option<TlsAcceptor>) {
+async fn accept_loop(l: Listening, listener: TcpListener, tls: Option<Arc<ServerConfig>>) {
     while let Some((permit, tcp, peer)) = next_connection(&l.connections, &listener, &l.stop).await
     {
         let ctx = l.conn.clone();
@@ -335,7 +335,7 @@ async fn serve_connection(
     d: &Draining,
     tcp: TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ServerConfig>>,
 ) {
     let _ = tcp.set_nodelay(true);
     let mut tcp = tcp;
@@ -430,19 +430,19 @@ async fn terminate<S>(
     tcp: S,
     peer: SocketAddr,
     outer: Option<SocketAddr>,
-    acceptor: TlsAcceptor,
+    acceptor: Arc<ServerConfig>,
     start: Instant,
 ) where
     S: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,
 {
     let handshake = async {
         let _slot = l.handshakes.acquire().await;
-        acceptor.accept(tcp).await
+        crate::tls::stream::accept(tcp, acceptor).await
     };
     // Boxed, like the stream it yields: a connection's task is sized for its largest
     // state, and it holds that size for its whole life, parked or not.
     let handshake = Box::pin(tokio::time::timeout(l.handshake_timeout, handshake));
-    // The TLS state (~1.2 KB) lives on the heap too: moved through the HTTP/1.1 rounds
+    // The TLS state (~1.3 KB) lives on the heap too: moved through the HTTP/1.1 rounds
     // and the close as a pointer, rather than reserved inline at each of those states.
     let stream = match handshake.await {
         Ok(Ok(s)) => Box::new(s),
@@ -461,12 +461,8 @@ async fn terminate<S>(
         .stats
         .tls_handshakes
         .fetch_add(1, Ordering::Relaxed);
-    let sni = stream
-        .get_ref()
-        .1
-        .server_name()
-        .map(|s| s.to_ascii_lowercase().into_boxed_str());
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let sni = stream.server_name().map(Box::from);
+    let h2 = stream.alpn_protocol() == Some(b"h2");
     let info = Arc::new(ConnInfo {
         sni,
         tls: true,
@@ -586,6 +582,7 @@ where
     loop {
         let ready = io.has_unread()
             || {
+                io.get_mut().release_idle();
                 let _parked = (!first).then(|| Parked::new(&l.shared.stats));
                 tokio::select! {
                     r = tokio::time::timeout(wait, park::readable(io.get_ref())) => matches!(r, Ok(Ok(()))),

@@ -38,6 +38,10 @@ pub trait Readiness {
     /// response, TLS close_notify and FIN leave in one segment at the close, and the
     /// client is woken once instead of three times.
     fn cork_until_close(&self) {}
+
+    /// The connection is about to wait for its client's next request: buffers that hold
+    /// nothing are given back (an idle connection keeps only its state).
+    fn release_idle(&mut self) {}
 }
 
 impl Readiness for tokio::net::TcpStream {
@@ -59,6 +63,10 @@ impl<S: Readiness + ?Sized> Readiness for Box<S> {
     fn cork_until_close(&self) {
         (**self).cork_until_close()
     }
+
+    fn release_idle(&mut self) {
+        (**self).release_idle()
+    }
 }
 
 impl<S: Readiness> Readiness for crate::tcp::sni::Rewind<S> {
@@ -72,22 +80,9 @@ impl<S: Readiness> Readiness for crate::tcp::sni::Rewind<S> {
     fn cork_until_close(&self) {
         self.get_ref().cork_until_close()
     }
-}
 
-impl<S: Readiness> Readiness for tokio_rustls::server::TlsStream<S> {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // rustls may hold decrypted bytes the socket no longer shows: a client's first
-        // request often arrives with its last handshake message and is read with it.
-        // (`wants_read` is false exactly when plaintext or a close_notify is waiting.)
-        let (tcp, tls) = self.get_ref();
-        if !tls.wants_read() {
-            return Poll::Ready(Ok(()));
-        }
-        tcp.poll_read_ready(cx)
-    }
-
-    fn cork_until_close(&self) {
-        self.get_ref().0.cork_until_close()
+    fn release_idle(&mut self) {
+        self.get_mut().release_idle()
     }
 }
 

@@ -143,6 +143,11 @@ impl<S> Rewind<S> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    /// The stream under the replayed bytes, to act on.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {

@@ -3,6 +3,8 @@
 //! The certificate store sits behind an `ArcSwap` so certificates can be replaced
 //! while running without touching listeners or established sessions.
 
+pub mod stream;
+
 use crate::config::CertPaths;
 use crate::diag::{Diagnostic, Diagnostics};
 use arc_swap::ArcSwap;
@@ -11,6 +13,7 @@ use pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -141,8 +144,23 @@ pub struct SniResolver(pub Arc<ArcSwap<CertStore>>);
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load().pick(hello.server_name()))
+        let name = hello.server_name();
+        SEEN_SNI.set(name.map(|n| n.to_ascii_lowercase().into_boxed_str()));
+        Some(self.0.load().pick(name))
     }
+}
+
+thread_local! {
+    /// The name of the ClientHello the resolver last saw on this thread. rustls's
+    /// unbuffered server connection does not tell its SNI, and the resolver sees every
+    /// ClientHello (resumed ones too) inside the handshake step that reads it, so the
+    /// handshake ([`stream::accept`]) takes it from here right after each step.
+    static SEEN_SNI: Cell<Option<Box<str>>> = const { Cell::new(None) };
+}
+
+/// The name [`SniResolver`] last saw on this thread, taken (see `SEEN_SNI`).
+pub(crate) fn take_seen_sni() -> Option<Box<str>> {
+    SEEN_SNI.take()
 }
 
 /// The rustls server config: TLS 1.2 and 1.3 only, ALPN h2 then http/1.1, session

@@ -1,0 +1,457 @@
+//! A TLS server connection whose buffers belong to us (rustls's unbuffered API).
+//!
+//! rustls's buffered connection keeps a receive buffer of at least 4 KiB for the whole
+//! life of a connection, and queues every outgoing record in a `Vec` of its own before
+//! the socket sees it. At the edge most connections are idle keep-alive clients: 10,000
+//! of them cost 40 MiB of receive buffers that hold nothing. Here the ciphertext buffers
+//! are ours: records are encrypted straight into the send buffer, decrypted from the
+//! receive buffer, and both buffers are dropped while the connection waits for its next
+//! request ([`Readiness::release_idle`]), so an idle TLS connection costs rustls's
+//! session state and no buffer.
+//!
+//! The handshake ([`accept`]) and the traffic after it run the same loop ([`TlsStream::drive`]):
+//! rustls says what it needs next (send these records, give me more input, you may
+//! encrypt now), and the stream does it with the socket.
+
+use crate::park::Readiness;
+use rustls::ServerConfig;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+};
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// First size of the receive buffer: a request of a few headers arrives whole in it.
+const RECV_FIRST: usize = 4 * 1024;
+/// Largest receive buffer: a whole TLS record (at most 16 KiB of plaintext plus
+/// expansion) always fits, and an upload is read a record or two at a time.
+const RECV_MAX: usize = 34 * 1024;
+/// Plaintext taken per write: bounds the send buffer of a connection whose client reads
+/// slowly (the rest of the caller's data waits for the next write).
+const WRITE_MAX: usize = 64 * 1024;
+/// Room kept per record for the header, content type, nonce and tag.
+const RECORD_OVERHEAD: usize = 64;
+/// Largest plaintext record (RFC 8446 §5.1).
+const RECORD_MAX: usize = 16 * 1024;
+
+/// A terminated TLS connection over `S`.
+pub struct TlsStream<S> {
+    io: S,
+    conn: UnbufferedServerConnection,
+    /// Ciphertext received and not yet processed: `recv[..recv_len]`.
+    recv: Vec<u8>,
+    recv_len: usize,
+    /// Plaintext decrypted and not yet read: `plain[plain_pos..]`.
+    plain: Vec<u8>,
+    plain_pos: usize,
+    /// Ciphertext not yet written to the socket: `send[send_pos..send_end]`.
+    send: Vec<u8>,
+    send_pos: usize,
+    send_end: usize,
+    /// Small vectored writes are gathered here to leave as one record.
+    gather: Vec<u8>,
+    /// The client's close_notify (or the socket's EOF) has been read.
+    read_closed: bool,
+    /// Our close_notify is queued.
+    close_queued: bool,
+    /// The name the client asked for (SNI), lower-case.
+    sni: Option<Box<str>>,
+}
+
+/// What [`TlsStream::drive`] should do once rustls allows writing.
+enum Want<'a> {
+    /// Nothing: process the input until more is needed.
+    Nothing,
+    /// Encrypt this application data.
+    Write(&'a [u8]),
+    /// Queue a close_notify alert.
+    Close,
+}
+
+/// Where [`TlsStream::drive`] stopped.
+#[derive(Debug, PartialEq)]
+enum Stop {
+    /// rustls needs more input (or, after the handshake, has nothing more to do).
+    Input,
+    /// The wanted write is queued.
+    Done,
+    /// Both sides have sent close_notify.
+    Closed,
+}
+
+/// Completes the TLS handshake on `io`: the ClientHello read, the server's flight sent,
+/// the client's Finished read, and the session ticket written out.
+pub async fn accept<S>(io: S, config: Arc<ServerConfig>) -> io::Result<TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
+    let mut s = TlsStream {
+        io,
+        conn,
+        recv: Vec::new(),
+        recv_len: 0,
+        plain: Vec::new(),
+        plain_pos: 0,
+        send: Vec::new(),
+        send_pos: 0,
+        send_end: 0,
+        gather: Vec::new(),
+        read_closed: false,
+        close_queued: false,
+        sni: None,
+    };
+    // A name left over from a handshake that ended in an error on this thread.
+    let _ = super::take_seen_sni();
+    loop {
+        let stop = s.drive(Want::Nothing);
+        // The certificate resolver saw this connection's ClientHello (if it was in
+        // this input): its name is ours. Taken now, before any other connection's
+        // handshake can run on this thread.
+        if let Some(name) = super::take_seen_sni() {
+            s.sni = Some(name);
+        }
+        match stop {
+            Ok(_) if !s.conn.is_handshaking() => break,
+            Ok(_) => {}
+            Err(e) => {
+                // The alert rustls queued for the client, sent if the socket takes it.
+                let _ = s.drive(Want::Nothing);
+                let _ = std::future::poll_fn(|cx| s.poll_send(cx)).await;
+                return Err(e);
+            }
+        }
+        std::future::poll_fn(|cx| s.poll_send(cx)).await?;
+        if s.read_closed {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        std::future::poll_fn(|cx| s.poll_fill(cx)).await?;
+    }
+    // The server's last flight (and TLS 1.3's session ticket) goes out before the first
+    // request is awaited.
+    std::future::poll_fn(|cx| s.poll_send(cx)).await?;
+    Ok(s)
+}
+
+impl<S> TlsStream<S> {
+    /// The name the client asked for (SNI), lower-case.
+    pub fn server_name(&self) -> Option<&str> {
+        self.sni.as_deref()
+    }
+
+    /// The application protocol agreed with ALPN.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
+    /// The socket under the TLS layer.
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// Plaintext waiting to be read.
+    fn plain_waiting(&self) -> bool {
+        self.plain_pos < self.plain.len()
+    }
+
+    /// Runs rustls over the received ciphertext until it needs the socket: handshake
+    /// records and alerts are queued in `send`, application data is moved to `plain`,
+    /// and `want` is done once rustls allows writing.
+    fn drive(&mut self, want: Want<'_>) -> io::Result<Stop> {
+        loop {
+            let UnbufferedStatus { discard, state } = self
+                .conn
+                .process_tls_records(&mut self.recv[..self.recv_len]);
+            let stop = match state {
+                Err(e) => Some(Err(tls_error(e))),
+                Ok(ConnectionState::ReadTraffic(mut r)) => {
+                    if self.plain_pos == self.plain.len() {
+                        self.plain.clear();
+                        self.plain_pos = 0;
+                    }
+                    let mut stop = None;
+                    while let Some(record) = r.next_record() {
+                        match record {
+                            Ok(rec) => self.plain.extend_from_slice(rec.payload),
+                            Err(e) => {
+                                stop = Some(Err(tls_error(e)));
+                                break;
+                            }
+                        }
+                    }
+                    stop
+                }
+                Ok(ConnectionState::EncodeTlsData(mut e)) => loop {
+                    match e.encode(&mut self.send[self.send_end..]) {
+                        Ok(n) => {
+                            self.send_end += n;
+                            break None;
+                        }
+                        Err(EncodeError::InsufficientSize(InsufficientSizeError {
+                            required_size,
+                        })) => grow(&mut self.send, self.send_end + required_size),
+                        Err(e) => break Some(Err(io::Error::other(e.to_string()))),
+                    }
+                },
+                // Queued in `send`, ahead of anything written later: as good as sent.
+                Ok(ConnectionState::TransmitTlsData(t)) => {
+                    t.done();
+                    None
+                }
+                Ok(ConnectionState::BlockedHandshake) => Some(Ok(Stop::Input)),
+                Ok(ConnectionState::PeerClosed) => {
+                    self.read_closed = true;
+                    None
+                }
+                Ok(ConnectionState::Closed) => {
+                    self.read_closed = true;
+                    Some(Ok(Stop::Closed))
+                }
+                Ok(ConnectionState::WriteTraffic(mut w)) => match want {
+                    Want::Nothing => Some(Ok(Stop::Input)),
+                    Want::Write(data) => {
+                        let records = data.len().div_ceil(RECORD_MAX).max(1);
+                        let room = data.len() + records * RECORD_OVERHEAD;
+                        if self.send.len() - self.send_end < room {
+                            grow(&mut self.send, self.send_end + room);
+                        }
+                        loop {
+                            match w.encrypt(data, &mut self.send[self.send_end..]) {
+                                Ok(n) => {
+                                    self.send_end += n;
+                                    break Some(Ok(Stop::Done));
+                                }
+                                Err(EncryptError::InsufficientSize(InsufficientSizeError {
+                                    required_size,
+                                })) => grow(&mut self.send, self.send_end + required_size),
+                                Err(e) => break Some(Err(io::Error::other(e.to_string()))),
+                            }
+                        }
+                    }
+                    Want::Close => loop {
+                        match w.queue_close_notify(&mut self.send[self.send_end..]) {
+                            Ok(n) => {
+                                self.send_end += n;
+                                self.close_queued = true;
+                                break Some(Ok(Stop::Done));
+                            }
+                            Err(EncryptError::InsufficientSize(InsufficientSizeError {
+                                required_size,
+                            })) => grow(&mut self.send, self.send_end + required_size),
+                            Err(e) => break Some(Err(io::Error::other(e.to_string()))),
+                        }
+                    },
+                },
+                Ok(ConnectionState::ReadEarlyData(_)) => Some(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "TLS early data is not accepted",
+                ))),
+                Ok(other) => Some(Err(io::Error::other(format!(
+                    "TLS connection in an unexpected state: {other:?}"
+                )))),
+            };
+            if discard > 0 {
+                self.recv.copy_within(discard..self.recv_len, 0);
+                self.recv_len -= discard;
+            }
+            if let Some(stop) = stop {
+                return stop;
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
+    /// Writes the queued ciphertext to the socket; ready once all of it is written.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.send_pos < self.send_end {
+            let n = ready!(
+                Pin::new(&mut self.io).poll_write(cx, &self.send[self.send_pos..self.send_end])
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.send_pos += n;
+        }
+        self.send_pos = 0;
+        self.send_end = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads more ciphertext from the socket (EOF marks the read side closed).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.recv.len() - self.recv_len < RECV_FIRST / 2 {
+            if self.recv.len() >= RECV_MAX {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "TLS record larger than the receive buffer",
+                )));
+            }
+            let len = (self.recv.len() * 2).clamp(RECV_FIRST, RECV_MAX);
+            self.recv.resize(len, 0);
+        }
+        let mut buf = ReadBuf::new(&mut self.recv[self.recv_len..]);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+        let n = buf.filled().len();
+        if n == 0 {
+            self.read_closed = true;
+        }
+        self.recv_len += n;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Encrypts up to [`WRITE_MAX`] bytes of `data`, then writes what the socket takes.
+    fn poll_write_plain(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        if self.close_queued {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        // A client that does not read holds at most one write's worth.
+        if self.send_end - self.send_pos >= WRITE_MAX {
+            ready!(self.poll_send(cx))?;
+        }
+        let data = &data[..data.len().min(WRITE_MAX)];
+        self.drive(Want::Write(data))?;
+        // Written through, as far as the socket takes it; the rest goes at the next
+        // write or flush.
+        if let Poll::Ready(Err(e)) = self.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(data.len()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.plain_waiting() {
+                let n = (this.plain.len() - this.plain_pos).min(buf.remaining());
+                buf.put_slice(&this.plain[this.plain_pos..this.plain_pos + n]);
+                this.plain_pos += n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.read_closed {
+                return Poll::Ready(Ok(()));
+            }
+            // Whatever rustls queued while reading (a key update's answer) goes out
+            // alongside; a slow socket does not hold the read.
+            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                return Poll::Ready(Err(e));
+            }
+            this.drive(Want::Nothing)?;
+            if this.plain_waiting() || this.read_closed {
+                continue;
+            }
+            ready!(this.poll_fill(cx))?;
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_plain(cx, data)
+    }
+
+    /// Small slices (a response head and its body, an HTTP/2 frame header and its
+    /// payload) are gathered into one record; larger ones are encrypted one by one.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let first = bufs.iter().find(|b| !b.is_empty());
+        match first {
+            None => Poll::Ready(Ok(0)),
+            Some(b) if b.len() == total || total > RECORD_MAX => this.poll_write_plain(cx, b),
+            Some(_) => {
+                let mut gather = std::mem::take(&mut this.gather);
+                gather.clear();
+                for b in bufs {
+                    gather.extend_from_slice(b);
+                }
+                let r = this.poll_write_plain(cx, &gather);
+                this.gather = gather;
+                r
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    /// close_notify, then the socket's FIN.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_queued {
+            this.close_queued = true;
+            // After a failure there is nothing to close cleanly; the FIN still goes.
+            let _ = this.drive(Want::Close);
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+impl<S: Readiness> Readiness for TlsStream<S> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Decrypted bytes, or ciphertext already read with the last request, may wait
+        // here while the socket shows nothing.
+        if self.plain_waiting() || self.recv_len > 0 || self.read_closed {
+            return Poll::Ready(Ok(()));
+        }
+        self.io.poll_read_ready(cx)
+    }
+
+    fn cork_until_close(&self) {
+        self.io.cork_until_close()
+    }
+
+    fn release_idle(&mut self) {
+        if self.recv_len == 0 {
+            self.recv = Vec::new();
+        }
+        if !self.plain_waiting() {
+            self.plain = Vec::new();
+            self.plain_pos = 0;
+        }
+        if self.send_pos == self.send_end {
+            self.send = Vec::new();
+            self.send_pos = 0;
+            self.send_end = 0;
+        }
+        self.gather = Vec::new();
+        self.io.release_idle();
+    }
+}
+
+/// Grows `buf` (zero-filled) to at least `len` bytes.
+fn grow(buf: &mut Vec<u8>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len.max(buf.len() * 2), 0);
+    }
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
