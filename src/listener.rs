@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::park::{self, ParkIo, Readiness};
 use crate::proxy::body::{ClientBody, ProxyBody};
 use crate::proxy::{self, ConnInfo, Shared};
+use crate::tls::stream::TlsStream;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -318,25 +319,55 @@ async fn accept_loop(l: Listening, listener: TcpListener, tls: Option<Arc<Server
             drop(tcp);
             continue;
         };
+        // Boxed, to keep the task small (see below): what the connection holds until it
+        // ends, and what its setup consumes.
+        let held = Box::new((permit, client_slot));
+        let setup = Box::new((tcp, peer, tls));
         tokio::spawn(async move {
-            let _permit = permit;
-            let _client_slot = client_slot;
+            let (tcp, peer, tls) = *setup;
             let stats = &ctx.shared.stats;
             stats.connections.fetch_add(1, Ordering::Relaxed);
             stats.connections_total.fetch_add(1, Ordering::Relaxed);
-            serve_connection(&ctx, &draining, tcp, peer, tls).await;
+            // The setup (PROXY header, handshake, sniffing; HTTP/2 and passthrough whole)
+            // runs boxed: its states are large and brief. The task itself keeps room
+            // only for serving HTTP/1.1, which is what an idle keep-alive client holds.
+            let accepted = Box::pin(serve_connection(&ctx, &draining, tcp, peer, tls)).await;
+            match accepted {
+                Some(Accepted::Plain(io, info)) => serve_h1(&ctx, &draining, io, info).await,
+                Some(Accepted::Tls(io, info)) => serve_h1(&ctx, &draining, io, info).await,
+                Some(Accepted::TlsAfterHello(io, info)) => {
+                    serve_h1(&ctx, &draining, io, info).await
+                }
+                None => {}
+            }
             stats.connections.fetch_sub(1, Ordering::Relaxed);
+            drop(held);
         });
     }
 }
 
+/// A connection ready to serve HTTP/1.1 (everything else is served by
+/// [`serve_connection`] itself). The sockets are boxed so that the task's serving state
+/// is the same small size for all three.
+enum Accepted {
+    Plain(Box<TcpStream>, Arc<ConnInfo>),
+    Tls(Box<TlsStream<TcpStream>>, Arc<ConnInfo>),
+    /// TLS on a listener that read the ClientHello first (some names are passed through).
+    TlsAfterHello(
+        Box<TlsStream<crate::tcp::sni::Rewind<TcpStream>>>,
+        Arc<ConnInfo>,
+    ),
+}
+
+/// Sets a new connection up and serves it, except for HTTP/1.1, which it returns for
+/// the connection's task to serve (see `accept_loop`).
 async fn serve_connection(
     l: &ConnCtx,
     d: &Draining,
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Option<Arc<ServerConfig>>,
-) {
+) -> Option<Accepted> {
     let _ = tcp.set_nodelay(true);
     let mut tcp = tcp;
     let expect = if tls.is_some() {
@@ -353,11 +384,11 @@ async fn serve_connection(
                 Ok(Ok((client, tls))) => (client, (client != peer).then_some(peer), tls),
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "PROXY protocol: connection refused");
-                    return;
+                    return None;
                 }
                 Err(_) => {
                     tracing::debug!(%peer, "PROXY protocol: no header in time");
-                    return;
+                    return None;
                 }
             }
         }
@@ -370,19 +401,20 @@ async fn serve_connection(
             outer_proxy: outer,
             ..ConnInfo::new(peer, l.upstream.clone())
         });
-        match first_bytes_h2(&tcp, l.request_header_timeout, &d.signal).await {
-            Some(false) => serve_h1(l, d, tcp, info).await,
+        return match first_bytes_h2(&tcp, l.request_header_timeout, &d.signal).await? {
+            false => Some(Accepted::Plain(Box::new(tcp), info)),
             // HTTP/2 with prior knowledge.
             // Boxed, as below: rarer, larger states stay out of every connection's task.
-            Some(true) => Box::pin(serve_h2(l, d, tcp, info)).await,
-            None => {}
-        }
-        return;
+            true => {
+                Box::pin(serve_h2(l, d, tcp, info)).await;
+                None
+            }
+        };
     };
     let start = Instant::now();
     if !l.shared.state.load().rules.has_passthrough() {
-        terminate(l, d, tcp, peer, outer, acceptor, start).await;
-        return;
+        let (io, info) = terminate(l, d, tcp, peer, outer, acceptor, start).await?;
+        return Some(Accepted::Tls(io, info));
     }
     // Some names are passed through: read the ClientHello to see which name this is.
     let hello = match Box::pin(tokio::time::timeout(
@@ -394,7 +426,7 @@ async fn serve_connection(
         Ok(Ok(h)) => h,
         _ => {
             l.shared.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
     };
     let g = l.shared.state.load_full();
@@ -416,14 +448,15 @@ async fn serve_connection(
             _ = Box::pin(crate::tcp::relay(&l.shared, &g, service, tcp, origin)) => {}
             _ = async { l.stop.cancelled().await; tokio::time::sleep(drain).await } => {}
         }
-        return;
+        return None;
     }
     drop(g);
     let stream = crate::tcp::sni::Rewind::new(hello, tcp);
-    terminate(l, d, stream, peer, outer, acceptor, start).await;
+    let (io, info) = terminate(l, d, stream, peer, outer, acceptor, start).await?;
+    Some(Accepted::TlsAfterHello(io, info))
 }
 
-/// Terminates TLS on `tcp` and serves HTTP on it.
+/// Terminates TLS on `tcp`: serves HTTP/2 itself, returns HTTP/1.1 connections.
 async fn terminate<S>(
     l: &ConnCtx,
     d: &Draining,
@@ -432,7 +465,8 @@ async fn terminate<S>(
     outer: Option<SocketAddr>,
     acceptor: Arc<ServerConfig>,
     start: Instant,
-) where
+) -> Option<(Box<TlsStream<S>>, Arc<ConnInfo>)>
+where
     S: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,
 {
     let handshake = async {
@@ -449,19 +483,20 @@ async fn terminate<S>(
         Ok(Err(e)) => {
             l.shared.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            return;
+            return None;
         }
         Err(_) => {
             l.shared.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%peer, "TLS handshake timed out");
-            return;
+            return None;
         }
     };
     l.shared
         .stats
         .tls_handshakes
         .fetch_add(1, Ordering::Relaxed);
-    let sni = stream.server_name().map(Box::from);
+    let mut stream = stream;
+    let sni = stream.take_server_name();
     let h2 = stream.alpn_protocol() == Some(b"h2");
     let info = Arc::new(ConnInfo {
         sni,
@@ -472,9 +507,9 @@ async fn terminate<S>(
     });
     if h2 {
         Box::pin(serve_h2(l, d, stream, info)).await;
-    } else {
-        serve_h1(l, d, stream, info).await;
+        return None;
     }
+    Some((stream, info))
 }
 
 /// On a listener that expects the PROXY protocol: a trusted peer must send a header (its
@@ -582,7 +617,7 @@ where
     loop {
         let ready = io.has_unread()
             || {
-                io.get_mut().release_idle();
+                io.release_idle();
                 let _parked = (!first).then(|| Parked::new(&l.shared.stats));
                 tokio::select! {
                     r = tokio::time::timeout(wait, park::readable(io.get_ref())) => matches!(r, Ok(Ok(()))),
@@ -591,7 +626,7 @@ where
             };
         first = false;
         if !ready {
-            close(io).await;
+            Box::pin(close(io)).await;
             return;
         }
         wait = l.idle_timeout;
@@ -604,7 +639,7 @@ where
             match Box::pin(served).await {
                 crate::h1::Outcome::Idle => continue,
                 crate::h1::Outcome::Close => {
-                    close(io).await;
+                    Box::pin(close(io)).await;
                     return;
                 }
                 crate::h1::Outcome::Hyper(read) => io.unread(read),
@@ -639,7 +674,7 @@ where
             return;
         }
         if !io.parked() || draining || !parts.read_buf.is_empty() {
-            close(io).await;
+            Box::pin(close(io)).await;
             return;
         }
         io.unpark();
@@ -664,6 +699,7 @@ impl Drop for Parked {
 
 /// Closes a connection hyper has finished with (TLS close_notify, then FIN), bounded so
 /// a client that stopped reading cannot hold the task.
+/// (Awaited boxed: inline, its timer would be reserved in every connection's task.)
 async fn close<I: AsyncWrite + Unpin>(io: ParkIo<I>) {
     use tokio::io::AsyncWriteExt as _;
     let mut io = io.into_inner();

@@ -118,6 +118,13 @@ impl Tick {
         self.active = true;
     }
 
+    /// Drops the timer while nothing is being served (it is armed again at the next
+    /// look): a parked connection keeps no timer.
+    pub fn release(&mut self) {
+        self.timer = None;
+        self.active = true;
+    }
+
     /// Active again, with the next tick starting now.
     pub fn restart(&mut self) {
         self.active = true;
@@ -190,6 +197,16 @@ impl<I> ParkIo<I> {
     /// The socket, to read and write past hyper ([`crate::h1`]).
     pub fn get_mut(&mut self) -> &mut I {
         self.io.inner_mut()
+    }
+
+    /// About to wait for the client's next request: the tick's timer and the socket's
+    /// empty buffers are given back (see [`Readiness::release_idle`]).
+    pub fn release_idle(&mut self)
+    where
+        I: Readiness,
+    {
+        self.tick.release();
+        self.io.inner_mut().release_idle();
     }
 
     /// Gives hyper `bytes` to read before the socket's.

@@ -143,6 +143,11 @@ impl<S> TlsStream<S> {
         self.sni.as_deref()
     }
 
+    /// The name the client asked for, taken (the connection keeps one copy).
+    pub fn take_server_name(&mut self) -> Option<Box<str>> {
+        self.sni.take()
+    }
+
     /// The application protocol agreed with ALPN.
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
@@ -309,9 +314,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         if self.close_queued {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        // A client that does not read holds at most one write's worth.
+        // A client that does not read holds at most two writes' worth; one that reads
+        // keeps the socket's queue fed without waiting for ours to empty.
         if self.send_end - self.send_pos >= WRITE_MAX {
-            ready!(self.poll_send(cx))?;
+            if let Poll::Ready(Err(e)) = self.poll_send(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if self.send_end - self.send_pos >= WRITE_MAX {
+                return Poll::Pending;
+            }
+        }
+        if self.send_pos > 0 {
+            // Keep the unsent bytes at the front, so the buffer does not creep.
+            self.send.copy_within(self.send_pos..self.send_end, 0);
+            self.send_end -= self.send_pos;
+            self.send_pos = 0;
         }
         let data = &data[..data.len().min(WRITE_MAX)];
         self.drive(Want::Write(data))?;
