@@ -432,9 +432,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
 
 impl<S: Readiness> Readiness for TlsStream<S> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Decrypted bytes, or ciphertext already read with the last request, may wait
-        // here while the socket shows nothing.
-        if self.plain_waiting() || self.recv_len > 0 || self.read_closed {
+        // Decrypted bytes may wait here while the socket shows nothing. Ciphertext in
+        // `recv` is never a whole record once a read has returned (every whole record is
+        // decrypted before the socket is read again): a record cut short waits for the
+        // socket like anything else. (Counting it as ready would spin a reader that
+        // waits for readiness, then finds nothing to read.)
+        if self.plain_waiting() || self.read_closed {
             return Poll::Ready(Ok(()));
         }
         self.io.poll_read_ready(cx)

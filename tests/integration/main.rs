@@ -15,5 +15,6 @@ mod resumption;
 mod routing;
 mod stats;
 mod tcp;
+mod tls_stream;
 mod transfer;
 mod two_tier;
