@@ -332,9 +332,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         }
         let data = &data[..data.len().min(WRITE_MAX)];
         self.drive(Want::Write(data))?;
-        // Written through, as far as the socket takes it; the rest goes at the next
-        // write or flush.
-        if let Poll::Ready(Err(e)) = self.poll_send(cx) {
+        // Written through once a full record's worth waits, as far as the socket takes
+        // it; less waits for the next write or the flush (a body's tail leaves with the
+        // next chunk, in one send).
+        if self.send_end - self.send_pos >= RECORD_MAX
+            && let Poll::Ready(Err(e)) = self.poll_send(cx)
+        {
             return Poll::Ready(Err(e));
         }
         Poll::Ready(Ok(data.len()))
