@@ -384,30 +384,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         self.get_mut().poll_write_plain(cx, data)
     }
 
-    /// Small slices (a response head and its body, an HTTP/2 frame header and its
-    /// payload) are gathered into one record; larger ones are encrypted one by one.
+    /// Small slices (a response head and its body, HTTP/2 frame headers and their
+    /// payloads) are gathered into records of up to 16 KiB; a slice that fills a record
+    /// by itself is encrypted where it is. (A write may end inside a slice.)
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        let first = bufs.iter().find(|b| !b.is_empty());
-        match first {
-            None => Poll::Ready(Ok(0)),
-            Some(b) if b.len() == total || total > RECORD_MAX => this.poll_write_plain(cx, b),
-            Some(_) => {
-                let mut gather = std::mem::take(&mut this.gather);
-                gather.clear();
-                for b in bufs {
-                    gather.extend_from_slice(b);
-                }
-                let r = this.poll_write_plain(cx, &gather);
-                this.gather = gather;
-                r
+        let mut slices = bufs.iter().filter(|b| !b.is_empty());
+        let Some(first) = slices.next() else {
+            return Poll::Ready(Ok(0));
+        };
+        let Some(second) = slices.next() else {
+            return this.poll_write_plain(cx, first);
+        };
+        if first.len() >= RECORD_MAX {
+            return this.poll_write_plain(cx, first);
+        }
+        let mut gather = std::mem::take(&mut this.gather);
+        gather.clear();
+        for b in [first, second].into_iter().chain(slices) {
+            let take = b.len().min(RECORD_MAX - gather.len());
+            gather.extend_from_slice(&b[..take]);
+            if gather.len() == RECORD_MAX {
+                break;
             }
         }
+        let r = this.poll_write_plain(cx, &gather);
+        this.gather = gather;
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
