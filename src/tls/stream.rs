@@ -58,6 +58,9 @@ pub struct TlsStream<S> {
     read_closed: bool,
     /// Our close_notify is queued.
     close_queued: bool,
+    /// rustls queued a record of its own (handshake, key update, alert) that is not sent
+    /// yet; application data waits for the next write or flush, these do not.
+    control_queued: bool,
     /// The name the client asked for (SNI), lower-case.
     sni: Option<Box<str>>,
 }
@@ -103,6 +106,7 @@ where
         gather: Vec::new(),
         read_closed: false,
         close_queued: false,
+        control_queued: false,
         sni: None,
     };
     // A name left over from a handshake that ended in an error on this thread.
@@ -194,6 +198,7 @@ impl<S> TlsStream<S> {
                     match e.encode(&mut self.send[self.send_end..]) {
                         Ok(n) => {
                             self.send_end += n;
+                            self.control_queued = true;
                             break None;
                         }
                         Err(EncodeError::InsufficientSize(InsufficientSizeError {
@@ -284,6 +289,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         }
         self.send_pos = 0;
         self.send_end = 0;
+        self.control_queued = false;
         Poll::Ready(Ok(()))
     }
 
@@ -361,12 +367,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
             if this.read_closed {
                 return Poll::Ready(Ok(()));
             }
-            // Whatever rustls queued while reading (a key update's answer) goes out
-            // alongside; a slow socket does not hold the read.
-            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+            this.drive(Want::Nothing)?;
+            // What rustls queued while reading (a key update's answer, an alert) goes out
+            // now, not at the next write; a slow socket does not hold the read.
+            if this.control_queued
+                && let Poll::Ready(Err(e)) = this.poll_send(cx)
+            {
                 return Poll::Ready(Err(e));
             }
-            this.drive(Want::Nothing)?;
             if this.plain_waiting() || this.read_closed {
                 continue;
             }

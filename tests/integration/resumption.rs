@@ -92,4 +92,24 @@ async fn tls13_sessions_resume_with_one_fresh_ticket_per_connection() {
             "one ticket per connection"
         );
     }
+    // A resumed session still has its name checked against the Host (421 if they differ):
+    // the proxy knows the SNI of resumed handshakes too.
+    let mut tls = c.connect_with(cfg.clone(), "data.localhost").await.unwrap();
+    assert_eq!(
+        tls.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: store.localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .ok();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 421"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
 }
