@@ -48,6 +48,21 @@ impl ClientSessionStore for Counting {
     }
 }
 
+/// Sends `GET /` for `host` with `Connection: close` and reads the answer to its end.
+async fn closing_get<S>(tls: &mut S, host: &str) -> Vec<u8>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .ok();
+    answer
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tls13_sessions_resume_with_one_fresh_ticket_per_connection() {
     let s = Stack::start().await;
@@ -73,14 +88,7 @@ async fn tls13_sessions_resume_with_one_fresh_ticket_per_connection() {
             Some(rustls::ProtocolVersion::TLSv1_3)
         );
         // Tickets come after the handshake: a request's answer carries them in.
-        tls.write_all(b"GET / HTTP/1.1\r\nHost: data.localhost\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer))
-            .await
-            .unwrap()
-            .ok();
+        let answer = closing_get(&mut tls, "data.localhost").await;
         assert!(
             answer.starts_with(b"HTTP/1.1 200"),
             "{}",
@@ -99,14 +107,7 @@ async fn tls13_sessions_resume_with_one_fresh_ticket_per_connection() {
         tls.get_ref().1.handshake_kind(),
         Some(rustls::HandshakeKind::Resumed)
     );
-    tls.write_all(b"GET / HTTP/1.1\r\nHost: store.localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer))
-        .await
-        .unwrap()
-        .ok();
+    let answer = closing_get(&mut tls, "store.localhost").await;
     assert!(
         answer.starts_with(b"HTTP/1.1 421"),
         "{}",
