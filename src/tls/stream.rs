@@ -9,7 +9,7 @@
 //! request ([`Readiness::release_idle`]), so an idle TLS connection costs rustls's
 //! session state and no buffer.
 //!
-//! The handshake ([`accept`]) and the traffic after it run the same loop ([`TlsStream::drive`]):
+//! The handshake ([`accept`]) and the traffic after it run the same loop (`TlsStream::drive`):
 //! rustls says what it needs next (send these records, give me more input, you may
 //! encrypt now), and the stream does it with the socket.
 
