@@ -478,7 +478,7 @@ where
     let handshake = Box::pin(tokio::time::timeout(l.handshake_timeout, handshake));
     // The TLS state (~1.3 KB) lives on the heap too: moved through the HTTP/1.1 rounds
     // and the close as a pointer, rather than reserved inline at each of those states.
-    let stream = match handshake.await {
+    let mut stream = match handshake.await {
         Ok(Ok(s)) => Box::new(s),
         Ok(Err(e)) => {
             l.shared.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
@@ -495,7 +495,6 @@ where
         .stats
         .tls_handshakes
         .fetch_add(1, Ordering::Relaxed);
-    let mut stream = stream;
     let sni = stream.take_server_name();
     let h2 = stream.alpn_protocol() == Some(b"h2");
     let info = Arc::new(ConnInfo {

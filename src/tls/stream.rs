@@ -75,17 +75,6 @@ enum Want<'a> {
     Close,
 }
 
-/// Where [`TlsStream::drive`] stopped.
-#[derive(Debug, PartialEq)]
-enum Stop {
-    /// rustls needs more input (or, after the handshake, has nothing more to do).
-    Input,
-    /// The wanted write is queued.
-    Done,
-    /// Both sides have sent close_notify.
-    Closed,
-}
-
 /// Completes the TLS handshake on `io`: the ClientHello read, the server's flight sent,
 /// the client's Finished read, and the session ticket written out.
 pub async fn accept<S>(io: S, config: Arc<ServerConfig>) -> io::Result<TlsStream<S>>
@@ -142,11 +131,6 @@ where
 }
 
 impl<S> TlsStream<S> {
-    /// The name the client asked for (SNI), lower-case.
-    pub fn server_name(&self) -> Option<&str> {
-        self.sni.as_deref()
-    }
-
     /// The name the client asked for, taken (the connection keeps one copy).
     pub fn take_server_name(&mut self) -> Option<Box<str>> {
         self.sni.take()
@@ -157,20 +141,16 @@ impl<S> TlsStream<S> {
         self.conn.alpn_protocol()
     }
 
-    /// The socket under the TLS layer.
-    pub fn get_ref(&self) -> &S {
-        &self.io
-    }
-
     /// Plaintext waiting to be read.
     fn plain_waiting(&self) -> bool {
         self.plain_pos < self.plain.len()
     }
 
-    /// Runs rustls over the received ciphertext until it needs the socket: handshake
-    /// records and alerts are queued in `send`, application data is moved to `plain`,
-    /// and `want` is done once rustls allows writing.
-    fn drive(&mut self, want: Want<'_>) -> io::Result<Stop> {
+    /// Runs rustls over the received ciphertext until it needs the socket (more input,
+    /// or nothing more to do): handshake records and alerts are queued in `send`,
+    /// application data is moved to `plain`, and `want` is done once rustls allows
+    /// writing.
+    fn drive(&mut self, want: Want<'_>) -> io::Result<()> {
         loop {
             let UnbufferedStatus { discard, state } = self
                 .conn
@@ -194,68 +174,43 @@ impl<S> TlsStream<S> {
                     }
                     stop
                 }
-                Ok(ConnectionState::EncodeTlsData(mut e)) => loop {
-                    match e.encode(&mut self.send[self.send_end..]) {
-                        Ok(n) => {
-                            self.send_end += n;
-                            self.control_queued = true;
-                            break None;
-                        }
-                        Err(EncodeError::InsufficientSize(InsufficientSizeError {
-                            required_size,
-                        })) => grow(&mut self.send, self.send_end + required_size),
-                        Err(e) => break Some(Err(io::Error::other(e.to_string()))),
-                    }
-                },
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    self.control_queued = true;
+                    append(&mut self.send, &mut self.send_end, |b| e.encode(b))
+                        .err()
+                        .map(Err)
+                }
                 // Queued in `send`, ahead of anything written later: as good as sent.
                 Ok(ConnectionState::TransmitTlsData(t)) => {
                     t.done();
                     None
                 }
-                Ok(ConnectionState::BlockedHandshake) => Some(Ok(Stop::Input)),
+                Ok(ConnectionState::BlockedHandshake) => Some(Ok(())),
                 Ok(ConnectionState::PeerClosed) => {
                     self.read_closed = true;
                     None
                 }
                 Ok(ConnectionState::Closed) => {
                     self.read_closed = true;
-                    Some(Ok(Stop::Closed))
+                    Some(Ok(()))
                 }
-                Ok(ConnectionState::WriteTraffic(mut w)) => match want {
-                    Want::Nothing => Some(Ok(Stop::Input)),
+                Ok(ConnectionState::WriteTraffic(mut w)) => Some(match want {
+                    Want::Nothing => Ok(()),
                     Want::Write(data) => {
                         let records = data.len().div_ceil(RECORD_MAX).max(1);
-                        let room = data.len() + records * RECORD_OVERHEAD;
-                        if self.send.len() - self.send_end < room {
-                            grow(&mut self.send, self.send_end + room);
-                        }
-                        loop {
-                            match w.encrypt(data, &mut self.send[self.send_end..]) {
-                                Ok(n) => {
-                                    self.send_end += n;
-                                    break Some(Ok(Stop::Done));
-                                }
-                                Err(EncryptError::InsufficientSize(InsufficientSizeError {
-                                    required_size,
-                                })) => grow(&mut self.send, self.send_end + required_size),
-                                Err(e) => break Some(Err(io::Error::other(e.to_string()))),
-                            }
-                        }
+                        grow(
+                            &mut self.send,
+                            self.send_end + data.len() + records * RECORD_OVERHEAD,
+                        );
+                        append(&mut self.send, &mut self.send_end, |b| w.encrypt(data, b))
                     }
-                    Want::Close => loop {
-                        match w.queue_close_notify(&mut self.send[self.send_end..]) {
-                            Ok(n) => {
-                                self.send_end += n;
-                                self.close_queued = true;
-                                break Some(Ok(Stop::Done));
-                            }
-                            Err(EncryptError::InsufficientSize(InsufficientSizeError {
-                                required_size,
-                            })) => grow(&mut self.send, self.send_end + required_size),
-                            Err(e) => break Some(Err(io::Error::other(e.to_string()))),
-                        }
-                    },
-                },
+                    Want::Close => {
+                        self.close_queued = true;
+                        append(&mut self.send, &mut self.send_end, |b| {
+                            w.queue_close_notify(b)
+                        })
+                    }
+                }),
                 Ok(ConnectionState::ReadEarlyData(_)) => Some(Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "TLS early data is not accepted",
@@ -480,6 +435,55 @@ impl<S: Readiness> Readiness for TlsStream<S> {
         }
         self.gather = Vec::new();
         self.io.release_idle();
+    }
+}
+
+/// Writes a record into `buf[*end..]` with `put`, growing the buffer as often as rustls
+/// says the room is short.
+fn append<E: Short>(
+    buf: &mut Vec<u8>,
+    end: &mut usize,
+    mut put: impl FnMut(&mut [u8]) -> Result<usize, E>,
+) -> io::Result<()> {
+    loop {
+        match put(&mut buf[*end..]) {
+            Ok(n) => {
+                *end += n;
+                return Ok(());
+            }
+            Err(e) => match e.room_needed() {
+                Some(room) => grow(buf, *end + room),
+                None => return Err(io::Error::other(e.to_string())),
+            },
+        }
+    }
+}
+
+/// rustls's two "output buffer too small" errors, read alike.
+trait Short: std::fmt::Display {
+    /// The room the record needs, if that was the failure.
+    fn room_needed(&self) -> Option<usize>;
+}
+
+impl Short for EncodeError {
+    fn room_needed(&self) -> Option<usize> {
+        match self {
+            EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                Some(*required_size)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Short for EncryptError {
+    fn room_needed(&self) -> Option<usize> {
+        match self {
+            EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                Some(*required_size)
+            }
+            _ => None,
+        }
     }
 }
 
