@@ -189,6 +189,8 @@ def main():
     ap.add_argument("--only", default="gatehouse,haproxy,nginx")
     ap.add_argument("--scenarios", default="", help="comma-separated words; run only scenarios whose name contains one (e.g. h2,plain)")
     ap.add_argument("--no-memory", action="store_true", help="skip the idle-memory row")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=BINARY",
+                    help="another gatehouse binary run with the same config, for A/B runs (name it in --only)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results", "latest.md"))
     a = ap.parse_args()
     global SCENARIOS, SETTLE
@@ -233,6 +235,9 @@ def main():
         "haproxy": Proxy("haproxy", ["haproxy", "-db", "-f", os.path.join(d, "haproxy.cfg")], d),
         "nginx": Proxy("nginx", ["nginx", "-c", os.path.join(d, "nginx-proxy.conf")], d),
     }
+    for v in a.variant:
+        name, _, binary = v.partition("=")
+        all_proxies[name] = Proxy(name, [os.path.abspath(binary), "run", "-c", os.path.join(d, "gatehouse.yaml")], d)
     proxies = [all_proxies[n] for n in a.only.split(",")]
     results = {(p.name, s[0]): [] for p in proxies for s in SCENARIOS}
     cpu = {(p.name, s[0]): [] for p in proxies for s in SCENARIOS}

@@ -91,6 +91,13 @@ impl Pool {
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
             return Ok(PoolPermit { _permit: p });
         }
+        // Boxed: waiting is the flood case, and its timer and semaphore wait would
+        // otherwise take room in every request's future.
+        Box::pin(self.wait(service)).await
+    }
+
+    /// Queues for a slot (bounded, with the pool's timeout).
+    async fn wait(&self, service: &Counters) -> Result<PoolPermit, ProxyError> {
         let queue = self.queue.load(Ordering::Relaxed);
         let now_waiting = self.waiting.fetch_add(1, Ordering::AcqRel) + 1;
         let _leave = Leave(&self.waiting);

@@ -5,6 +5,7 @@
 //! configured trusted proxy; otherwise it is dropped before anything else reads it.
 
 use crate::rules::matcher::AllowList;
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::{IpAddr, SocketAddr};
 
@@ -97,27 +98,186 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Removes hop-by-hop headers, including any the `Connection` header names.
+/// Removes hop-by-hop headers, including any the `Connection` header names. Most
+/// messages carry none or only `Connection: keep-alive`: one pass over the names finds
+/// which are there, and only those are removed (a removal hashes the name).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    let present = present(headers, &HOP_BY_HOP);
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        // Names the `Connection` header lists beyond the fixed set (rare: only those
+        // are looked up, so `Connection: keep-alive` costs no allocation).
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|h| t.eq_ignore_ascii_case(h.as_str().as_bytes()))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for n in named {
             headers.remove(n);
         }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    remove_present(headers, &HOP_BY_HOP, present);
+}
+
+/// A bit per entry of `names` that `headers` holds, found in one pass over its names.
+fn present(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
+    headers.keys().fold(0, |bits, k| {
+        names
+            .iter()
+            .position(|n| n == k)
+            .map_or(bits, |i| bits | 1 << i)
+    })
+}
+
+/// Whether `headers` holds each of three names, found in one pass.
+pub fn present_of(headers: &HeaderMap, names: [HeaderName; 3]) -> (bool, bool, bool) {
+    let bits = present(headers, &names);
+    (bits & 1 != 0, bits & 2 != 0, bits & 4 != 0)
+}
+
+fn remove_present(headers: &mut HeaderMap, names: &[HeaderName], present: u32) {
+    for (i, n) in names.iter().enumerate() {
+        if present & 1 << i != 0 {
+            headers.remove(n);
+        }
     }
 }
 
-/// Rewrites the request headers for the server: hop-by-hop out, forged forwarding
-/// headers out (unless trusted), then `X-Forwarded-*` and `Forwarded` from the connection.
+/// The forwarding headers one request is sent with, worked out once: written straight
+/// into the request head on the direct path ([`Forwarding::write_head`], no header map
+/// inserts or value allocations), or inserted into the map for hyper's client.
+#[derive(Debug)]
+pub struct Forwarding<'a> {
+    /// What a trusted peer already sent in `X-Forwarded-For` and `Forwarded` (joined).
+    prior_xff: Option<String>,
+    prior_fwd: Option<String>,
+    peer_ip: IpAddr,
+    proto: &'static str,
+    host: &'a str,
+}
+
+/// Cleans the request headers for the server (hop-by-hop out, forged forwarding headers
+/// out unless the peer is trusted) and says which forwarding headers it gets.
+pub fn prepare_request<'a>(
+    headers: &mut HeaderMap,
+    client: &ClientAddr,
+    trusted_peer: bool,
+    host: &'a str,
+    tls: bool,
+) -> Forwarding<'a> {
+    strip_hop_by_hop(headers);
+    let present = present(headers, &FORWARDING);
+    let (prior_xff, prior_fwd) = if trusted_peer && present != 0 {
+        (
+            join_values(headers, "x-forwarded-for"),
+            join_values(headers, "forwarded"),
+        )
+    } else {
+        (None, None)
+    };
+    remove_present(headers, &FORWARDING, present);
+    Forwarding {
+        prior_xff,
+        prior_fwd,
+        peer_ip: canonical(client.peer.ip()),
+        proto: if tls { "https" } else { "http" },
+        host,
+    }
+}
+
+impl Forwarding<'_> {
+    /// Appends `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` as header lines. Every
+    /// part is free of CR and LF: prior values and the host come from validated headers.
+    pub fn write_head(&self, out: &mut Vec<u8>) {
+        let (ip, len) = ip_text(self.peer_ip);
+        let ip = &ip[..len];
+        out.extend_from_slice(b"x-forwarded-for: ");
+        self.xff(out, ip);
+        out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        out.extend_from_slice(self.proto.as_bytes());
+        out.extend_from_slice(b"\r\nx-forwarded-host: ");
+        out.extend_from_slice(self.host.as_bytes());
+        out.extend_from_slice(b"\r\nforwarded: ");
+        self.forwarded(out, ip);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Inserts the same headers into `headers` (the hyper client's path).
+    pub fn insert(&self, headers: &mut HeaderMap) {
+        let (ip, len) = ip_text(self.peer_ip);
+        let ip = &ip[..len];
+        let mut xff = Vec::with_capacity(self.prior_xff.as_ref().map_or(0, |p| p.len() + 2) + len);
+        self.xff(&mut xff, ip);
+        let mut fwd = Vec::with_capacity(
+            self.prior_fwd.as_ref().map_or(0, |p| p.len() + 2) + self.host.len() + len + 32,
+        );
+        self.forwarded(&mut fwd, ip);
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
+            headers.insert(FORWARDING[0].clone(), v);
+        }
+        headers.insert(FORWARDING[1].clone(), HeaderValue::from_static(self.proto));
+        if let Ok(v) = HeaderValue::from_str(self.host) {
+            headers.insert(FORWARDING[2].clone(), v);
+        }
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(fwd)) {
+            headers.insert(header::FORWARDED, v);
+        }
+    }
+
+    /// `X-Forwarded-For`'s value: what a trusted peer sent, then the peer.
+    fn xff(&self, out: &mut Vec<u8>, ip: &[u8]) {
+        if let Some(p) = &self.prior_xff {
+            out.extend_from_slice(p.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(ip);
+    }
+
+    /// `Forwarded`'s value (RFC 7239): what a trusted peer sent, then this hop's element.
+    fn forwarded(&self, out: &mut Vec<u8>, ip: &[u8]) {
+        if let Some(p) = &self.prior_fwd {
+            out.extend_from_slice(p.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(b"for=");
+        if self.peer_ip.is_ipv6() {
+            out.extend_from_slice(b"\"[");
+            out.extend_from_slice(ip);
+            out.extend_from_slice(b"]\"");
+        } else {
+            out.extend_from_slice(ip);
+        }
+        out.extend_from_slice(b";proto=");
+        out.extend_from_slice(self.proto.as_bytes());
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(self.host.as_bytes());
+        out.push(b'"');
+    }
+}
+
+/// An address as text, formatted once on the stack (an IPv6 address is at most 45 bytes).
+fn ip_text(ip: IpAddr) -> ([u8; 48], usize) {
+    use std::io::Write as _;
+    let mut buf = [0u8; 48];
+    let mut at = &mut buf[..];
+    let _ = write!(at, "{ip}");
+    let len = 48 - at.len();
+    (buf, len)
+}
+
+/// Cleans the request headers and inserts the forwarding headers: [`prepare_request`]
+/// then [`Forwarding::insert`].
 pub fn rewrite_request(
     headers: &mut HeaderMap,
     client: &ClientAddr,
@@ -125,63 +285,7 @@ pub fn rewrite_request(
     host: &str,
     tls: bool,
 ) {
-    strip_hop_by_hop(headers);
-    let peer_ip = canonical(client.peer.ip());
-    let proto = if tls { "https" } else { "http" };
-    let prior_xff = if trusted_peer {
-        join_values(headers, "x-forwarded-for")
-    } else {
-        None
-    };
-    let prior_fwd = if trusted_peer {
-        join_values(headers, "forwarded")
-    } else {
-        None
-    };
-    for h in &FORWARDING {
-        headers.remove(h);
-    }
-    // Built with one formatting of the address and no intermediate strings: this runs
-    // for every request.
-    use std::fmt::Write as _;
-    let mut xff = String::with_capacity(prior_xff.as_ref().map_or(0, |p| p.len() + 2) + 40);
-    if let Some(p) = &prior_xff {
-        xff.push_str(p);
-        xff.push_str(", ");
-    }
-    let at = xff.len();
-    let _ = write!(xff, "{peer_ip}");
-    let ip = &xff[at..];
-    let mut fwd = String::with_capacity(
-        prior_fwd.as_ref().map_or(0, |p| p.len() + 2) + ip.len() + host.len() + 32,
-    );
-    if let Some(p) = &prior_fwd {
-        fwd.push_str(p);
-        fwd.push_str(", ");
-    }
-    fwd.push_str("for=");
-    if peer_ip.is_ipv6() {
-        fwd.push_str("\"[");
-        fwd.push_str(ip);
-        fwd.push_str("]\"");
-    } else {
-        fwd.push_str(ip);
-    }
-    fwd.push_str(";proto=");
-    fwd.push_str(proto);
-    fwd.push_str(";host=\"");
-    fwd.push_str(host);
-    fwd.push('"');
-    if let Ok(v) = HeaderValue::try_from(xff) {
-        headers.insert(FORWARDING[0].clone(), v);
-    }
-    headers.insert(FORWARDING[1].clone(), HeaderValue::from_static(proto));
-    if let Ok(v) = HeaderValue::from_str(host) {
-        headers.insert(FORWARDING[2].clone(), v);
-    }
-    if let Ok(v) = HeaderValue::try_from(fwd) {
-        headers.insert(header::FORWARDED, v);
-    }
+    prepare_request(headers, client, trusted_peer, host, tls).insert(headers);
 }
 
 fn join_values(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -270,5 +374,45 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-secret").is_none());
         assert!(h.get("x-keep").is_some());
+    }
+
+    #[test]
+    fn head_lines_say_what_the_map_says() {
+        let cases = [
+            ("192.0.2.7:1", false, "10.0.0.0/8"),
+            ("[2001:db8::7]:1", true, "2001:db8::/32"),
+        ];
+        for (peer, trusted_peer, net) in cases {
+            let mut h = HeaderMap::new();
+            h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+            h.insert("forwarded", HeaderValue::from_static("for=198.51.100.1"));
+            h.insert("connection", HeaderValue::from_static("keep-alive, x-hop"));
+            h.insert("x-hop", HeaderValue::from_static("1"));
+            h.insert("accept", HeaderValue::from_static("*/*"));
+            let peer: SocketAddr = peer.parse().unwrap();
+            let trusted = AllowList::new(vec![], &[net.parse().unwrap()]);
+            let c = client_addr(&h, peer, &trusted);
+            let fwd = prepare_request(&mut h, &c, trusted_peer, "x.example", true);
+            let names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+            assert_eq!(names, ["accept"]);
+            let mut wire = Vec::new();
+            fwd.write_head(&mut wire);
+            let mut map = HeaderMap::new();
+            fwd.insert(&mut map);
+            let mut expect = Vec::new();
+            for (n, v) in &map {
+                expect.extend_from_slice(n.as_str().as_bytes());
+                expect.extend_from_slice(b": ");
+                expect.extend_from_slice(v.as_bytes());
+                expect.extend_from_slice(b"\r\n");
+            }
+            assert_eq!(
+                String::from_utf8_lossy(&wire),
+                String::from_utf8_lossy(&expect)
+            );
+            assert_eq!(map.len(), 4);
+            let prior = if trusted_peer { "198.51.100.1, " } else { "" };
+            assert_eq!(map["x-forwarded-for"], format!("{prior}{}", peer.ip()));
+        }
     }
 }

@@ -133,7 +133,9 @@ pub async fn handle(
     req: Request<ClientBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let generation = shared.state.load_full();
-    let mut rec = Record::new(&shared, &conn, &req, generation.clone());
+    // On the heap from the start: it rides in the response body to its end, and kept
+    // here it would take room in the request's future and be copied out at the end.
+    let mut rec = Box::new(Record::new(&shared, &conn, &req, generation.clone()));
     let body_pending = !req.body().is_end_stream();
     // hyper resolves Content-Length + Transfer-Encoding as HAProxy does (chunked wins, the
     // length is dropped) but would keep the connection open, and it hides which of the two
@@ -162,7 +164,7 @@ pub async fn handle(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     rec.status = resp.status().as_u16();
-    Ok(resp.map(|b| b.hold(Box::new(rec))))
+    Ok(resp.map(|b| b.hold(rec)))
 }
 
 fn count_error(g: &Generation, rec: &Record, e: &ProxyError) {
@@ -282,7 +284,7 @@ async fn handle_inner(
     let (mut parts, body) = req.into_parts();
     // Forwarding headers are kept (and appended to) only from a trusted peer.
     let trusted_peer = shared.trusted.contains(conn.peer.ip());
-    forward::rewrite_request(
+    let forwarding = forward::prepare_request(
         &mut parts.headers,
         &client,
         trusted_peer,
@@ -295,15 +297,26 @@ async fn handle_inner(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, proto.clone());
     }
-    parts.headers.remove(header::EXPECT);
-    if !parts.headers.contains_key(header::HOST)
+    // `Expect` is answered here (hyper), and the length is ours (below): both go; and a
+    // request that names its host only in the URI (HTTP/2) gets a `Host`. One pass over
+    // the names says which of these apply.
+    let (expect, has_host, length) = forward::present_of(
+        &parts.headers,
+        [header::EXPECT, header::HOST, header::CONTENT_LENGTH],
+    );
+    if expect {
+        parts.headers.remove(header::EXPECT);
+    }
+    if !has_host
         && let Some(a) = parts.uri.authority()
         && let Ok(v) = HeaderValue::from_str(a.as_str())
     {
         parts.headers.insert(header::HOST, v);
     }
     // One Content-Length, ours: the length hyper parsed (or none, and the body is chunked).
-    parts.headers.remove(header::CONTENT_LENGTH);
+    if length {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     if let Some(n) = body.size_hint().exact()
         && (n > 0 || !body.is_end_stream())
     {
@@ -316,14 +329,19 @@ async fn handle_inner(
     let progress = Arc::new(BodyProgress::default());
     rec.progress = Some(progress.clone());
     let body = LimitedBody::new(body, limit, progress.clone());
-    // Kept only for requests without a body (those alone may be re-sent elsewhere), and
-    // only when there is another server to re-send to: no header copy otherwise.
-    let elsewhere = service.group(colour).servers.len() > 1;
-    let retry = (bodyless && elsewhere).then(|| (parts.method.clone(), parts.headers.clone()));
     // No body, no upgrade, no PROXY header, and safe to send twice: exchanged in this task
     // (`upstream::direct`), without hyper's per-connection task and channels.
     let direct =
         bodyless && upgrade.is_none() && !service.send_proxy && parts.method.is_idempotent();
+    // The direct path writes the forwarding headers into the head; hyper's takes them
+    // from the map (so the copy kept for a redispatch carries them too).
+    if !direct {
+        forwarding.insert(&mut parts.headers);
+    }
+    // Kept only for requests without a body (those alone may be re-sent elsewhere), and
+    // only when there is another server to re-send to: no header copy otherwise.
+    let elsewhere = service.group(colour).servers.len() > 1;
+    let retry = (bodyless && elsewhere).then(|| (parts.method.clone(), parts.headers.clone()));
     let mut server = first;
     let mut request = Request::from_parts(parts, body);
     let mut attempt = 0;
@@ -334,25 +352,24 @@ async fn handle_inner(
         rec.server = server.name.clone();
         let sent = Instant::now();
         let result = if direct {
-            let exchange = conn.upstream.exchange(server.addr, &request);
+            let exchange = conn
+                .upstream
+                .exchange(server.addr, &request, |out| forwarding.write_head(out));
             tokio::time::timeout(shared.timeouts.response, exchange)
                 .await
                 .map(|r| r.map(|resp| resp.map(ProxyBody::direct)))
         } else {
-            let sending = async {
+            // Boxed: bodies, upgrades and PROXY headers are the rare case, and hyper's
+            // send future would otherwise take room in every request's future.
+            let sending = Box::pin(async {
                 if service.send_proxy {
-                    // Boxed for the same reason as the pool's connect: rare and large.
-                    Box::pin(conn.upstream.send_with_proxy_header(
-                        server.addr,
-                        conn.peer,
-                        conn.https(),
-                        request,
-                    ))
-                    .await
+                    conn.upstream
+                        .send_with_proxy_header(server.addr, conn.peer, conn.https(), request)
+                        .await
                 } else {
                     conn.upstream.send(server.addr, request).await
                 }
-            };
+            });
             tokio::time::timeout(shared.timeouts.response, sending)
                 .await
                 .map(|r| r.map(|resp| resp.map(ProxyBody::upstream)))
@@ -477,7 +494,14 @@ pub(crate) async fn choose_server(
     let s = group
         .pick(balance, key, avoid, &usable, &load)
         .ok_or(ProxyError::NoServer)?;
-    match tokio::time::timeout_at(deadline.into(), g.health[s.id].enter()).await {
+    // Boxed: waiting for a server at its maxconn is rare, and its timer would otherwise
+    // take room in every request's future.
+    match Box::pin(tokio::time::timeout_at(
+        deadline.into(),
+        g.health[s.id].enter(),
+    ))
+    .await
+    {
         Ok(guard) => Ok((s.clone(), guard)),
         Err(_) => Err(ProxyError::QueueTimeout),
     }

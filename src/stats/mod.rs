@@ -142,7 +142,10 @@ impl Counters {
             _ => 5,
         };
         self.responses[class].fetch_add(1, Ordering::Relaxed);
-        self.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        // Most requests carry no body: a locked add of zero costs as much as any other.
+        if bytes_in != 0 {
+            self.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        }
         self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
         self.total_time_us.fetch_add(micros, Ordering::Relaxed);
     }

@@ -76,16 +76,19 @@ impl Upstream {
         self: &Arc<Self>,
         addr: SocketAddr,
         req: &Request<impl Sized>,
+        extra_headers: impl FnOnce(&mut Vec<u8>),
     ) -> Result<Response<DirectBody>, SendError> {
-        let mut wire = Vec::with_capacity(256 + req.headers().len() * 48);
-        encode_head(&mut wire, req);
+        let mut wire = Vec::with_capacity(512 + req.headers().len() * 48);
+        encode_head(&mut wire, req, extra_headers);
         let head_only = req.method() == Method::HEAD;
         let mut fresh = false;
         loop {
             let (mut tcp, reused) = match (!fresh).then(|| self.direct_checkout(addr)).flatten() {
                 Some(t) => (t, true),
                 None => {
-                    let tcp = dial(addr, self.connect_timeout)
+                    // Boxed: a new connection is the rare case, and its connect and
+                    // timer would otherwise take room in every request's future.
+                    let tcp = Box::pin(dial(addr, self.connect_timeout))
                         .await
                         .map_err(|e| SendError {
                             connect: true,
@@ -124,8 +127,9 @@ impl Upstream {
 }
 
 /// `METHOD /path HTTP/1.1`, the headers as they are (hyper has validated them: no CR or
-/// LF can be in a name or value), and the blank line.
-fn encode_head<B>(out: &mut Vec<u8>, req: &Request<B>) {
+/// LF can be in a name or value), the lines `extra_headers` writes (this hop's own,
+/// written as bytes rather than inserted into the map), and the blank line.
+fn encode_head<B>(out: &mut Vec<u8>, req: &Request<B>, extra_headers: impl FnOnce(&mut Vec<u8>)) {
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -137,6 +141,7 @@ fn encode_head<B>(out: &mut Vec<u8>, req: &Request<B>) {
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    extra_headers(out);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -208,16 +213,18 @@ fn parse_head(
         }
         let status = StatusCode::from_u16(code).map_err(|_| DirectError::Bad("bad status"))?;
         let mut close = r.version != Some(1);
-        let mut headers = HeaderMap::with_capacity(r.headers.len());
         let mut length: Option<u64> = None;
         let mut coded = false;
         let mut chunked = false;
-        for h in r.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| DirectError::Bad("bad header name"))?;
-            let value = HeaderValue::from_bytes(h.value)
-                .map_err(|_| DirectError::Bad("bad header value"))?;
-            if name == header::CONTENT_LENGTH {
+        // Where each name and value sits, so the map can share the head's bytes (one
+        // reference count per value instead of an allocation and a copy).
+        let base = buf.as_ptr() as usize;
+        let at = |b: &[u8]| (b.as_ptr() as usize - base, b.len());
+        let mut spans = [((0, 0), (0, 0)); MAX_HEADERS];
+        let count = r.headers.len();
+        for (h, span) in r.headers.iter().zip(spans.iter_mut()) {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"content-length") {
                 for part in h.value.split(|b| *b == b',') {
                     let n = content_length(part)?;
                     if length.is_some_and(|m| m != n) {
@@ -225,7 +232,7 @@ fn parse_head(
                     }
                     length = Some(n);
                 }
-            } else if name == header::TRANSFER_ENCODING {
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 coded = true;
                 // The last coding of the last header decides.
                 chunked = h
@@ -233,16 +240,24 @@ fn parse_head(
                     .rsplit(|b| *b == b',')
                     .next()
                     .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            } else if name == header::CONNECTION
+            } else if name.eq_ignore_ascii_case(b"connection")
                 && h.value
                     .split(|b| *b == b',')
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
             {
                 close = true;
             }
+            *span = (at(name), at(h.value));
+        }
+        let head = buf.split_to(used).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &((name, name_len), (value, value_len)) in &spans[..count] {
+            let name = HeaderName::from_bytes(&head[name..name + name_len])
+                .map_err(|_| DirectError::Bad("bad header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
+                .map_err(|_| DirectError::Bad("bad header value"))?;
             headers.append(name, value);
         }
-        buf.advance(used);
         let framing = if head_only
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED

@@ -5,6 +5,7 @@
 //! a generation holds `Arc<ServerState>` by server id.
 
 use crate::rules::{HealthSpec, RuleSet, Server};
+use arc_swap::ArcSwapOption;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -49,8 +50,9 @@ pub struct ServerState {
     pub checked: AtomicBool,
     /// Requests in flight to this server now (least-connections balancing).
     pub active: AtomicU32,
-    /// Per-server `maxconn`, as permits; `None` = unlimited.
-    slots: Mutex<Option<(u32, Arc<Semaphore>)>>,
+    /// Per-server `maxconn` and its permits; `None` = unlimited. Read by every request
+    /// (a wait-free load, no lock), written only when a reload changes the limit.
+    slots: ArcSwapOption<(u32, Arc<Semaphore>)>,
     next_check_ms: AtomicU64,
 }
 
@@ -89,7 +91,7 @@ impl ServerState {
             last_check_ok: AtomicBool::new(false),
             checked: AtomicBool::new(false),
             active: AtomicU32::new(0),
-            slots: Mutex::new(None),
+            slots: ArcSwapOption::empty(),
             next_check_ms: AtomicU64::new(0),
         }
     }
@@ -146,7 +148,14 @@ impl ServerState {
     /// failures take it DOWN.
     pub fn observe(&self, ok: bool, spec: &HealthSpec, name: &str) {
         if ok {
-            self.fail_streak.store(0, Relaxed);
+            // Every forwarded request passes here: while UP, a pass changes nothing
+            // but a failure streak, so no locked add is spent on it.
+            if self.fail_streak.load(Relaxed) != 0 {
+                self.fail_streak.store(0, Relaxed);
+            }
+            if self.is_up() {
+                return;
+            }
             let n = self.ok_streak.fetch_add(1, Relaxed) + 1;
             if !self.is_up() && n >= spec.rise {
                 let now = now_ms();
@@ -172,7 +181,7 @@ impl ServerState {
     /// Takes a request slot on this server: at once when below maxconn (or unlimited);
     /// `None` when the server is full.
     pub fn try_enter(self: &Arc<Self>) -> Option<ServerGuard> {
-        let slot = match self.slots.lock().ok()?.as_ref() {
+        let slot = match self.slots.load().as_deref() {
             None => None,
             Some((_, sem)) => Some(sem.clone().try_acquire_owned().ok()?),
         };
@@ -185,11 +194,7 @@ impl ServerState {
 
     /// Waits for a request slot on this server (used when every candidate is at maxconn).
     pub async fn enter(self: &Arc<Self>) -> ServerGuard {
-        let sem = self
-            .slots
-            .lock()
-            .ok()
-            .and_then(|s| s.as_ref().map(|(_, s)| s.clone()));
+        let sem = self.slots.load().as_deref().map(|(_, s)| s.clone());
         let slot = match sem {
             Some(sem) => sem.acquire_owned().await.ok(),
             None => None,
@@ -203,21 +208,22 @@ impl ServerState {
 
     /// Whether a maxconn slot is free (or there is no limit).
     pub fn has_room(&self) -> bool {
-        match self.slots.lock().ok().as_deref() {
-            Some(Some((_, sem))) => sem.available_permits() > 0,
-            _ => true,
+        match self.slots.load().as_deref() {
+            Some((_, sem)) => sem.available_permits() > 0,
+            None => true,
         }
     }
 
+    /// Called with the table's lock held ([`HealthTable::states_for`]): one writer at a
+    /// time, so the load-then-store needs no lock of its own.
     fn set_maxconn(&self, maxconn: Option<u32>) {
-        let Ok(mut slots) = self.slots.lock() else {
-            return;
-        };
-        match (maxconn, slots.as_ref()) {
-            (None, _) => *slots = None,
+        match (maxconn, self.slots.load().as_deref()) {
+            (None, _) => self.slots.store(None),
             (Some(m), Some((old, _))) if *old == m => {}
             // A new limit applies to new requests; held slots of the old one drain away.
-            (Some(m), _) => *slots = Some((m, Arc::new(Semaphore::new(m as usize)))),
+            (Some(m), _) => self
+                .slots
+                .store(Some(Arc::new((m, Arc::new(Semaphore::new(m as usize)))))),
         }
     }
 }
