@@ -50,6 +50,9 @@ pub struct StandIn {
     /// other socket (a listener's bind, an outgoing connection's source port) takes it
     /// before the restart.
     pub port_hold: std::sync::Mutex<Option<socket2::Socket>>,
+    /// Set once a stop has taken effect: the listener is closed and every open
+    /// connection has been told to drop (so nothing is answered as this stand-in again).
+    pub stopped: std::sync::atomic::AtomicBool,
 }
 
 impl StandIn {
@@ -125,6 +128,7 @@ pub async fn serve(
         pings: 0.into(),
         service,
         port_hold: Default::default(),
+        stopped: Default::default(),
     });
     let out = me.clone();
     tokio::spawn(async move {
@@ -141,17 +145,20 @@ pub async fn serve(
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 if speaks == Speaks::Lines {
+                    // Biased: once stopped, a connection never answers again.
                     tokio::select! {
-                        _ = lines(&me, tcp) => {}
+                        biased;
                         _ = conns.cancelled() => {}
+                        _ = lines(&me, tcp) => {}
                     }
                     return;
                 }
                 let svc = service_fn(move |req| answer(me.clone(), req));
                 let conn = http.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
                 tokio::select! {
-                    _ = conn => {}
+                    biased;
                     _ = conns.cancelled() => {}
+                    _ = conn => {}
                 }
             });
         }
@@ -164,6 +171,7 @@ pub async fn serve(
         {
             *me.port_hold.lock().unwrap_or_else(|p| p.into_inner()) = Some(hold);
         }
+        me.stopped.store(true, Ordering::Release);
     });
     out
 }

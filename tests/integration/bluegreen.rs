@@ -282,8 +282,8 @@ async fn switch_is_guarded_and_rolls_back() {
     let c = s.client();
     let cfg = s.config_path();
     let cfg = cfg.to_str().unwrap();
-    s.stop_server("api-green-1");
-    s.stop_server("api-green-2");
+    s.stop_server("api-green-1").await;
+    s.stop_server("api-green-2").await;
     let t = Instant::now();
     while !s.stats_json().await["services"]
         .to_string()

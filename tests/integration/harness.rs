@@ -152,8 +152,17 @@ impl Stack {
         proc_status_kib(self.pid(), "VmHWM:") * 1024
     }
 
-    pub fn stop_server(&self, name: &str) {
+    /// Stops a stand-in and waits until the stop has taken effect (its listener closed,
+    /// its connections cut), as a killed process would be: requests sent after this
+    /// returns can never be answered by it.
+    pub async fn stop_server(&self, name: &str) {
         assert!(self.standins.stop(name), "{name}");
+        let stand_in = self.standins.get(name).expect("stand-in");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !stand_in.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "{name} did not stop");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     pub async fn start_server(&self, name: &str) {

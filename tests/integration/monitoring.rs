@@ -53,7 +53,7 @@ async fn chromium_renders_the_stats_page() {
             }
         })
     };
-    s.stop_server("api-green-2");
+    s.stop_server("api-green-2").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let url = format!("http://{}/stats", s.stats);
     let profile = tempfile::tempdir().unwrap();
@@ -274,7 +274,7 @@ async fn haproxy_exporter_reads_the_csv() {
     );
 
     // A stopped server reads 0 once health marks it DOWN.
-    s.stop_server("api-blue-2");
+    s.stop_server("api-blue-2").await;
     eventually(
         "api-blue-2 down in the exporter",
         Duration::from_secs(10),

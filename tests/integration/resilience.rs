@@ -177,7 +177,7 @@ async fn dead_server_marked_down_and_back_up() {
         s.server_status("ui-blue-1").await == "UP"
     })
     .await;
-    s.stop_server("ui-blue-1");
+    s.stop_server("ui-blue-1").await;
     let stopped = Instant::now();
     let load = {
         let c = c.clone();
@@ -229,8 +229,8 @@ async fn backups_then_backup_page() {
             .served_by()
             .starts_with("ui-blue-")
     );
-    s.stop_server("ui-blue-1");
-    s.stop_server("ui-blue-2");
+    s.stop_server("ui-blue-1").await;
+    s.stop_server("ui-blue-2").await;
     wait_until("backup serving", Duration::from_secs(5), async || {
         c.get("data.localhost", "/").await.served_by() == "ui-blue-3"
     })
@@ -238,7 +238,7 @@ async fn backups_then_backup_page() {
     for _ in 0..5 {
         assert_eq!(c.get("data.localhost", "/").await.served_by(), "ui-blue-3");
     }
-    s.stop_server("ui-blue-3");
+    s.stop_server("ui-blue-3").await;
     wait_until("the backup page", Duration::from_secs(5), async || {
         c.get("data.localhost", "/").await.status == 503
     })

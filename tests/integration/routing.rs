@@ -299,7 +299,7 @@ async fn dead_servers() {
         );
         assert_eq!(r.served_by(), "ui-blue-2");
     }
-    s.stop_server("ui-blue-2");
+    s.stop_server("ui-blue-2").await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let r = c.get("data.localhost", "/").await;
     assert_eq!(
