@@ -106,6 +106,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present == 0 {
         return;
     }
+    // Bit 0 is `Connection` (first in `HOP_BY_HOP`).
     if present & 1 != 0 {
         // Names the `Connection` header lists beyond the fixed set (rare: only those
         // are looked up, so `Connection: keep-alive` costs no allocation).

@@ -157,6 +157,7 @@ impl ServerState {
                 return;
             }
             let n = self.ok_streak.fetch_add(1, Relaxed) + 1;
+            // Checked again: a health check and a request may pass at the same moment.
             if !self.is_up() && n >= spec.rise {
                 let now = now_ms();
                 let since = self.last_change_ms.swap(now, Relaxed);
