@@ -188,9 +188,9 @@ enum Head {
 
 /// Reads the head at the start of `buf`; a taken head leaves the buffer.
 fn parse(buf: &mut BytesMut, limits: Limits) -> Head {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers[..limits.headers]);
-    let len = match req.parse(buf) {
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut headers[..limits.headers]) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Head::Partial,
         Err(_) => return Head::Other,
@@ -208,10 +208,11 @@ fn parse(buf: &mut BytesMut, limits: Limits) -> Head {
     };
     // Where each part sits in the head, so the request can share the head's bytes.
     let base = buf.as_ptr() as usize;
-    let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    // u32: a head is at most MAX_HEAD bytes.
+    let at = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
     let path = at(path.as_bytes());
     let mut close = false;
-    let mut spans = [((0, 0), (0, 0)); MAX_HEADERS];
+    let mut spans = [((0u32, 0u32), (0u32, 0u32)); MAX_HEADERS];
     let count = req.headers.len();
     for (h, span) in req.headers.iter().zip(spans.iter_mut()) {
         let name = h.name.as_bytes();
@@ -234,7 +235,7 @@ fn parse(buf: &mut BytesMut, limits: Limits) -> Head {
         *span = (at(name), at(h.value));
     }
     let head = buf.split_to(len).freeze();
-    let slice = |(start, len): (usize, usize)| head.slice(start..start + len);
+    let slice = |(start, len): (u32, u32)| head.slice(start as usize..(start + len) as usize);
     let Ok(uri) = Uri::from_maybe_shared(slice(path)) else {
         return give_back(buf, &head);
     };

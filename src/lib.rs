@@ -4,6 +4,7 @@ pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod deadline;
 pub mod demo;
 pub mod diag;
 pub mod fallback;

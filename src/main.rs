@@ -132,8 +132,12 @@ fn runtime(workers: usize, fut: impl std::future::Future<Output = anyhow::Result
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Read by jemalloc at start: purge freed pages after 1 s, on its own thread.
+/// Read by jemalloc at start: purge freed pages after 1 s, on its own thread. Each
+/// thread caches at least 64 blocks of every small size (default 20) and tidies its cache
+/// every 512 KiB allocated (default 64 KiB): with 64 requests in flight, each holding an
+/// 8 KiB response buffer, the default cache emptied and refilled from the arena (a new
+/// slab per 8 KiB block) every few requests, about 1,300 instructions per request.
 #[allow(unsafe_code)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: &[u8; 60] =
-    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+pub static MALLOC_CONF: &[u8; 115] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,tcache_nslots_small_min:64,tcache_gc_incr_bytes:524288\0";

@@ -276,6 +276,8 @@ fn worker(
         }
     };
     rt.block_on(async move {
+        // Watches the response deadlines of this worker's requests (see `deadline`).
+        tokio::spawn(crate::deadline::sweeper());
         let drain = listener::Drain::default();
         let l = Listening {
             conn: Arc::new(ConnCtx {

@@ -7,6 +7,7 @@
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod host;
 pub mod path;
 pub mod tunnel;
 
@@ -201,27 +202,27 @@ async fn handle_inner(
     if uri_len > shared.max_uri_bytes {
         return Err(ProxyError::UriTooLong);
     }
-    let host = request_host(req)?;
-    rec.host = host.clone();
+    let host = host::request_host(req)?;
+    rec.log(|n| n.host = Some(host.as_str().into()));
     if conn.redirect_https && !req.uri().path().starts_with("/.well-known/acme-challenge/") {
         return Ok(redirect_to_https(req, &host, shared.redirect_port));
     }
     if let Some(sni) = &conn.sni
-        && **sni != *host
+        && **sni != *host.as_str()
     {
         return Err(ProxyError::Misdirected);
     }
     let path_and_query = checked_path(req.uri())?;
     let path = path_and_query.path();
     let decision = g.rules.route(&host, path).ok_or(ProxyError::NotFound)?;
-    rec.site = decision.site.name.clone();
+    rec.log(|n| n.site = Some(decision.site.name.clone()));
     rec.site_index = Some(decision.site.index);
     rec.route_index = decision
         .site
         .routes
         .iter()
         .position(|r| std::ptr::eq(r, decision.route));
-    rec.route = decision.route.name.clone();
+    rec.log(|n| n.route = Some(decision.route.name.clone()));
     let mut client = forward::client_addr(req.headers(), conn.peer, &shared.trusted);
     if conn.outer_proxy.is_some() && client.source == forward::AddrSource::Peer {
         client.source = forward::AddrSource::ProxyProtocol;
@@ -241,12 +242,13 @@ async fn handle_inner(
     let service: &Service = g.rules.service(service_ix);
     let colour = service.colour_for(decision.site.colour);
     rec.service_index = Some(service_ix);
-    rec.service = service.name.clone();
+    rec.log(|n| n.service = Some(service.name.clone()));
     rec.colour = colour.as_str();
     rec.backup = service.backup_page.clone();
     let pool = &g.pools[pool_ix];
-    rec.pool = pool.name.clone();
-    let wait_start = Instant::now();
+    rec.log(|n| n.pool = Some(pool.name.clone()));
+    // The queue is timed from the request's arrival (read once, in `Record::new`).
+    let wait_start = rec.start;
     rec.permit = Some(pool.acquire(&g.services[service_ix]).await?);
     let balance = g.rules.pool(pool_ix).balance.unwrap_or(service.balance);
     let key = match balance {
@@ -269,13 +271,12 @@ async fn handle_inner(
                 .fetch_add(1, Ordering::Relaxed);
             service = backup;
             colour = backup.live;
-            rec.service = backup.name.clone();
+            rec.log(|n| n.service = Some(backup.name.clone()));
             rec.colour = colour.as_str();
             choose_server(g, backup, colour, backup.balance, key, None, deadline).await?
         }
         Err(e) => return Err(e),
     };
-    rec.wait = wait_start.elapsed();
     rec.server_guard = Some(guard);
 
     let upgrade = upgrade_protocol(req);
@@ -349,13 +350,19 @@ async fn handle_inner(
         // Origin-form (`/path?q`): the server reads the host from `Host`.
         *request.uri_mut() = Uri::from(path_and_query.clone());
         rec.server_id = Some(server.id);
-        rec.server = server.name.clone();
+        rec.log(|n| n.server = Some(server.name.clone()));
         let sent = Instant::now();
+        if attempt == 0 {
+            rec.wait = sent.saturating_duration_since(wait_start);
+        }
+        // Coarse (per-worker sweep): the response timeout almost never fires, and
+        // tokio's exact timer cost a lock and a wheel insert and remove per request.
+        let respond_by = sent + shared.timeouts.response;
         let result = if direct {
             let exchange = conn
                 .upstream
                 .exchange(server.addr, &request, |out| forwarding.write_head(out));
-            tokio::time::timeout(shared.timeouts.response, exchange)
+            crate::deadline::within(respond_by, exchange)
                 .await
                 .map(|r| r.map(|resp| resp.map(ProxyBody::direct)))
         } else {
@@ -370,7 +377,7 @@ async fn handle_inner(
                     conn.upstream.send(server.addr, request).await
                 }
             });
-            tokio::time::timeout(shared.timeouts.response, sending)
+            crate::deadline::within(respond_by, sending)
                 .await
                 .map(|r| r.map(|resp| resp.map(ProxyBody::upstream)))
         };
@@ -559,36 +566,6 @@ fn checked_path(uri: &Uri) -> Result<PathAndQuery, ProxyError> {
     }
 }
 
-/// The host a request names (`:authority` or `Host`), lower-case, without port.
-fn request_host(req: &Request<ClientBody>) -> Result<Arc<str>, ProxyError> {
-    let raw = match req.uri().authority() {
-        Some(a) => a.host(),
-        None => {
-            let v = req
-                .headers()
-                .get(header::HOST)
-                .ok_or(ProxyError::BadRequest("no Host header"))?;
-            let s = v
-                .to_str()
-                .map_err(|_| ProxyError::BadRequest("bad Host header"))?;
-            let a: http::uri::Authority = s
-                .parse()
-                .map_err(|_| ProxyError::BadRequest("bad Host header"))?;
-            return Ok(normalize_host(a.host()));
-        }
-    };
-    Ok(normalize_host(raw))
-}
-
-fn normalize_host(h: &str) -> Arc<str> {
-    let h = h.trim_end_matches('.');
-    if h.bytes().any(|b| b.is_ascii_uppercase()) {
-        h.to_ascii_lowercase().into()
-    } else {
-        h.into()
-    }
-}
-
 fn redirect_to_https(req: &Request<ClientBody>, host: &str, port: u16) -> Response<ProxyBody> {
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let location = if port == 443 {
@@ -645,15 +622,10 @@ struct Record {
     client: std::net::IpAddr,
     method: http::Method,
     version: Version,
-    path: Box<str>,
-    host: Arc<str>,
-    site: Arc<str>,
-    route: Arc<str>,
-    pool: Arc<str>,
-    service: Arc<str>,
+    /// Only while the access log is on: each name is a reference count to take and drop.
+    names: Option<Box<Names>>,
     service_index: Option<usize>,
     colour: &'static str,
-    server: Arc<str>,
     server_id: Option<usize>,
     status: u16,
     wait: Duration,
@@ -669,9 +641,20 @@ struct Record {
     _in_flight: crate::park::InFlight,
 }
 
-fn dash() -> Arc<str> {
-    static DASH: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-    DASH.get_or_init(|| Arc::from("-")).clone()
+/// What the access log names a request by (`-` for what it never reached).
+#[derive(Default)]
+struct Names {
+    path: Box<str>,
+    host: Option<Arc<str>>,
+    site: Option<Arc<str>>,
+    route: Option<Arc<str>>,
+    pool: Option<Arc<str>>,
+    service: Option<Arc<str>>,
+    server: Option<Arc<str>>,
+}
+
+fn or_dash(name: &Option<Arc<str>>) -> &str {
+    name.as_deref().unwrap_or("-")
 }
 
 impl Record {
@@ -691,19 +674,14 @@ impl Record {
             client: conn.peer.ip(),
             method: req.method().clone(),
             version: req.version(),
-            path: if shared.access_log == AccessLog::Off {
-                "".into()
-            } else {
-                req.uri().path().into()
-            },
-            host: dash(),
-            site: dash(),
-            route: dash(),
-            pool: dash(),
-            service: dash(),
+            names: (shared.access_log != AccessLog::Off).then(|| {
+                Box::new(Names {
+                    path: req.uri().path().into(),
+                    ..Names::default()
+                })
+            }),
             service_index: None,
             colour: "-",
-            server: dash(),
             server_id: None,
             status: 0,
             wait: Duration::ZERO,
@@ -716,6 +694,15 @@ impl Record {
             site_index: None,
             route_index: None,
             _in_flight: crate::park::InFlight::enter(&conn.in_flight),
+        }
+    }
+}
+
+impl Record {
+    /// Notes a name for the access log; does nothing (takes no reference) while it is off.
+    fn log(&mut self, note: impl FnOnce(&mut Names)) {
+        if let Some(n) = self.names.as_deref_mut() {
+            note(n);
         }
     }
 }
@@ -762,9 +749,9 @@ impl Hold for Record {
         if let Some(c) = route {
             c.record(self.status, bytes_in, bytes_out, micros);
         }
-        if self.shared_log == AccessLog::Off {
+        let Some(n) = self.names.as_deref() else {
             return;
-        }
+        };
         let version = match self.version {
             Version::HTTP_2 => "HTTP/2.0",
             Version::HTTP_10 => "HTTP/1.0",
@@ -775,18 +762,18 @@ impl Hold for Record {
             &Entry {
                 client: self.client.to_string(),
                 method: self.method.as_str(),
-                host: &self.host,
-                path: &self.path,
+                host: or_dash(&n.host),
+                path: &n.path,
                 version,
                 status: self.status,
                 bytes_in,
                 bytes_out,
-                site: &self.site,
-                route: &self.route,
-                pool: &self.pool,
-                service: &self.service,
+                site: or_dash(&n.site),
+                route: or_dash(&n.route),
+                pool: or_dash(&n.pool),
+                service: or_dash(&n.service),
                 colour: self.colour,
-                server: &self.server,
+                server: or_dash(&n.server),
                 tls_ms: self.tls_time.as_millis() as u64,
                 wait_ms: self.wait.as_millis() as u64,
                 first_byte_ms: self.first_byte.as_millis() as u64,

@@ -63,6 +63,10 @@ fn origin() -> (SocketAddr, Arc<AtomicUsize>) {
                             break;
                         }
                     }
+                    if path == "/hang" {
+                        // A server that takes far longer than the response timeout.
+                        std::thread::sleep(Duration::from_secs(6));
+                    }
                     let (bytes, close) = script(&path);
                     if w.write_all(&bytes).is_err() || close {
                         return;
@@ -84,7 +88,8 @@ fn proxy(origin: SocketAddr) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("gatehouse.yaml"),
-        "rules: rules.yaml\nlisteners:\n  http: { bind: [127.0.0.1:0], redirect: false }\naccess_log: off\nworkers: 1\n",
+        "rules: rules.yaml\nlisteners:\n  http: { bind: [127.0.0.1:0], redirect: false }\naccess_log: off\nworkers: 1\n\
+         timeouts:\n  response: 1s\n",
     )
     .unwrap();
     std::fs::write(
@@ -236,6 +241,33 @@ async fn server_response_framing_is_decoded_strictly() {
             s.contains(" 200"),
             "a stale kept connection is retried: {s}"
         );
+        assert_eq!(body, b"hello");
+    }
+}
+
+/// The response timeout (1 s here) answers 504 once it passes, never before, on both of the
+/// proxy's ways to a server (bodyless requests in their own task, and hyper's client), and
+/// the next request is served as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_slower_than_the_response_timeout_gets_a_504() {
+    let (addr, _) = origin();
+    let p = proxy(addr);
+    for method in ["GET", "POST"] {
+        let start = std::time::Instant::now();
+        let (s, h, _) = get(&p, method, "/hang");
+        let took = start.elapsed();
+        assert!(s.contains(" 504"), "{method}: {s}");
+        assert!(h.contains("text/html"), "{method}: a page of our own: {h}");
+        assert!(
+            took >= Duration::from_secs(1),
+            "{method}: not before the timeout: {took:?}"
+        );
+        assert!(
+            took < Duration::from_millis(2500),
+            "{method}: soon after it (the deadline sweep runs every 250 ms): {took:?}"
+        );
+        let (s, _, body) = get(&p, "GET", "/length");
+        assert!(s.contains(" 200"), "{s}");
         assert_eq!(body, b"hello");
     }
 }

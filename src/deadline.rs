@@ -1,0 +1,304 @@
+//! A coarse per-worker timer for deadlines that almost never fire: the response timeout
+//! every forwarded request carries.
+//!
+//! tokio's timer is exact, and every request paid for that: a clock read for the deadline,
+//! a lock and a timer-wheel insert when it is armed, another lock and a remove when the
+//! response comes (well within the timeout, nearly always). Here arming is a push into a
+//! thread-local slab (no lock, no clock read: the deadline is computed from a time the
+//! request already read), disarming is a pop, and one sweeper task per worker looks over
+//! the armed deadlines every [`SWEEP`] and wakes those that have passed. A deadline thus
+//! fires up to one sweep late, which for timeouts counted in seconds is noise.
+//!
+//! The slab belongs to the worker thread whose sweeper made it. A future polled where no
+//! sweeper runs (a multi-thread runtime, a test) uses tokio's timer instead, so a deadline
+//! can never go unwatched.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// How often the sweeper looks: the most a deadline fires late.
+pub const SWEEP: Duration = Duration::from_millis(250);
+
+/// The deadline passed before the future finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+thread_local! {
+    static SLAB: RefCell<Option<Slab>> = const { RefCell::new(None) };
+}
+
+/// Tells slabs apart, so an entry is only ever touched in the slab that holds it.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+struct Slab {
+    id: u64,
+    entries: Vec<Entry>,
+    free: Vec<usize>,
+}
+
+struct Entry {
+    deadline: Instant,
+    /// `None` once expired (woken) or free.
+    waker: Option<Waker>,
+    /// Bumped when the entry is freed, so a stale handle reads as expired.
+    generation: u32,
+    expired: bool,
+    live: bool,
+}
+
+/// Where a future's deadline sits: slab id, index, generation.
+#[derive(Clone, Copy)]
+struct Handle {
+    slab: u64,
+    index: usize,
+    generation: u32,
+}
+
+/// Runs this thread's sweeper: started once per worker runtime, on its thread; returns
+/// only when the runtime drops it. Deadlines armed on this thread are watched from here on.
+pub async fn sweeper() {
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    SLAB.with_borrow_mut(|s| {
+        *s = Some(Slab {
+            id,
+            entries: Vec::new(),
+            free: Vec::new(),
+        })
+    });
+    // Taken down with the task, so deadlines armed after it fall back to tokio's timer.
+    struct Remove;
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            // Expired ones are woken so they read their state (they find no slab and arm
+            // tokio's timer for what is left, or see they passed).
+            let wake: Vec<Waker> = SLAB
+                .try_with(|s| {
+                    s.borrow_mut().take().map_or_else(Vec::new, |slab| {
+                        slab.entries
+                            .into_iter()
+                            .filter_map(|mut e| e.waker.take())
+                            .collect()
+                    })
+                })
+                .unwrap_or_default();
+            wake.into_iter().for_each(Waker::wake);
+        }
+    }
+    let _remove = Remove;
+    let mut tick = tokio::time::interval(SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        // Collected first: a woken task is only queued, but nothing is called with the
+        // slab borrowed.
+        let due: Vec<Waker> = SLAB.with_borrow_mut(|s| {
+            let Some(slab) = s else { return Vec::new() };
+            slab.entries
+                .iter_mut()
+                .filter(|e| e.live && !e.expired && e.deadline <= now)
+                .filter_map(|e| {
+                    e.expired = true;
+                    e.waker.take()
+                })
+                .collect()
+        });
+        due.into_iter().for_each(Waker::wake);
+    }
+}
+
+/// Runs `fut` until it finishes or `deadline` passes (then `Err(Elapsed)`).
+pub async fn within<F: Future>(deadline: Instant, fut: F) -> Result<F::Output, Elapsed> {
+    let mut fut = pin!(fut);
+    let mut armed = Armed::default();
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        armed.poll(deadline, cx)
+    })
+    .await
+}
+
+/// A deadline as it is watched: in this thread's slab, by tokio's timer, or not yet.
+#[derive(Default)]
+enum Armed {
+    #[default]
+    None,
+    Slab(Handle),
+    // Boxed: the rare case, kept out of every request's future.
+    Tokio(std::pin::Pin<Box<tokio::time::Sleep>>),
+}
+
+impl Armed {
+    /// Pending while the deadline has not passed (the waker is kept for when it does).
+    fn poll<T>(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<Result<T, Elapsed>> {
+        if let Armed::Slab(h) = *self {
+            match check(h, cx.waker()) {
+                Some(true) => return Poll::Ready(Err(Elapsed)),
+                Some(false) => return Poll::Pending,
+                // Polled away from its slab's thread (or the slab is gone): tokio's timer.
+                None => *self = Armed::None,
+            }
+        }
+        if let Armed::None = self {
+            match arm(deadline, cx.waker()) {
+                Some(h) => {
+                    *self = Armed::Slab(h);
+                    return Poll::Pending;
+                }
+                None => *self = Armed::Tokio(Box::pin(tokio::time::sleep_until(deadline.into()))),
+            }
+        }
+        match self {
+            Armed::Tokio(sleep) => sleep.as_mut().poll(cx).map(|()| Err(Elapsed)),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        if let Armed::Slab(h) = *self {
+            let _ = SLAB.try_with(|s| {
+                if let Ok(mut s) = s.try_borrow_mut()
+                    && let Some(slab) = s.as_mut()
+                    && slab.id == h.slab
+                    && let Some(e) = slab.entries.get_mut(h.index)
+                    && e.generation == h.generation
+                    && e.live
+                {
+                    e.live = false;
+                    e.waker = None;
+                    e.generation = e.generation.wrapping_add(1);
+                    slab.free.push(h.index);
+                }
+            });
+        }
+    }
+}
+
+/// Puts a deadline in this thread's slab; `None` where no sweeper runs.
+fn arm(deadline: Instant, waker: &Waker) -> Option<Handle> {
+    SLAB.try_with(|s| {
+        let mut s = s.try_borrow_mut().ok()?;
+        let slab = s.as_mut()?;
+        let index = match slab.free.pop() {
+            Some(i) => i,
+            None => {
+                slab.entries.push(Entry {
+                    deadline,
+                    waker: None,
+                    generation: 0,
+                    expired: false,
+                    live: false,
+                });
+                slab.entries.len() - 1
+            }
+        };
+        let e = &mut slab.entries[index];
+        e.deadline = deadline;
+        e.waker = Some(waker.clone());
+        e.expired = false;
+        e.live = true;
+        Some(Handle {
+            slab: slab.id,
+            index,
+            generation: e.generation,
+        })
+    })
+    .ok()
+    .flatten()
+}
+
+/// Whether an armed deadline has passed (`Some(true)`), or not yet (`Some(false)`, the
+/// waker kept up to date); `None` if this thread does not hold it.
+fn check(h: Handle, waker: &Waker) -> Option<bool> {
+    SLAB.try_with(|s| {
+        let mut s = s.try_borrow_mut().ok()?;
+        let slab = s.as_mut().filter(|slab| slab.id == h.slab)?;
+        let e = slab.entries.get_mut(h.index)?;
+        if e.generation != h.generation || !e.live {
+            return None;
+        }
+        if e.expired {
+            return Some(true);
+        }
+        match &e.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => e.waker = Some(waker.clone()),
+        }
+        Some(false)
+    })
+    .ok()
+    .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn a_deadline_fires_within_a_sweep_of_passing() {
+        rt().block_on(async {
+            tokio::spawn(sweeper());
+            tokio::task::yield_now().await;
+            let start = Instant::now();
+            let r = within(
+                start + Duration::from_millis(100),
+                std::future::pending::<()>(),
+            )
+            .await;
+            let took = start.elapsed();
+            assert_eq!(r, Err(Elapsed));
+            assert!(took >= Duration::from_millis(100), "{took:?}");
+            assert!(took < Duration::from_millis(100) + SWEEP * 4, "{took:?}");
+        });
+    }
+
+    #[test]
+    fn a_finished_future_frees_its_entry_for_the_next() {
+        rt().block_on(async {
+            tokio::spawn(sweeper());
+            tokio::task::yield_now().await;
+            for _ in 0..100 {
+                let far = Instant::now() + Duration::from_secs(60);
+                let r = within(far, tokio::task::yield_now()).await;
+                assert_eq!(r, Ok(()));
+            }
+            let (live, len) = SLAB.with_borrow(|s| {
+                let slab = s.as_ref().expect("slab");
+                (
+                    slab.entries.iter().filter(|e| e.live).count(),
+                    slab.entries.len(),
+                )
+            });
+            assert_eq!((live, len), (0, 1));
+        });
+    }
+
+    #[test]
+    fn without_a_sweeper_tokio_watches_the_deadline() {
+        rt().block_on(async {
+            let start = Instant::now();
+            let r = within(
+                start + Duration::from_millis(50),
+                std::future::pending::<()>(),
+            )
+            .await;
+            assert_eq!(r, Err(Elapsed));
+            assert!(start.elapsed() >= Duration::from_millis(50));
+        });
+    }
+}
