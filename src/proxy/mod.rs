@@ -143,8 +143,11 @@ pub async fn handle(
     // was sent. So every HTTP/1.1 chunked request closes its connection after the response:
     // nothing the client sent after it can be taken as a new request. Browsers never send
     // chunked uploads, so this costs keep-alive only to unusual clients.
-    let close_after =
-        req.version() == Version::HTTP_11 && req.headers().contains_key(header::TRANSFER_ENCODING);
+    // (A chunked body is never at its end before it is read, so bodyless requests skip
+    // the look-up.)
+    let close_after = body_pending
+        && req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::TRANSFER_ENCODING);
     let mut slot = Some(req);
     let resp = match handle_inner(&shared, &conn, &generation, &mut slot, &mut rec).await {
         Ok(resp) => resp,
@@ -202,19 +205,20 @@ async fn handle_inner(
     if uri_len > shared.max_uri_bytes {
         return Err(ProxyError::UriTooLong);
     }
-    let host = host::request_host(req)?;
-    rec.log(|n| n.host = Some(host.as_str().into()));
+    let host_name = host::request_host(req)?;
+    let host: &str = host_name.as_str();
+    rec.log(|n| n.host = Some(host.into()));
     if conn.redirect_https && !req.uri().path().starts_with("/.well-known/acme-challenge/") {
-        return Ok(redirect_to_https(req, &host, shared.redirect_port));
+        return Ok(redirect_to_https(req, host, shared.redirect_port));
     }
     if let Some(sni) = &conn.sni
-        && **sni != *host.as_str()
+        && **sni != *host
     {
         return Err(ProxyError::Misdirected);
     }
     let path_and_query = checked_path(req.uri())?;
     let path = path_and_query.path();
-    let decision = g.rules.route(&host, path).ok_or(ProxyError::NotFound)?;
+    let decision = g.rules.route(host, path).ok_or(ProxyError::NotFound)?;
     rec.log(|n| n.site = Some(decision.site.name.clone()));
     rec.site_index = Some(decision.site.index);
     rec.route_index = decision
@@ -289,7 +293,7 @@ async fn handle_inner(
         &mut parts.headers,
         &client,
         trusted_peer,
-        &host,
+        host,
         conn.https(),
     );
     if let Some(proto) = &upgrade {
@@ -520,6 +524,8 @@ fn upgrade_protocol(req: &Request<ClientBody>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
+    // `Upgrade` first: nearly every request has none, and then `Connection` is not read.
+    let proto = req.headers().get(header::UPGRADE)?;
     let wants = req
         .headers()
         .get_all(header::CONNECTION)
@@ -529,7 +535,6 @@ fn upgrade_protocol(req: &Request<ClientBody>) -> Option<HeaderValue> {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
         });
-    let proto = req.headers().get(header::UPGRADE)?;
     (wants && !proto.as_bytes().eq_ignore_ascii_case(b"h2c")).then(|| proto.clone())
 }
 
