@@ -295,9 +295,17 @@ where
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
+    // Which of the headers this hop writes for itself are there, found in one pass over
+    // the names (each look-up by name hashes it).
+    let (coded, has_date, has_connection) = crate::proxy::forward::present_of(
+        &parts.headers,
+        [header::TRANSFER_ENCODING, header::DATE, header::CONNECTION],
+    );
     // Framing is this hop's business: a length the response carries is kept (the
     // upstream path checked it), any transfer coding is replaced by ours.
-    parts.headers.remove(header::TRANSFER_ENCODING);
+    if coded {
+        parts.headers.remove(header::TRANSFER_ENCODING);
+    }
     // Without a length of its own, a body of known size gets one: any body that is sent,
     // and a page of our own answering HEAD (the length GET would get).
     let sized = if head_only {
@@ -324,7 +332,7 @@ where
             Framing::Chunked
         }
     };
-    if close && !parts.headers.contains_key(header::CONNECTION) {
+    if close && !has_connection {
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -341,7 +349,7 @@ where
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !has_date {
         out.extend_from_slice(b"date: ");
         date::append(&mut out);
         out.extend_from_slice(b"\r\n");

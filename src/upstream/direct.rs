@@ -227,8 +227,8 @@ fn parse_head(
         // u32: a head is at most MAX_HEAD bytes.
         let at = |b: &[u8]| ((b.as_ptr() as usize - base) as u32, b.len() as u32);
         let mut spans = [((0u32, 0u32), (0u32, 0u32)); MAX_HEADERS];
-        let count = r.headers.len();
-        for (h, span) in r.headers.iter().zip(spans.iter_mut()) {
+        let mut count = 0;
+        for h in r.headers.iter() {
             let name = h.name.as_bytes();
             if name.eq_ignore_ascii_case(b"content-length") {
                 for part in h.value.split(|b| *b == b',') {
@@ -246,14 +246,26 @@ fn parse_head(
                     .rsplit(|b| *b == b',')
                     .next()
                     .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            } else if name.eq_ignore_ascii_case(b"connection")
-                && h.value
-                    .split(|b| *b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-            {
-                close = true;
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                let mut names_others = false;
+                for t in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
+                        names_others = true;
+                    }
+                }
+                // `Connection: keep-alive` or `close` is this hop's business only: left
+                // out here rather than put in the map and stripped from it. One that
+                // names other headers stays, for `strip_hop_by_hop` to remove those too.
+                if !names_others {
+                    continue;
+                }
             }
-            *span = (at(name), at(h.value));
+            if let Some(span) = spans.get_mut(count) {
+                *span = (at(name), at(h.value));
+                count += 1;
+            }
         }
         let head = buf.split_to(used).freeze();
         let mut headers = HeaderMap::with_capacity(count);

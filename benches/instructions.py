@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""User-space instructions per request of one or more gatehouse builds, counted by valgrind
+(callgrind): deterministic to about 1 %, where wall-clock CPU on a shared VM swings by 10 %.
+
+For A/B work on the hot path: a change that saves 2 % of the proxy's own instructions is
+invisible in req/s here but plain in this count. It says nothing about the kernel's share
+(about 70 % of plain HTTP/1.1 CPU on loopback); benches/load.sh stays the measure of record.
+
+    python3 benches/instructions.py [-n 5000] [--scenarios plain,h2,https1] [--keep DIR] BINARY...
+
+The same nginx origin and gatehouse config as benches/load.sh (benches/peers/); h2load sends
+the requests (HTTP/1.1 keep-alive over 32 connections, or HTTP/2 over 16 × 10 streams);
+counting starts after a warm-up. With --keep, the callgrind files are kept for
+`callgrind_annotate --inclusive=yes FILE`. Needs valgrind (apt-get install valgrind).
+"""
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import load  # noqa: E402  (the load harness: config rendering, port waits)
+
+SCENARIOS = {
+    "plain": ["--h1", "-c", "32", "http://localhost:18080/small"],
+    "https1": ["--h1", "-c", "32", "https://localhost:18443/small"],
+    "h2": ["-c", "16", "-m", "10", "https://localhost:18443/small"],
+}
+
+
+def h2load(args, n):
+    *opts, url = args
+    r = subprocess.run(["h2load", *opts, "-n", str(n), url], capture_output=True, text=True, timeout=600)
+    ok = re.search(r"(\d+) succeeded", r.stdout)
+    return int(ok.group(1)) if ok else 0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=5000, help="requests counted per scenario")
+    ap.add_argument("--scenarios", default="plain,h2,https1")
+    ap.add_argument("--keep", help="directory for the callgrind files")
+    ap.add_argument("binaries", nargs="+")
+    a = ap.parse_args()
+    for tool in ["valgrind", "callgrind_control", "h2load", "nginx", "openssl"]:
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            sys.exit(f"missing {tool}: apt-get install valgrind nginx nghttp2-client openssl")
+    d = tempfile.mkdtemp(prefix="gatehouse-instr-")
+    os.makedirs(os.path.join(d, "www"))
+    os.makedirs(os.path.join(d, "tmp"))
+    for name, size in [("1k.bin", 1024), ("100k.bin", 100 * 1024), ("1m.bin", 1 << 20)]:
+        with open(os.path.join(d, "www", name), "wb") as f:
+            f.write(b"x" * size)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", os.path.join(d, "bench.key"), "-out", os.path.join(d, "bench.crt")],
+                   check=True, capture_output=True)
+    load.render(os.path.join(load.PEERS, "origin-nginx.conf"), os.path.join(d, "origin.conf"), d)
+    load.render(os.path.join(load.PEERS, "gatehouse", "gatehouse.yaml"), os.path.join(d, "gatehouse.yaml"), d)
+    shutil.copy(os.path.join(load.PEERS, "gatehouse", "rules.yaml"), os.path.join(d, "rules.yaml"))
+    origin = subprocess.Popen(["nginx", "-c", os.path.join(d, "origin.conf")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print(f"{'binary':24} {'scenario':8} {'requests':>8} {'instructions/request':>21}")
+    failed = []
+    try:
+        load.wait_port(18000)
+        for b in a.binaries:
+            for s in a.scenarios.split(","):
+                out = os.path.join(d, "callgrind.out")
+                for f in glob.glob(out + "*"):
+                    os.remove(f)
+                with open(os.path.join(d, "valgrind.log"), "w") as log:
+                    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                                          "--instr-atstart=no", os.path.abspath(b), "run", "-c",
+                                          os.path.join(d, "gatehouse.yaml")],
+                                         stdout=subprocess.DEVNULL, stderr=log)
+                try:
+                    load.wait_port(18080, 120)
+                    load.wait_port(18443, 120)
+                    h2load(SCENARIOS[s], max(a.n // 10, 100))  # warm: pools, caches, sessions
+                    subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], capture_output=True, check=True)
+                    ok = h2load(SCENARIOS[s], a.n)
+                    subprocess.run(["callgrind_control", "-i", "off", str(p.pid)], capture_output=True, check=True)
+                finally:
+                    p.terminate()
+                    p.wait(120)
+                total = 0
+                for f in glob.glob(out + "*"):
+                    for line in open(f):
+                        if line.startswith("totals:"):
+                            total += int(line.split()[1])
+                            break
+                    if a.keep:
+                        os.makedirs(a.keep, exist_ok=True)
+                        shutil.copy(f, os.path.join(a.keep, f"{os.path.basename(b)}-{s}.callgrind"))
+                note = "" if ok == a.n else f"  ({a.n - ok} failed)"
+                if ok < a.n or total == 0:
+                    failed.append(f"{b} {s}")
+                print(f"{os.path.basename(b):24} {s:8} {ok:>8} {total / max(ok, 1):>21,.0f}{note}", flush=True)
+    finally:
+        origin.terminate()
+        origin.wait()
+        shutil.rmtree(d, ignore_errors=True)
+    if failed:
+        sys.exit("not counted (failed requests or nothing recorded): " + ", ".join(failed))
+
+
+if __name__ == "__main__":
+    main()
