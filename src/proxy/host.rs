@@ -68,6 +68,37 @@ pub fn request_host(req: &Request<ClientBody>) -> Result<HostName, ProxyError> {
     Ok(HostName::new(host))
 }
 
+/// Bytes a registered name may hold (RFC 3986 `reg-name`: unreserved, sub-delims, `%`),
+/// as a table: one load per byte.
+const HOST_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+            );
+        b += 1;
+    }
+    t
+};
+
 /// The host part of a `Host` value (`uri-host [ ":" port ]`, RFC 9110 §7.2), or `None`
 /// when the value is not one: empty, user info, a bad port, characters a host cannot hold.
 fn host_of(s: &str) -> Option<&str> {
@@ -95,29 +126,8 @@ fn host_of(s: &str) -> Option<&str> {
             None => (s, None),
         }
     };
-    let name_ok = !host.is_empty()
-        && (host.starts_with('[')
-            || host.bytes().all(|b| {
-                b.is_ascii_alphanumeric()
-                    || matches!(
-                        b,
-                        b'-' | b'.'
-                            | b'_'
-                            | b'~'
-                            | b'!'
-                            | b'$'
-                            | b'&'
-                            | b'\''
-                            | b'('
-                            | b')'
-                            | b'*'
-                            | b'+'
-                            | b','
-                            | b';'
-                            | b'='
-                            | b'%'
-                    )
-            }));
+    let name_ok =
+        !host.is_empty() && (host.starts_with('[') || host.bytes().all(|b| HOST_BYTE[b as usize]));
     let port_ok = port.is_none_or(|p| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
     (name_ok && port_ok).then_some(host)
 }

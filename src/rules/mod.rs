@@ -6,6 +6,7 @@
 //! compiles a new one and swaps it in whole.
 
 pub mod compile;
+pub mod fasthash;
 pub mod file;
 pub mod matcher;
 pub mod select;
@@ -54,9 +55,9 @@ pub struct Passthrough {
 /// Host name → index, exact names first, then `first.*`, then `*.suffix` (longest first).
 #[derive(Debug, Default)]
 struct HostIndex {
-    exact: HashMap<String, usize>,
-    first_label: HashMap<String, usize>,
-    suffix: HashMap<String, usize>,
+    exact: HashMap<String, usize, fasthash::FastHash>,
+    first_label: HashMap<String, usize, fasthash::FastHash>,
+    suffix: HashMap<String, usize, fasthash::FastHash>,
 }
 
 impl HostIndex {
