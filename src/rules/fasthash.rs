@@ -50,7 +50,12 @@ impl Hasher for FxHasher {
     }
 
     fn finish(&self) -> u64 {
-        self.hash
+        // The multiply carries entropy only upwards, and the table picks buckets by the
+        // low bits: fold the high half down (names differing early would otherwise
+        // share buckets).
+        let h = self.hash ^ (self.hash >> 33);
+        let h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^ (h >> 33)
     }
 }
 
