@@ -44,18 +44,16 @@ struct Entry {
     deadline: Instant,
     /// `None` once expired (woken) or free.
     waker: Option<Waker>,
-    /// Bumped when the entry is freed, so a stale handle reads as expired.
-    generation: u32,
     expired: bool,
+    /// Held by a future; only that future frees it (on drop).
     live: bool,
 }
 
-/// Where a future's deadline sits: slab id, index, generation.
+/// Where a future's deadline sits: which slab, which entry.
 #[derive(Clone, Copy)]
 struct Handle {
     slab: u64,
     index: usize,
-    generation: u32,
 }
 
 /// Runs this thread's sweeper: started once per worker runtime, on its thread; returns
@@ -73,8 +71,8 @@ pub async fn sweeper() {
     struct Remove;
     impl Drop for Remove {
         fn drop(&mut self) {
-            // Expired ones are woken so they read their state (they find no slab and arm
-            // tokio's timer for what is left, or see they passed).
+            // Every waiting future is woken: it finds no slab and arms tokio's timer for
+            // what is left of its deadline.
             let wake: Vec<Waker> = SLAB
                 .try_with(|s| {
                     s.borrow_mut().take().map_or_else(Vec::new, |slab| {
@@ -169,12 +167,10 @@ impl Drop for Armed {
                     && let Some(slab) = s.as_mut()
                     && slab.id == h.slab
                     && let Some(e) = slab.entries.get_mut(h.index)
-                    && e.generation == h.generation
                     && e.live
                 {
                     e.live = false;
                     e.waker = None;
-                    e.generation = e.generation.wrapping_add(1);
                     slab.free.push(h.index);
                 }
             });
@@ -193,7 +189,6 @@ fn arm(deadline: Instant, waker: &Waker) -> Option<Handle> {
                 slab.entries.push(Entry {
                     deadline,
                     waker: None,
-                    generation: 0,
                     expired: false,
                     live: false,
                 });
@@ -208,7 +203,6 @@ fn arm(deadline: Instant, waker: &Waker) -> Option<Handle> {
         Some(Handle {
             slab: slab.id,
             index,
-            generation: e.generation,
         })
     })
     .ok()
@@ -222,7 +216,7 @@ fn check(h: Handle, waker: &Waker) -> Option<bool> {
         let mut s = s.try_borrow_mut().ok()?;
         let slab = s.as_mut().filter(|slab| slab.id == h.slab)?;
         let e = slab.entries.get_mut(h.index)?;
-        if e.generation != h.generation || !e.live {
+        if !e.live {
             return None;
         }
         if e.expired {
@@ -249,16 +243,23 @@ mod tests {
             .expect("runtime")
     }
 
+    /// A deadline that never fires fails the test instead of hanging it.
+    async fn bounded<T>(f: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), f)
+            .await
+            .expect("the deadline never fired")
+    }
+
     #[test]
     fn a_deadline_fires_within_a_sweep_of_passing() {
         rt().block_on(async {
             tokio::spawn(sweeper());
             tokio::task::yield_now().await;
             let start = Instant::now();
-            let r = within(
+            let r = bounded(within(
                 start + Duration::from_millis(100),
                 std::future::pending::<()>(),
-            )
+            ))
             .await;
             let took = start.elapsed();
             assert_eq!(r, Err(Elapsed));
@@ -292,10 +293,10 @@ mod tests {
     fn without_a_sweeper_tokio_watches_the_deadline() {
         rt().block_on(async {
             let start = Instant::now();
-            let r = within(
+            let r = bounded(within(
                 start + Duration::from_millis(50),
                 std::future::pending::<()>(),
-            )
+            ))
             .await;
             assert_eq!(r, Err(Elapsed));
             assert!(start.elapsed() >= Duration::from_millis(50));

@@ -7,13 +7,12 @@
 use super::body::ClientBody;
 use super::error::ProxyError;
 use http::{Request, header};
-use std::ops::Deref;
 
 /// Host names up to this long are kept inline.
 const INLINE: usize = 46;
 
 /// A request's host, lower-case and without port: inline when short.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum HostName {
     /// The bytes (ASCII) and their length.
     Inline([u8; INLINE], u8),
@@ -42,13 +41,6 @@ impl HostName {
             HostName::Inline(buf, len) => std::str::from_utf8(&buf[..*len as usize]).unwrap_or(""),
             HostName::Heap(s) => s,
         }
-    }
-}
-
-impl Deref for HostName {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
     }
 }
 

@@ -701,9 +701,7 @@ impl Record {
             _in_flight: crate::park::InFlight::enter(&conn.in_flight),
         }
     }
-}
 
-impl Record {
     /// Notes a name for the access log; does nothing (takes no reference) while it is off.
     fn log(&mut self, note: impl FnOnce(&mut Names)) {
         if let Some(n) = self.names.as_deref_mut() {

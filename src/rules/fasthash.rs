@@ -45,10 +45,6 @@ impl Hasher for FxHasher {
         self.add(u64::from(i));
     }
 
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
     fn finish(&self) -> u64 {
         // The multiply carries entropy only upwards, and the table picks buckets by the
         // low bits: fold the high half down (names differing early would otherwise
