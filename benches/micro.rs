@@ -3,11 +3,11 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use gatehouse::generation::Generation;
+use gatehouse::health::HealthTable;
 use gatehouse::reload::ReloadStatus;
 use gatehouse::rules::matcher::AllowList;
 use gatehouse::rules::{self, RuleSet};
-use gatehouse::stats::{Stats, render};
-use gatehouse::upstream::health::HealthTable;
+use gatehouse::stats::Stats;
 use std::hint::black_box;
 use std::path::PathBuf;
 
@@ -103,7 +103,7 @@ fn render_100_services(bencher: divan::Bencher, what: &str) {
         error: None,
         generation: 1,
     };
-    let view = render::View {
+    let view = gatehouse::admin::view::View {
         generation: &g,
         stats: &stats,
         reload: &reload,
@@ -113,9 +113,9 @@ fn render_100_services(bencher: divan::Bencher, what: &str) {
     };
     bencher.bench(|| {
         black_box(match what {
-            "html" => render::html(&view),
-            "csv" => render::csv(&view),
-            _ => render::prometheus(&view),
+            "html" => gatehouse::admin::html::html(&view),
+            "csv" => gatehouse::admin::csv::csv(&view),
+            _ => gatehouse::admin::prometheus::prometheus(&view),
         })
     });
 }

@@ -4,10 +4,11 @@
 //! here by index (no hashing per request) but are owned by name across generations, so
 //! a reload keeps slots in use, queue contents and every counter.
 
+use crate::health::{CheckTargets, HealthTable, ServerState};
 use crate::pool::Pool;
 use crate::rules::RuleSet;
+use crate::rules::{HealthSpec, Server};
 use crate::stats::{Counters, Kind, Stats};
-use crate::upstream::health::{HealthTable, ServerState};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -102,5 +103,13 @@ impl Generation {
             services,
             servers: servers.into_iter().map(|(_, c)| c).collect(),
         }
+    }
+}
+
+impl CheckTargets for Generation {
+    fn targets(&self) -> impl Iterator<Item = (&HealthSpec, &Arc<Server>, &Arc<ServerState>)> {
+        self.rules
+            .all_servers()
+            .map(|(svc, _, s)| (&svc.health, s, &self.health[s.id]))
     }
 }

@@ -14,8 +14,9 @@
 //! hyper's checks, error answers, limits and timeouts stay the only ones for those, and a
 //! malformed request is answered exactly as before.
 
+use crate::body::ClientBody;
 use crate::park::{Readiness, Tick};
-use crate::proxy::body::{ClientBody, ProxyBody};
+use crate::proxy::body::ProxyBody;
 use crate::proxy::{self, ConnInfo, Shared};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};

@@ -1,6 +1,8 @@
 //! Gatehouse: an edge load balancer and TLS-terminating reverse proxy.
+pub mod accept;
 pub mod accesslog;
 pub mod admin;
+pub mod body;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -11,6 +13,7 @@ pub mod fallback;
 pub mod generation;
 pub mod h1;
 pub mod handover;
+pub mod health;
 pub mod listener;
 pub mod memory;
 pub mod ops;
@@ -19,6 +22,7 @@ pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
+pub mod rewind;
 pub mod rules;
 pub mod server;
 pub mod stats;

@@ -69,7 +69,7 @@ impl<S: Readiness + ?Sized> Readiness for Box<S> {
     }
 }
 
-impl<S: Readiness> Readiness for crate::tcp::sni::Rewind<S> {
+impl<S: Readiness> Readiness for crate::rewind::Rewind<S> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.has_buffered() {
             return Poll::Ready(Ok(()));
@@ -94,7 +94,7 @@ pub async fn readable<I: Readiness>(io: &I) -> io::Result<()> {
 /// The park tick: the timer is a tick, not a deadline pushed back per request, so a busy
 /// connection pays one timer wake per tick instead of a timer reset per request, and an
 /// idle one is found quiet between one and two ticks after its last byte. Shared by
-/// hyper's rounds ([`ParkIo`]) and the listener's own HTTP/1.1 path ([`crate::h1`]).
+/// hyper's rounds ([`ParkIo`]) and the listener's own HTTP/1.1 path (`h1.rs`).
 pub struct Tick {
     /// Armed at the first look, then re-armed at each tick.
     timer: Option<Pin<Box<Sleep>>>,
@@ -157,7 +157,7 @@ pub struct ParkIo<I> {
     /// Requests of this connection whose response is not finished yet.
     in_flight: Arc<AtomicUsize>,
     tick: Tick,
-    /// Bytes already read from the socket (by [`crate::h1`]) that hyper reads first.
+    /// Bytes already read from the socket (by `h1.rs`) that hyper reads first.
     unread: bytes::Bytes,
     /// A write since the last completed flush: hyper may still hold bytes to send.
     dirty: bool,
@@ -194,7 +194,7 @@ impl<I> ParkIo<I> {
         self.io.inner()
     }
 
-    /// The socket, to read and write past hyper ([`crate::h1`]).
+    /// The socket, to read and write past hyper (`h1.rs`).
     pub fn get_mut(&mut self) -> &mut I {
         self.io.inner_mut()
     }
@@ -303,24 +303,5 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Write for ParkIo<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
-/// Counts a request in flight on its connection for as long as it lives (kept in the
-/// request's record, which lives until the response's last byte).
-#[derive(Debug)]
-pub struct InFlight(Arc<AtomicUsize>);
-
-impl InFlight {
-    /// One more request on the connection counted by `n`.
-    pub fn enter(n: &Arc<AtomicUsize>) -> Self {
-        n.fetch_add(1, Ordering::Relaxed);
-        InFlight(n.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -5,13 +5,23 @@
 //! The `PoolPermit` rides inside the response body: a download holds its slot until its
 //! last byte has gone out.
 
-use crate::proxy::error::ProxyError;
 use crate::rules::PoolSpec;
 use crate::stats::Counters;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Why a pool turned a request away (the request path maps it to its 503).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The queue was full: refused at once.
+    #[error("queue full")]
+    QueueFull,
+    /// The request waited longer than the queue timeout.
+    #[error("queue timeout")]
+    QueueTimeout,
+}
 
 /// The runtime side of a traffic class.
 #[derive(Debug)]
@@ -87,7 +97,7 @@ impl Pool {
     /// Takes a slot: at once if one is free, else waits in the queue (FIFO) up to the
     /// queue timeout. A full queue refuses at once.
     /// `service` counts the wait too (HAProxy reports queues per backend).
-    pub async fn acquire(&self, service: &Counters) -> Result<PoolPermit, ProxyError> {
+    pub async fn acquire(&self, service: &Counters) -> Result<PoolPermit, Refused> {
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
             return Ok(PoolPermit { _permit: p });
         }
@@ -97,13 +107,13 @@ impl Pool {
     }
 
     /// Queues for a slot (bounded, with the pool's timeout).
-    async fn wait(&self, service: &Counters) -> Result<PoolPermit, ProxyError> {
+    async fn wait(&self, service: &Counters) -> Result<PoolPermit, Refused> {
         let queue = self.queue.load(Ordering::Relaxed);
         let now_waiting = self.waiting.fetch_add(1, Ordering::AcqRel) + 1;
         let _leave = Leave(&self.waiting);
         if now_waiting > queue {
             self.queue_full.fetch_add(1, Ordering::Relaxed);
-            return Err(ProxyError::QueueFull);
+            return Err(Refused::QueueFull);
         }
         self.max_waiting.fetch_max(now_waiting, Ordering::Relaxed);
         let q = service.queued.fetch_add(1, Ordering::Relaxed) + 1;
@@ -114,7 +124,7 @@ impl Pool {
             Ok(Ok(p)) => Ok(PoolPermit { _permit: p }),
             _ => {
                 self.queue_timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(ProxyError::QueueTimeout)
+                Err(Refused::QueueTimeout)
             }
         }
     }

@@ -65,7 +65,7 @@ fn sockets_for(
     if group.len() < n {
         let at = group.first().map_or(Ok(addr), |s| s.local_addr())?;
         group.extend(
-            listener::bind_group(at, n - group.len(), matches!(kind, "https" | "http"))
+            crate::accept::bind_group(at, n - group.len(), matches!(kind, "https" | "http"))
                 .with_context(|| format!("cannot listen on {addr}"))?,
         );
     }
@@ -78,7 +78,7 @@ fn sockets_for(
 /// Process-wide limits every worker shares.
 struct Limits {
     connections: Arc<Semaphore>,
-    per_client: Arc<listener::PerClient>,
+    per_client: Arc<crate::accept::PerClient>,
     handshakes: Arc<Semaphore>,
 }
 
@@ -108,7 +108,7 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
     let mut offered: Vec<(String, std::net::TcpListener)> = Vec::new();
     let set = config.load_rules().map_err(|d| anyhow::anyhow!("{d}"))?;
     let stats = Arc::new(Stats::default());
-    let health = crate::upstream::health::HealthTable::default();
+    let health = crate::health::HealthTable::default();
     let generation = Generation::new(set, None, &stats, &health);
     let shared = Arc::new(Shared {
         health,
@@ -187,7 +187,7 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
 
     let stop = CancellationToken::new();
     let connections = Arc::new(Semaphore::new(config.limits.max_connections));
-    let per_client = listener::PerClient::new(config.limits.max_connections_per_client);
+    let per_client = crate::accept::PerClient::new(config.limits.max_connections_per_client);
     let handshakes = Arc::new(Semaphore::new(config.limits.max_handshakes));
     let mut workers = Vec::with_capacity(n);
     for (w, socks) in sockets.into_iter().enumerate() {
@@ -207,7 +207,7 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
 
     tokio::spawn(crate::memory::return_freed(stop.clone()));
     let checked = shared.clone();
-    tokio::spawn(crate::upstream::health::run_checks(
+    tokio::spawn(crate::health::run_checks(
         move || checked.state.load_full(),
         stop.clone(),
     ));
@@ -278,7 +278,7 @@ fn worker(
     rt.block_on(async move {
         // Watches the response deadlines of this worker's requests (see `deadline`).
         tokio::spawn(crate::deadline::sweeper());
-        let drain = listener::Drain::default();
+        let drain = crate::accept::Drain::default();
         let l = Listening {
             conn: Arc::new(ConnCtx {
                 shared,

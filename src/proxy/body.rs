@@ -1,148 +1,17 @@
-//! Streaming bodies: the request body with its size limit, and the response body that
-//! carries the request's pool slot and log record until its last byte.
+//! The response body: the server's stream (or our own page), carrying the request's pool
+//! slot and log record until its last byte.
 //!
 //! Nothing here buffers a body: frames pass through one at a time, and hyper's
 //! back-pressure (a frame is only polled when the other side can take it) bounds memory.
 
+use crate::body::BoxError;
 use crate::upstream::direct::DirectBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
-
-/// The error a body yields when its stream breaks or passes its limit.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// What the request body did, shared with the handler that decides the answer.
-#[derive(Debug, Default)]
-pub struct BodyProgress {
-    /// Bytes read from the client so far.
-    pub bytes: AtomicU64,
-    /// Set when the body passed the route's `max_body`.
-    pub too_large: AtomicBool,
-}
-
-/// Raised when a request body passes its limit.
-#[derive(Debug, thiserror::Error)]
-#[error("request body larger than {0} bytes")]
-pub struct TooLarge(pub u64);
-
-/// The client's request body as the proxy takes it: hyper's stream, or nothing at all for
-/// a request read by the listener's own HTTP/1.1 path ([`crate::h1`]), which takes only
-/// requests without a body.
-#[derive(Debug)]
-pub enum ClientBody {
-    /// A body hyper reads from the connection.
-    Hyper(Incoming),
-    /// No body.
-    Empty,
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx),
-            ClientBody::Empty => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ClientBody::Hyper(b) => b.is_end_stream(),
-            ClientBody::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ClientBody::Hyper(b) => b.size_hint(),
-            ClientBody::Empty => SizeHint::with_exact(0),
-        }
-    }
-}
-
-pin_project! {
-    /// The client's request body on its way to the server, cut at `limit` bytes.
-    pub struct LimitedBody {
-        #[pin]
-        inner: Option<ClientBody>,
-        limit: u64,
-        progress: Arc<BodyProgress>,
-    }
-}
-
-impl LimitedBody {
-    /// Wraps the client body; `limit` is `u64::MAX` when the route sets none.
-    pub fn new(inner: ClientBody, limit: u64, progress: Arc<BodyProgress>) -> Self {
-        LimitedBody {
-            inner: Some(inner),
-            limit,
-            progress,
-        }
-    }
-
-    /// An empty body (for a retried request that never had one).
-    pub fn empty(progress: Arc<BodyProgress>) -> Self {
-        LimitedBody {
-            inner: None,
-            limit: 0,
-            progress,
-        }
-    }
-}
-
-impl Body for LimitedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(None);
-        };
-        match ready!(inner.poll_frame(cx)) {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    let total = this
-                        .progress
-                        .bytes
-                        .fetch_add(data.len() as u64, Ordering::Relaxed)
-                        + data.len() as u64;
-                    if total > *this.limit {
-                        this.progress.too_large.store(true, Ordering::Relaxed);
-                        return Poll::Ready(Some(Err(Box::new(TooLarge(*this.limit)))));
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
-    }
-}
 
 /// Something that must live exactly as long as the response body (pool slot, log record).
 pub trait Hold: Send + Sync + 'static {

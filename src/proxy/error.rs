@@ -100,3 +100,12 @@ impl ProxyError {
         }
     }
 }
+
+impl From<crate::pool::Refused> for ProxyError {
+    fn from(r: crate::pool::Refused) -> Self {
+        match r {
+            crate::pool::Refused::QueueFull => ProxyError::QueueFull,
+            crate::pool::Refused::QueueTimeout => ProxyError::QueueTimeout,
+        }
+    }
+}

@@ -4,9 +4,8 @@
 //! allocation on the hot path, and the `Host` header is checked in place rather than
 //! parsed into a `http::uri::Authority` (which copies it).
 
-use super::body::ClientBody;
 use super::error::ProxyError;
-use http::{Request, header};
+use http::{HeaderMap, Uri, header};
 
 /// Host names up to this long are kept inline.
 const INLINE: usize = 46;
@@ -45,12 +44,11 @@ impl HostName {
 }
 
 /// The host a request names (`:authority` or the URI's authority, else `Host`).
-pub fn request_host(req: &Request<ClientBody>) -> Result<HostName, ProxyError> {
-    if let Some(a) = req.uri().authority() {
+pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<HostName, ProxyError> {
+    if let Some(a) = uri.authority() {
         return Ok(HostName::new(a.host()));
     }
-    let v = req
-        .headers()
+    let v = headers
         .get(header::HOST)
         .ok_or(ProxyError::BadRequest("no Host header"))?;
     let s = v

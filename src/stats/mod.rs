@@ -5,7 +5,6 @@
 //! a reload never resets them.
 
 pub mod names;
-pub mod render;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -71,7 +71,7 @@ pub async fn serve(
     sessions: tokio_util::task::TaskTracker,
 ) {
     while let Some((permit, tcp, peer)) =
-        crate::listener::next_connection(&front.slots, &listener, &stop).await
+        crate::accept::next_connection(&front.slots, &listener, &stop).await
     {
         let (shared, front, stop) = (shared.clone(), front.clone(), stop.clone());
         sessions.spawn(async move {
@@ -95,7 +95,7 @@ async fn session(shared: &Shared, front: &TcpFront, mut tcp: TcpStream, peer: So
     let client = match &front.proxy_protocol {
         None => peer,
         Some(from) => {
-            let read = crate::listener::proxy_header(&mut tcp, peer, from);
+            let read = crate::accept::proxy_header(&mut tcp, peer, from);
             match tokio::time::timeout(Duration::from_secs(5), read).await {
                 Ok(Ok((c, _))) => c,
                 _ => {
@@ -180,12 +180,7 @@ async fn connect(
     g: &Generation,
     service: usize,
     origin: &Origin<'_>,
-) -> Option<(
-    usize,
-    Arc<Server>,
-    crate::upstream::health::ServerGuard,
-    TcpStream,
-)> {
+) -> Option<(usize, Arc<Server>, crate::health::ServerGuard, TcpStream)> {
     let mut current = Some(service);
     while let Some(ix) = current {
         let svc: &Service = &g.rules.services[ix];

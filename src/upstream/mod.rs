@@ -9,10 +9,9 @@
 //! docs/performance.md.
 
 pub mod direct;
-pub mod health;
 
+use crate::body::LimitedBody;
 use crate::config::Config;
-use crate::proxy::body::LimitedBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;

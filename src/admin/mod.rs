@@ -7,13 +7,18 @@
 //! (`server=…&action=ready|drain|maint&token=…`, only with `admin: true` and auth).
 //! Separate bind from the proxy listeners; network allow-list and basic auth optional.
 
+pub mod csv;
+pub mod html;
+pub mod json;
+pub mod prometheus;
+pub mod view;
+
 use crate::generation::Generation;
+use crate::health::AdminState;
 use crate::proxy::Shared;
 use crate::proxy::body::ProxyBody;
 use crate::reload::Reloader;
 use crate::rules::matcher::AllowList;
-use crate::stats::render;
-use crate::upstream::health::AdminState;
 use base64::Engine;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -29,6 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use view::View;
 
 /// State the stats listener reads.
 pub struct Admin {
@@ -167,7 +173,7 @@ async fn answer(
             .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
     };
     let reload = admin.reloader.status.load();
-    let view = render::View {
+    let view = View {
         generation: &g,
         stats: &admin.shared.stats,
         reload: &reload,
@@ -181,21 +187,19 @@ async fn answer(
         admin_token: admin.admin_token.as_deref(),
     };
     let resp = match (path.as_str(), param("format").unwrap_or("")) {
-        ("/stats;csv", _) | ("/stats", "csv") => plain(
-            StatusCode::OK,
-            "text/csv; charset=utf-8",
-            render::csv(&view),
-        ),
-        ("/stats", "json") => plain(StatusCode::OK, "application/json", render::json(&view)),
+        ("/stats;csv", _) | ("/stats", "csv") => {
+            plain(StatusCode::OK, "text/csv; charset=utf-8", csv::csv(&view))
+        }
+        ("/stats", "json") => plain(StatusCode::OK, "application/json", json::json(&view)),
         ("/stats", _) | ("/", _) => plain(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            render::html(&view),
+            html::html(&view),
         ),
         ("/metrics", _) => plain(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            render::prometheus(&view),
+            prometheus::prometheus(&view),
         ),
         _ => plain(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };

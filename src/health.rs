@@ -308,10 +308,17 @@ pub async fn check(server: &Server, spec: &HealthSpec) -> (bool, u32) {
     }
 }
 
-/// Checks every server of the live generation when its (jittered) interval is due.
+/// What the checker walks: every server with its check spec and state. A generation
+/// implements it; the checker needs nothing else of the runtime above it.
+pub trait CheckTargets {
+    /// Each server of the live rules, with its service's check and its state.
+    fn targets(&self) -> impl Iterator<Item = (&HealthSpec, &Arc<Server>, &Arc<ServerState>)>;
+}
+
+/// Checks every server of the live rules when its (jittered) interval is due.
 /// One loop for the whole process; each check runs as its own task.
-pub async fn run_checks(
-    load: impl Fn() -> Arc<crate::generation::Generation>,
+pub async fn run_checks<G: CheckTargets>(
+    load: impl Fn() -> Arc<G>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     loop {
@@ -321,12 +328,11 @@ pub async fn run_checks(
         }
         let g = load();
         let now = now_ms();
-        for (svc, _, server) in g.rules.all_servers() {
-            let state = &g.health[server.id];
+        for (spec, server, state) in g.targets() {
             if state.next_check_ms.load(Relaxed) > now {
                 continue;
             }
-            let spec = svc.health.clone();
+            let spec = spec.clone();
             let interval = spec.interval.as_millis() as u64;
             let jitter = fastrand::u64(0..=interval / 5);
             state

@@ -1,0 +1,218 @@
+//! Accepting connections: binding the listening sockets, the process-wide connection
+//! slots, per-client connection caps, the drain at shutdown, and reading a PROXY header.
+//!
+//! Shared by the HTTP listeners (`listener`) and the TCP fronts (`tcp`), which sit beside
+//! each other above it.
+
+use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
+/// The drain at shutdown: a signal every connection watches, and a count of the open ones
+/// to wait for. Idle connections close at the signal; busy ones finish their request.
+#[derive(Clone, Default)]
+pub struct Drain {
+    signal: CancellationToken,
+    open: TaskTracker,
+}
+
+/// One connection's part in the drain: counted until dropped.
+pub struct Draining {
+    /// Fired when the drain starts.
+    pub signal: CancellationToken,
+    _open: TaskTrackerToken,
+}
+
+impl Drain {
+    /// Counts one connection in, until its `Draining` is dropped.
+    pub fn enter(&self) -> Draining {
+        Draining {
+            signal: self.signal.clone(),
+            _open: self.open.token(),
+        }
+    }
+
+    /// Signals every connection, then waits until the last one has closed.
+    pub async fn finish(self) {
+        self.open.close();
+        self.signal.cancel();
+        self.open.wait().await;
+    }
+}
+
+/// Counts connections per client address. Touched once when a connection opens and once
+/// when it closes, never per request.
+#[derive(Debug)]
+pub struct PerClient {
+    limit: usize,
+    open: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    /// Connections refused for being over the limit.
+    pub refused: std::sync::atomic::AtomicU64,
+}
+
+/// One open connection of a client; leaves the count on drop.
+pub struct ClientSlot {
+    owner: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    /// A counter allowing `limit` connections per address.
+    pub fn new(limit: usize) -> Arc<PerClient> {
+        Arc::new(PerClient {
+            limit,
+            open: Default::default(),
+            refused: Default::default(),
+        })
+    }
+
+    /// Takes a slot for `ip`, or `None` when it already has `limit` connections open.
+    pub fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.limit {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            owner: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Binds `addr` once per worker with SO_REUSEPORT: the kernel spreads connections over the
+/// workers' sockets, and a new process can bind beside an old one during an upgrade.
+/// Port 0 is resolved by the first socket and reused for the others. `client_first`
+/// (HTTP and TLS, where the client speaks first) defers the accept to the first bytes.
+pub fn bind_group(
+    addr: SocketAddr,
+    count: usize,
+    client_first: bool,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut out = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_tcp_nodelay(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        if client_first {
+            defer_accept(&socket)?;
+        }
+        socket.listen(4096)?;
+        let l: std::net::TcpListener = socket.into();
+        addr = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Seconds the kernel holds a connection that has sent nothing yet before handing it over.
+const DEFER_ACCEPT_SECS: libc::c_int = 1;
+
+/// TCP_DEFER_ACCEPT: the kernel hands a connection to `accept` with its first bytes (the
+/// ClientHello, the request line) rather than at the handshake's last ACK. One wake-up
+/// per connection fewer, for us and for the client that pays to wake us; and a connection
+/// that never speaks costs a kernel request slot for a second, not a task (nginx's
+/// `deferred`, HAProxy's `defer-accept`). Silent connections are still handed over after
+/// [`DEFER_ACCEPT_SECS`] and meet the request header timeout as before.
+#[allow(unsafe_code)]
+fn defer_accept(socket: &Socket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let secs = DEFER_ACCEPT_SECS;
+    // SAFETY: a valid socket descriptor, and a pointer to a live c_int with its size.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Accepts one connection, then takes a connection permit for it from `slots`; `None`
+/// once `stop` fires. Every worker accepts on its own socket, so the permit comes *after*
+/// the accept: taken before, each idle worker would sit on a permit while a connection
+/// that landed on a busier worker's socket waited in its backlog below the limit. At the
+/// limit each worker holds at most one accepted connection, unread, until a slot frees;
+/// the kernel backlog holds the rest.
+pub async fn next_connection(
+    slots: &Arc<Semaphore>,
+    listener: &TcpListener,
+    stop: &CancellationToken,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+    let (tcp, peer) = loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(accepted) => break accepted,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.cancelled() => return None,
+        }
+    };
+    let permit = match slots.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => tokio::select! {
+            p = slots.clone().acquire_owned() => p.ok()?,
+            _ = stop.cancelled() => return None,
+        },
+    };
+    Some((permit, tcp, peer))
+}
+
+/// On a listener that expects the PROXY protocol: a trusted peer must send a header (its
+/// conveyed source becomes the client); anyone else sending one is refused. Returns the
+/// client and whether the outer proxy says the client came over TLS.
+pub async fn proxy_header(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    from: &crate::rules::matcher::AllowList,
+) -> std::io::Result<(SocketAddr, bool)> {
+    use crate::proxy_protocol::{Start, peek_start, read_header};
+    let refuse = |m: &str| std::io::Error::new(std::io::ErrorKind::PermissionDenied, m.to_string());
+    let start = peek_start(tcp).await?;
+    match (from.contains(peer.ip()), start) {
+        (true, Start::Proxy) => {
+            let c = read_header(tcp).await?;
+            Ok((c.source.unwrap_or(peer), c.tls))
+        }
+        (true, Start::Other) => Err(refuse("a trusted peer sent no PROXY header")),
+        (false, Start::Proxy) => Err(refuse("PROXY header from an untrusted peer")),
+        (false, Start::Other) => Ok((peer, false)),
+    }
+}

@@ -1,0 +1,97 @@
+//! What is known about the client connection a request came on, shared by its requests.
+
+use super::tunnel;
+use crate::upstream::UpstreamClient;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+impl ConnInfo {
+    /// Whether the client's request is HTTPS: TLS here, or at the outer proxy that says so.
+    pub fn https(&self) -> bool {
+        self.tls || self.forwarded_tls
+    }
+}
+
+/// What is known about the client connection a request came on.
+pub struct ConnInfo {
+    /// TCP peer.
+    pub peer: SocketAddr,
+    /// TLS server name the client asked for, lower-case.
+    pub sni: Option<Box<str>>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// Whether an outer proxy says (PROXY v2 `PP2_TYPE_SSL`) the client reached it over TLS.
+    pub forwarded_tls: bool,
+    /// Whether a plain connection's requests are redirected to HTTPS.
+    pub redirect_https: bool,
+    /// TLS handshake time.
+    pub tls_time: Duration,
+    /// The worker's keep-alive client to the servers (one per worker runtime, so a
+    /// request and its upstream connection always run on the same thread).
+    pub upstream: UpstreamClient,
+    /// The outer proxy when the client address came in a PROXY header (`peer` is then
+    /// the conveyed client).
+    pub outer_proxy: Option<SocketAddr>,
+    /// Requests whose response has not ended: an HTTP/1.1 connection parks only at zero.
+    pub in_flight: Arc<AtomicUsize>,
+    /// An HTTP/1.1 upgrade waiting for the socket: the listener fills it once hyper has
+    /// written the 101 and handed the connection back.
+    pub upgrade: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Box<dyn tunnel::ClientIo>>>>,
+}
+
+impl ConnInfo {
+    /// What is known of a new connection.
+    pub fn new(peer: SocketAddr, upstream: UpstreamClient) -> Self {
+        ConnInfo {
+            peer,
+            sni: None,
+            tls: false,
+            forwarded_tls: false,
+            redirect_https: false,
+            tls_time: Duration::ZERO,
+            upstream,
+            outer_proxy: None,
+            in_flight: Arc::default(),
+            upgrade: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The client side of an upgrade: the listener hands the socket over once hyper has
+    /// written the 101 and let go of the connection.
+    pub(super) fn client_upgrade(
+        &self,
+    ) -> tokio::sync::oneshot::Receiver<Box<dyn tunnel::ClientIo>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *self.upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// The upgrade waiting for this connection's socket, if any.
+    pub fn take_upgrade(&self) -> Option<tokio::sync::oneshot::Sender<Box<dyn tunnel::ClientIo>>> {
+        self.upgrade
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
+/// Counts a request in flight on its connection for as long as it lives (kept in the
+/// request's record, which lives until the response's last byte).
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// One more request on the connection counted by `n`.
+    pub fn enter(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        InFlight(n.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,290 @@
+//! The third phase: the request rewritten for the server (origin-form, our forwarding
+//! headers, one length), sent (in this task for bodyless requests, through hyper's client
+//! otherwise), retried once elsewhere when nothing reached the server, and the response
+//! (or a tunnel after a 101) handed back.
+
+use super::admit::{Admitted, choose_server};
+use super::body::ProxyBody;
+use super::conn::ConnInfo;
+use super::error::ProxyError;
+use super::finish::Record;
+use super::forward::{self, ClientAddr};
+use super::{Shared, tunnel};
+use crate::body::{BodyProgress, ClientBody, LimitedBody};
+use crate::generation::Generation;
+use crate::rules::{Server, Site};
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// What the decision fixed for the exchange.
+pub struct Target<'a> {
+    /// The site (for its HSTS header).
+    pub site: &'a Site,
+    /// The host routed on.
+    pub host: &'a str,
+    /// The normalized path and query: exactly what was routed.
+    pub path: PathAndQuery,
+    /// The client address, for the forwarding headers.
+    pub client: ClientAddr,
+    /// Largest request body.
+    pub max_body: u64,
+    /// The balancing key (hashing balances).
+    pub key: u64,
+}
+
+/// Sends the request to the admitted server and returns its response.
+pub async fn exchange(
+    shared: &Shared,
+    conn: &ConnInfo,
+    g: &Generation,
+    t: Target<'_>,
+    a: Admitted<'_>,
+    slot: &mut Option<Request<ClientBody>>,
+    rec: &mut Record,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (service, colour, key) = (a.service, a.colour, t.key);
+    let req = slot.as_ref().ok_or(ProxyError::BadRequest("no request"))?;
+    let upgrade = upgrade_protocol(req);
+    let req = slot.take().ok_or(ProxyError::BadRequest("no request"))?;
+    let client_upgrade = upgrade.as_ref().map(|_| conn.client_upgrade());
+    let (mut parts, body) = req.into_parts();
+    // Forwarding headers are kept (and appended to) only from a trusted peer.
+    let trusted_peer = shared.trusted.contains(conn.peer.ip());
+    let forwarding = forward::prepare_request(
+        &mut parts.headers,
+        &t.client,
+        trusted_peer,
+        t.host,
+        conn.https(),
+    );
+    prepare_head(&mut parts, &body, upgrade.as_ref());
+    let bodyless = body.is_end_stream();
+    let progress = Arc::new(BodyProgress::default());
+    rec.progress = Some(progress.clone());
+    let body = LimitedBody::new(body, t.max_body, progress.clone());
+    // No body, no upgrade, no PROXY header, and safe to send twice: exchanged in this task
+    // (`upstream::direct`), without hyper's per-connection task and channels.
+    let direct =
+        bodyless && upgrade.is_none() && !service.send_proxy && parts.method.is_idempotent();
+    // The direct path writes the forwarding headers into the head; hyper's takes them
+    // from the map (so the copy kept for a redispatch carries them too).
+    if !direct {
+        forwarding.insert(&mut parts.headers);
+    }
+    // Kept only for requests without a body (those alone may be re-sent elsewhere), and
+    // only when there is another server to re-send to: no header copy otherwise.
+    let elsewhere = service.group(colour).servers.len() > 1;
+    let retry = (bodyless && elsewhere).then(|| (parts.method.clone(), parts.headers.clone()));
+    let mut server = a.server.clone();
+    let mut request = Request::from_parts(parts, body);
+    let mut attempt = 0;
+    loop {
+        // Origin-form (`/path?q`): the server reads the host from `Host`.
+        *request.uri_mut() = Uri::from(t.path.clone());
+        rec.server_id = Some(server.id);
+        rec.log(|n| n.server = Some(server.name.clone()));
+        let sent = Instant::now();
+        if attempt == 0 {
+            rec.wait = sent.saturating_duration_since(rec.start);
+        }
+        // Coarse (per-worker sweep): the response timeout almost never fires, and
+        // tokio's exact timer cost a lock and a wheel insert and remove per request.
+        let respond_by = sent + shared.timeouts.response;
+        let result = if direct {
+            let exchange = conn
+                .upstream
+                .exchange(server.addr, &request, |out| forwarding.write_head(out));
+            crate::deadline::within(respond_by, exchange)
+                .await
+                .map(|r| r.map(|resp| resp.map(ProxyBody::direct)))
+        } else {
+            // Boxed: bodies, upgrades and PROXY headers are the rare case, and hyper's
+            // send future would otherwise take room in every request's future.
+            let sending = Box::pin(async {
+                if service.send_proxy {
+                    conn.upstream
+                        .send_with_proxy_header(server.addr, conn.peer, conn.https(), request)
+                        .await
+                } else {
+                    conn.upstream.send(server.addr, request).await
+                }
+            });
+            crate::deadline::within(respond_by, sending)
+                .await
+                .map(|r| r.map(|resp| resp.map(ProxyBody::upstream)))
+        };
+        rec.first_byte = sent.elapsed();
+        match result {
+            Ok(Ok(resp)) => {
+                g.health[server.id].observe(true, &service.health, &server.name);
+                return respond(resp, shared, conn, t.site, client_upgrade, upgrade, rec);
+            }
+            Ok(Err(e)) if progress.too_large.load(Ordering::Relaxed) => {
+                tracing::debug!(error = %e, "request body passed its limit");
+                return Err(ProxyError::BodyTooLarge);
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                // Passive health: a refused or timed-out connect counts as a failed check.
+                count_connect_error(g, &server);
+                g.health[server.id].observe(false, &service.health, &server.name);
+                // Nothing reached the server: a request without a body may try another
+                // one, once (redispatch). One whose body has started is never re-sent.
+                let (Some((method, headers)), 0) = (&retry, attempt) else {
+                    return Err(ProxyError::Connect(error_chain(&e)));
+                };
+                let Ok((next, guard)) = choose_server(
+                    g,
+                    service,
+                    colour,
+                    a.balance,
+                    key,
+                    Some(&server),
+                    a.deadline,
+                )
+                .await
+                else {
+                    return Err(ProxyError::Connect(error_chain(&e)));
+                };
+                g.servers[next.id]
+                    .redispatches
+                    .fetch_add(1, Ordering::Relaxed);
+                rec.server_guard = Some(guard);
+                server = next;
+                attempt += 1;
+                let mut r = Request::new(LimitedBody::empty(progress.clone()));
+                *r.method_mut() = method.clone();
+                *r.headers_mut() = headers.clone();
+                request = r;
+            }
+            Ok(Err(e)) => return Err(ProxyError::Upstream(error_chain(&e))),
+            Err(_) => {
+                g.health[server.id].observe(false, &service.health, &server.name);
+                return Err(ProxyError::Timeout);
+            }
+        }
+    }
+}
+
+/// The head as the server gets it: an upgrade spelled out, `Expect` answered here, a
+/// `Host` for requests that named it only in the URI, one `Content-Length` (ours), HTTP/1.1.
+fn prepare_head(parts: &mut Parts, body: &ClientBody, upgrade: Option<&HeaderValue>) {
+    if let Some(proto) = upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, proto.clone());
+    }
+    // `Expect` is answered here (hyper), and the length is ours (below): both go; and a
+    // request that names its host only in the URI (HTTP/2) gets a `Host`. One pass over
+    // the names says which of these apply.
+    let (expect, has_host, length) = forward::present_of(
+        &parts.headers,
+        [header::EXPECT, header::HOST, header::CONTENT_LENGTH],
+    );
+    if expect {
+        parts.headers.remove(header::EXPECT);
+    }
+    if !has_host
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    // One Content-Length, ours: the length hyper parsed (or none, and the body is chunked).
+    if length {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    if let Some(n) = body.size_hint().exact()
+        && (n > 0 || !body.is_end_stream())
+    {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    parts.version = Version::HTTP_11;
+}
+
+/// The server's response on its way to the client: a tunnel after a 101, hop-by-hop
+/// headers out, HSTS on HTTPS.
+fn respond(
+    mut resp: Response<ProxyBody>,
+    shared: &Shared,
+    conn: &ConnInfo,
+    site: &Site,
+    client_upgrade: Option<tokio::sync::oneshot::Receiver<Box<dyn tunnel::ClientIo>>>,
+    upgrade: Option<HeaderValue>,
+    rec: &mut Record,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let (Some(client_upgrade), Some(proto)) = (client_upgrade, &upgrade) else {
+            return Err(ProxyError::Upstream(
+                "101 without an upgrade request".into(),
+            ));
+        };
+        let server_upgrade = hyper::upgrade::on(&mut resp);
+        let hold = (rec.permit.take(), rec.server_guard.take());
+        tokio::spawn(tunnel::run(
+            client_upgrade,
+            server_upgrade,
+            shared.timeouts.tunnel,
+            hold,
+        ));
+        forward::strip_hop_by_hop(resp.headers_mut());
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        resp.headers_mut().insert(header::UPGRADE, proto.clone());
+        return Ok(resp.map(|_| ProxyBody::empty()));
+    }
+    forward::strip_hop_by_hop(resp.headers_mut());
+    if let Some(hsts) = &site.hsts
+        && conn.https()
+    {
+        resp.headers_mut()
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert_with(|| hsts.clone());
+    }
+    return Ok(resp);
+}
+
+/// The protocol a request asks to upgrade to (HTTP/1.1 `Connection: upgrade` + `Upgrade`),
+/// never `h2c` (a smuggling vector). The tunnel opens only after the server's 101.
+fn upgrade_protocol(req: &Request<ClientBody>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    // `Upgrade` first: nearly every request has none, and then `Connection` is not read.
+    let proto = req.headers().get(header::UPGRADE)?;
+    let wants = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    (wants && !proto.as_bytes().eq_ignore_ascii_case(b"h2c")).then(|| proto.clone())
+}
+
+fn count_connect_error(g: &Generation, server: &Server) {
+    g.servers[server.id]
+        .connect_errors
+        .fetch_add(1, Ordering::Relaxed);
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

@@ -1,0 +1,224 @@
+//! The last phase: when the response body ends (or is dropped), release the slot and the
+//! server, count the request once and write its one access-log line.
+
+use super::conn::{ConnInfo, InFlight};
+use super::decide::Decision;
+use super::error::ProxyError;
+use super::{Hold, Shared};
+use crate::accesslog::{self, Entry};
+use crate::body::{BodyProgress, ClientBody};
+use crate::config::AccessLog;
+use crate::generation::Generation;
+use crate::health::ServerGuard;
+use crate::pool::PoolPermit;
+use crate::stats::{Histogram, Stats};
+use bytes::Bytes;
+use http::{Request, Version};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// What is known about a request as it goes; logged and counted once when its body ends.
+pub struct Record {
+    pub(super) shared_log: AccessLog,
+    pub(super) generation: Arc<Generation>,
+    pub(super) stats: Arc<Stats>,
+    pub(super) start: Instant,
+    pub(super) tls_time: Duration,
+    pub(super) client: std::net::IpAddr,
+    pub(super) method: http::Method,
+    pub(super) version: Version,
+    /// Only while the access log is on: each name is a reference count to take and drop.
+    pub(super) names: Option<Box<Names>>,
+    pub(super) service_index: Option<usize>,
+    pub(super) colour: &'static str,
+    pub(super) server_id: Option<usize>,
+    pub(super) status: u16,
+    pub(super) wait: Duration,
+    pub(super) first_byte: Duration,
+    pub(super) termination: &'static str,
+    pub(super) backup: Option<Bytes>,
+    pub(super) progress: Option<Arc<BodyProgress>>,
+    pub(super) permit: Option<PoolPermit>,
+    pub(super) server_guard: Option<ServerGuard>,
+    pub(super) site_index: Option<usize>,
+    pub(super) route_index: Option<usize>,
+    /// Keeps the connection from parking until the response has ended.
+    pub(super) _in_flight: InFlight,
+}
+
+/// What the access log names a request by (`-` for what it never reached).
+#[derive(Default)]
+pub struct Names {
+    pub(super) path: Box<str>,
+    pub(super) host: Option<Arc<str>>,
+    pub(super) site: Option<Arc<str>>,
+    pub(super) route: Option<Arc<str>>,
+    pub(super) pool: Option<Arc<str>>,
+    pub(super) service: Option<Arc<str>>,
+    pub(super) server: Option<Arc<str>>,
+}
+
+fn or_dash(name: &Option<Arc<str>>) -> &str {
+    name.as_deref().unwrap_or("-")
+}
+
+impl Record {
+    pub(super) fn new(
+        shared: &Shared,
+        conn: &ConnInfo,
+        req: &Request<ClientBody>,
+        generation: Arc<Generation>,
+    ) -> Self {
+        shared.stats.frontend.enter();
+        Record {
+            shared_log: shared.access_log,
+            generation,
+            stats: shared.stats.clone(),
+            start: Instant::now(),
+            tls_time: conn.tls_time,
+            client: conn.peer.ip(),
+            method: req.method().clone(),
+            version: req.version(),
+            names: (shared.access_log != AccessLog::Off).then(|| {
+                Box::new(Names {
+                    path: req.uri().path().into(),
+                    ..Names::default()
+                })
+            }),
+            service_index: None,
+            colour: "-",
+            server_id: None,
+            status: 0,
+            wait: Duration::ZERO,
+            first_byte: Duration::ZERO,
+            termination: "-",
+            backup: None,
+            progress: None,
+            permit: None,
+            server_guard: None,
+            site_index: None,
+            route_index: None,
+            _in_flight: InFlight::enter(&conn.in_flight),
+        }
+    }
+
+    /// Notes what the decision found: host, site and route (and the client address once a
+    /// route applies, as before the decision was a value of its own).
+    pub(super) fn note(&mut self, d: &Decision<'_>) {
+        if let Some(h) = &d.host {
+            self.log(|n| n.host = Some(h.as_str().into()));
+        }
+        let Some(site) = d.site else { return };
+        self.log(|n| n.site = Some(site.name.clone()));
+        self.site_index = Some(site.index);
+        if let Some((i, route)) = d.route {
+            self.route_index = Some(i);
+            self.log(|n| n.route = Some(route.name.clone()));
+            self.client = d.client.ip;
+        }
+    }
+
+    /// Notes a name for the access log; does nothing (takes no reference) while it is off.
+    pub(super) fn log(&mut self, note: impl FnOnce(&mut Names)) {
+        if let Some(n) = self.names.as_deref_mut() {
+            note(n);
+        }
+    }
+}
+
+impl Hold for Record {
+    fn finish(&mut self, bytes_out: u64, complete: bool) {
+        self.permit.take();
+        self.server_guard.take();
+        let total = self.start.elapsed();
+        let micros = total.as_micros() as u64;
+        let bytes_in = self
+            .progress
+            .as_ref()
+            .map_or(0, |p| p.bytes.load(Ordering::Relaxed));
+        if !complete && self.termination == "-" {
+            self.termination = "client_aborted";
+        }
+        // Response time: to the server's response headers when forwarded, else the total.
+        let response_us = if self.server_id.is_some() {
+            (self.wait + self.first_byte).as_micros() as u64
+        } else {
+            micros
+        };
+        self.stats
+            .frontend
+            .leave(self.status, bytes_in, bytes_out, micros);
+        let g = &self.generation;
+        let route = self
+            .site_index
+            .zip(self.route_index)
+            .and_then(|(s, r)| g.routes.get(s).and_then(|v| v.get(r)));
+        // Latency is kept where it is shown (site, service, server: the stats page and
+        // Prometheus), with the bucket found once.
+        let bucket = Histogram::bucket(response_us);
+        let timed = [
+            self.site_index.and_then(|i| g.sites.get(i)),
+            self.service_index.and_then(|i| g.services.get(i)),
+            self.server_id.and_then(|i| g.servers.get(i)),
+        ];
+        for c in timed.into_iter().flatten() {
+            c.record(self.status, bytes_in, bytes_out, micros);
+            c.latency.observe_at(bucket, response_us);
+        }
+        if let Some(c) = route {
+            c.record(self.status, bytes_in, bytes_out, micros);
+        }
+        let Some(n) = self.names.as_deref() else {
+            return;
+        };
+        let version = match self.version {
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
+        accesslog::write(
+            self.shared_log,
+            &Entry {
+                client: self.client.to_string(),
+                method: self.method.as_str(),
+                host: or_dash(&n.host),
+                path: &n.path,
+                version,
+                status: self.status,
+                bytes_in,
+                bytes_out,
+                site: or_dash(&n.site),
+                route: or_dash(&n.route),
+                pool: or_dash(&n.pool),
+                service: or_dash(&n.service),
+                colour: self.colour,
+                server: or_dash(&n.server),
+                tls_ms: self.tls_time.as_millis() as u64,
+                wait_ms: self.wait.as_millis() as u64,
+                first_byte_ms: self.first_byte.as_millis() as u64,
+                total_ms: total.as_millis() as u64,
+                termination: self.termination,
+            },
+        );
+    }
+}
+
+/// Counts a request that ended in `e` against the server or service it reached.
+pub(super) fn count_error(g: &Generation, rec: &Record, e: &ProxyError) {
+    let counters = match (rec.server_id, rec.service_index) {
+        (Some(id), _) => g.servers.get(id),
+        (None, Some(i)) => g.services.get(i),
+        _ => None,
+    };
+    if let Some(c) = counters {
+        match e {
+            ProxyError::Connect(_) => c.connect_errors.fetch_add(1, Ordering::Relaxed),
+            ProxyError::NoServer => c.no_server.fetch_add(1, Ordering::Relaxed),
+            ProxyError::Timeout | ProxyError::Upstream(_) => {
+                c.response_errors.fetch_add(1, Ordering::Relaxed)
+            }
+            _ => 0,
+        };
+    }
+}
