@@ -1,4 +1,4 @@
-//! Command line: `run`, `check`, `demo` (clap derive).
+//! Command line: `run`, `check`, `reload`, `switch`, `explain`, `demo` (clap derive).
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -56,7 +56,8 @@ pub enum Command {
         #[arg(long, conflicts_with_all = ["service", "colour", "force"])]
         rollback: bool,
     },
-    /// Show how a request would be handled and why.
+    /// Show how a request would be handled and why: the proxy's own decision, and the
+    /// admission it would meet now (server states from the running proxy).
     Explain {
         /// The config file.
         #[arg(short, long, default_value = "config/gatehouse.yaml")]
@@ -67,7 +68,19 @@ pub enum Command {
         /// The request arrives through this proxy (its X-Forwarded-For counts only if trusted).
         #[arg(long)]
         via_proxy: Option<std::net::IpAddr>,
-        /// The URL, e.g. `https://data.example.org/api/records`
+        /// Request method.
+        #[arg(short = 'X', long, default_value = "GET")]
+        method: String,
+        /// A request header, `Name: value` (repeatable; `Host` replaces the URL's).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The TLS server name, when it is not the URL's host.
+        #[arg(long)]
+        sni: Option<String>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The URL, e.g. `https://data.example.org/api/records` or `http://…` (plain HTTP).
         url: String,
     },
     /// Run the proxy with an embedded stand-in repository stack (blue and green).

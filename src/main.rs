@@ -73,9 +73,26 @@ fn main() -> ExitCode {
             config,
             from,
             via_proxy,
+            method,
+            headers,
+            sni,
+            json,
             url,
         } => with_config(&config, |c| {
-            print!("{}", gatehouse::ops::explain(c, &url, from, via_proxy)?);
+            let ask = gatehouse::ops::explain::Ask {
+                url: url.clone(),
+                method: method.clone(),
+                headers: headers.clone(),
+                from,
+                via_proxy,
+                sni: sni.clone(),
+            };
+            let e = gatehouse::ops::explain(c, &ask)?;
+            if json {
+                println!("{}", serde_json::to_string(&e)?);
+            } else {
+                print!("{}", e.text());
+            }
             Ok(ExitCode::SUCCESS)
         }),
         Command::Demo { workdir } => {

@@ -249,7 +249,7 @@ fn respond(
             .entry(header::STRICT_TRANSPORT_SECURITY)
             .or_insert_with(|| hsts.clone());
     }
-    return Ok(resp);
+    Ok(resp)
 }
 
 /// The protocol a request asks to upgrade to (HTTP/1.1 `Connection: upgrade` + `Upgrade`),

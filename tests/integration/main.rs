@@ -5,6 +5,7 @@ mod bluegreen;
 mod check_cmd;
 mod demo_curl;
 mod edge;
+mod explain;
 mod framing;
 mod h1_paths;
 mod harness;

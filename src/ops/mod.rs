@@ -1,18 +1,21 @@
-//! Ops commands that talk to files and to the running process: `reload`, `switch`, `explain`.
+//! Ops commands that talk to files and to the running process: `reload`, `switch`,
+//! `explain` (in `explain.rs`).
 //!
 //! They reach the running proxy through its stats listener (the address in the config):
 //! `POST /reload` and `GET /stats?format=json`. `switch` edits the rules file atomically
 //! (write a temp file beside it, then rename), after the same validation a reload does.
 
+pub mod explain;
+
+pub use explain::explain;
+
 use crate::config::Config;
 use crate::diag::{Diagnostics, parse_yaml};
-use crate::proxy::forward::AddrSource;
-use crate::proxy::path;
 use crate::rules::file::RulesFile;
-use crate::rules::{self, Action, Colour, RuleSet};
+use crate::rules::{self, Colour};
 use anyhow::{Context, anyhow, bail};
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -238,166 +241,6 @@ fn healthy_servers(config: &Config, service: &str, colour: Colour) -> anyhow::Re
                 .count()
         })
         .unwrap_or(0))
-}
-
-/// `gatehouse explain`: how a request to `url` from `from` (optionally through the proxy
-/// `via`) would be handled, and why.
-pub fn explain(
-    config: &Config,
-    url: &str,
-    from: IpAddr,
-    via: Option<IpAddr>,
-) -> anyhow::Result<String> {
-    let set: RuleSet = rules::load(&config.rules).map_err(|d| anyhow!("{d}"))?;
-    let uri: http::Uri = url.parse().context("not a URL")?;
-    let host = uri
-        .host()
-        .ok_or_else(|| anyhow!("the URL has no host"))?
-        .to_ascii_lowercase();
-    let mut o = String::new();
-    let mut line = |k: &str, v: String| o.push_str(&format!("{k:<14} {v}\n"));
-    line(
-        "request",
-        format!("{} (host {host}, path {})", url, uri.path()),
-    );
-    let (client, source) = match via {
-        Some(proxy) if config.trusted_proxies.contains(proxy) => {
-            (from, AddrSource::TrustedForwardedFor)
-        }
-        Some(proxy) => (proxy, AddrSource::Peer),
-        None => (from, AddrSource::Peer),
-    };
-    line(
-        "client",
-        match (via, source) {
-            (Some(p), AddrSource::TrustedForwardedFor) => {
-                format!("{client} (from X-Forwarded-For: peer {p} is a trusted proxy)")
-            }
-            (Some(p), _) => format!(
-                "{client} (the peer; {p} is not in trusted_proxies, so its X-Forwarded-For is ignored)"
-            ),
-            (None, _) => format!("{client} (the TCP peer)"),
-        },
-    );
-    let normalized = match path::normalize(uri.path()) {
-        Ok(p) => p.into_owned(),
-        Err(e) => {
-            line("decision", format!("400 Bad Request: {}", e.reason()));
-            return Ok(o);
-        }
-    };
-    if normalized != uri.path() {
-        line("normalized", normalized.clone());
-    }
-    let Some(d) = set.route(&host, &normalized) else {
-        line("decision", "404 Not Found: no site claims this host (and no default_site), or no route takes the path".into());
-        return Ok(o);
-    };
-    line(
-        "site",
-        format!("{} (colour: {:?})", d.site.name, d.site.colour).to_lowercase(),
-    );
-    line(
-        "route",
-        format!("{} ({})", d.route.name, d.route.path.describe()),
-    );
-    if let Some(a) = &d.route.allow {
-        let ok = a.contains(client);
-        line(
-            "allow_from",
-            format!(
-                "{} -> {client} is {}",
-                a.names.join(", "),
-                if ok {
-                    "inside: allowed"
-                } else {
-                    "outside: 403 Forbidden"
-                }
-            ),
-        );
-        if !ok {
-            line("decision", "403 Forbidden".into());
-            return Ok(o);
-        }
-    } else {
-        line("allow_from", "everyone".into());
-    }
-    let (pool, service) = match d.route.action {
-        Action::Deny(s) => {
-            line("decision", format!("{s} (deny route)"));
-            return Ok(o);
-        }
-        Action::Forward { pool, service } => (set.pool(pool), set.service(service)),
-    };
-    line(
-        "max_body",
-        d.route
-            .max_body
-            .map_or("unlimited".into(), |b| format!("{b} bytes (413 beyond)")),
-    );
-    line(
-        "pool",
-        format!(
-            "{} (slots {}, queue {}, queue timeout {:?})",
-            pool.name, pool.slots, pool.queue, pool.queue_timeout
-        ),
-    );
-    let colour = service.colour_for(d.site.colour);
-    line(
-        "service",
-        format!(
-            "{} (live {}, this site uses {})",
-            service.name,
-            service.live.as_str(),
-            colour.as_str()
-        ),
-    );
-    let states = healthy_states(config);
-    let servers: Vec<String> = service
-        .servers(colour)
-        .iter()
-        .map(|s| {
-            let state = states
-                .as_ref()
-                .and_then(|m| m.get(&*s.name).cloned())
-                .unwrap_or_else(|| "state unknown (proxy not reachable)".into());
-            format!(
-                "{} {}{} [{state}]",
-                s.name,
-                s.addr,
-                if s.backup { " backup" } else { "" }
-            )
-        })
-        .collect();
-    line("servers", servers.join("; "));
-    line(
-        "backup page",
-        if service.backup_page.is_some() {
-            "yes (503 + Retry-After when no server can take it)".into()
-        } else {
-            "built-in 503 page".into()
-        },
-    );
-    line(
-        "decision",
-        format!("forward to {} {}", service.name, colour.as_str()),
-    );
-    Ok(o)
-}
-
-fn healthy_states(config: &Config) -> Option<std::collections::HashMap<String, String>> {
-    let (_, body) = stats_request(config.stats?, "GET", "/stats?format=json").ok()?;
-    let j: serde_json::Value = serde_json::from_str(&body).ok()?;
-    let mut m = std::collections::HashMap::new();
-    for s in j["services"].as_array()? {
-        for srv in s["servers"].as_array()? {
-            m.insert(
-                srv["name"].as_str()?.to_string(),
-                srv["status"].as_str()?.to_string(),
-            );
-        }
-    }
-    Some(m)
 }
 
 #[cfg(test)]
