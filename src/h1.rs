@@ -35,6 +35,11 @@ pub const MAX_HEAD: usize = 8192;
 /// Headers this path takes at most (more go to hyper, under `limits.max_headers`).
 const MAX_HEADERS: usize = 64;
 
+/// The response headers this hop writes itself when the server's response lacks them.
+/// (`ManuallyDrop`: a constant array of names is a temporary at each use, dropped after
+/// it otherwise; these names own nothing.)
+const OWN_HEADERS: std::mem::ManuallyDrop<[HeaderName; 3]> =
+    std::mem::ManuallyDrop::new([header::TRANSFER_ENCODING, header::DATE, header::CONNECTION]);
 /// A response body part this small is copied behind its head and sent in the same write.
 const COALESCE: usize = 16 * 1024;
 
@@ -298,10 +303,8 @@ where
         || status == StatusCode::NOT_MODIFIED;
     // Which of the headers this hop writes for itself are there, found in one pass over
     // the names (each look-up by name hashes it).
-    let (coded, has_date, has_connection) = crate::proxy::forward::present_of(
-        &parts.headers,
-        [header::TRANSFER_ENCODING, header::DATE, header::CONNECTION],
-    );
+    let (coded, has_date, has_connection) =
+        crate::proxy::forward::present_of(&parts.headers, &OWN_HEADERS);
     // Framing is this hop's business: a length the response carries is kept (the
     // upstream path checked it), any transfer coding is replaced by ours.
     if coded {

@@ -10,7 +10,9 @@ use super::stats_request;
 use crate::config::Config;
 use crate::proxy::admit::backup_of;
 use crate::proxy::decide::{self, Decision, Facts, Forward, Settings, Verdict, Via};
+use crate::proxy::error::ProxyError;
 use crate::proxy::forward::AddrSource;
+use crate::proxy::host::request_host;
 use crate::rules::{self, Balance, Colour, ColourChoice, RuleSet, Service};
 use anyhow::{Context, anyhow};
 use http::header::{HeaderName, HeaderValue};
@@ -110,9 +112,11 @@ pub fn explain(config: &Config, ask: &Ask) -> anyhow::Result<Explanation> {
         trusted: &config.trusted_proxies,
         max_uri_bytes: config.limits.max_uri_bytes,
     };
-    let d = decide::decide(&set, settings, built.facts());
+    let host = request_host(&built.uri, &built.headers);
+    let host = host.as_ref().map(|h| h.as_str());
+    let d = decide::decide(&set, settings, built.facts(host));
     let states = live_states(config);
-    Ok(describe(config, &set, ask, &d, states.as_ref()))
+    Ok(describe(config, &set, ask, &d, host.ok(), states.as_ref()))
 }
 
 /// The request as a client would send it.
@@ -189,7 +193,7 @@ impl Built {
         })
     }
 
-    fn facts(&self) -> Facts<'_> {
+    fn facts<'a>(&'a self, host: Result<&'a str, &'a ProxyError>) -> Facts<'a> {
         Facts {
             via: Via {
                 peer: self.peer,
@@ -200,6 +204,7 @@ impl Built {
             },
             method: &self.method,
             uri: &self.uri,
+            host,
             headers: &self.headers,
             body_len: self.body_len,
         }
@@ -211,6 +216,7 @@ fn describe(
     set: &RuleSet,
     ask: &Ask,
     d: &Decision<'_>,
+    host: Option<&str>,
     states: Option<&HashMap<String, String>>,
 ) -> Explanation {
     let mut e = Explanation {
@@ -220,7 +226,7 @@ fn describe(
         request: Shown {
             method: ask.method.clone(),
             url: ask.url.clone(),
-            host: d.host.as_ref().map(|h| h.as_str().to_string()),
+            host: host.map(str::to_string),
             path: d.path.as_ref().map(|p| p.path().to_string()),
         },
         client: d.client.ip.to_string(),
@@ -280,7 +286,7 @@ fn describe(
             e.reason = err.to_string();
             let status = err.status();
             let why = match err {
-                crate::proxy::error::ProxyError::Denied(_) => "deny route".to_string(),
+                ProxyError::Denied(_) => "deny route".to_string(),
                 other => other.to_string(),
             };
             e.line(

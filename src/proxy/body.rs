@@ -91,6 +91,7 @@ impl ProxyBody {
     }
 
     /// Attaches what must be released or recorded when the body ends.
+    #[inline]
     pub fn hold(mut self, hold: Box<dyn Hold>) -> Self {
         self.hold = Some(hold);
         self

@@ -3,7 +3,7 @@
 use http::StatusCode;
 
 /// Everything that can stop a request before or while it is forwarded.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ProxyError {
     /// Malformed request (bad path, bad Host): 400 and the connection closed.
     #[error("bad request: {0}")]

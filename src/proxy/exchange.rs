@@ -22,6 +22,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+/// Request headers the exchange replaces or answers itself (see `prepare_head`).
+/// (`ManuallyDrop`: a constant array of names is a temporary at each use, dropped after
+/// it otherwise; these names own nothing.)
+const HEAD_FIXES: std::mem::ManuallyDrop<[header::HeaderName; 3]> =
+    std::mem::ManuallyDrop::new([header::EXPECT, header::HOST, header::CONTENT_LENGTH]);
+
 /// What the decision fixed for the exchange.
 pub struct Target<'a> {
     /// The site (for its HSTS header).
@@ -43,8 +49,8 @@ pub async fn exchange(
     shared: &Shared,
     conn: &ConnInfo,
     g: &Generation,
-    t: Target<'_>,
-    a: Admitted<'_>,
+    t: &Target<'_>,
+    a: &Admitted<'_>,
     slot: &mut Option<Request<ClientBody>>,
     rec: &mut Record,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -121,9 +127,13 @@ pub async fn exchange(
         };
         rec.first_byte = sent.elapsed();
         match result {
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
                 g.health[server.id].observe(true, &service.health, &server.name);
-                return respond(resp, shared, conn, t.site, client_upgrade, upgrade, rec);
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    return open_tunnel(resp, shared, client_upgrade, upgrade, rec);
+                }
+                respond_headers(&mut resp, conn, t.site);
+                return Ok(resp);
             }
             Ok(Err(e)) if progress.too_large.load(Ordering::Relaxed) => {
                 tracing::debug!(error = %e, "request body passed its limit");
@@ -173,6 +183,7 @@ pub async fn exchange(
 
 /// The head as the server gets it: an upgrade spelled out, `Expect` answered here, a
 /// `Host` for requests that named it only in the URI, one `Content-Length` (ours), HTTP/1.1.
+#[inline]
 fn prepare_head(parts: &mut Parts, body: &ClientBody, upgrade: Option<&HeaderValue>) {
     if let Some(proto) = upgrade {
         parts
@@ -183,10 +194,7 @@ fn prepare_head(parts: &mut Parts, body: &ClientBody, upgrade: Option<&HeaderVal
     // `Expect` is answered here (hyper), and the length is ours (below): both go; and a
     // request that names its host only in the URI (HTTP/2) gets a `Host`. One pass over
     // the names says which of these apply.
-    let (expect, has_host, length) = forward::present_of(
-        &parts.headers,
-        [header::EXPECT, header::HOST, header::CONTENT_LENGTH],
-    );
+    let (expect, has_host, length) = forward::present_of(&parts.headers, &HEAD_FIXES);
     if expect {
         parts.headers.remove(header::EXPECT);
     }
@@ -210,37 +218,38 @@ fn prepare_head(parts: &mut Parts, body: &ClientBody, upgrade: Option<&HeaderVal
     parts.version = Version::HTTP_11;
 }
 
-/// The server's response on its way to the client: a tunnel after a 101, hop-by-hop
-/// headers out, HSTS on HTTPS.
-fn respond(
+/// A 101 from the server: the tunnel opens (client socket from the listener, server's from
+/// hyper), holding the pool slot and server until it closes; the 101 goes to the client.
+fn open_tunnel(
     mut resp: Response<ProxyBody>,
     shared: &Shared,
-    conn: &ConnInfo,
-    site: &Site,
     client_upgrade: Option<tokio::sync::oneshot::Receiver<Box<dyn tunnel::ClientIo>>>,
     upgrade: Option<HeaderValue>,
     rec: &mut Record,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let (Some(client_upgrade), Some(proto)) = (client_upgrade, &upgrade) else {
-            return Err(ProxyError::Upstream(
-                "101 without an upgrade request".into(),
-            ));
-        };
-        let server_upgrade = hyper::upgrade::on(&mut resp);
-        let hold = (rec.permit.take(), rec.server_guard.take());
-        tokio::spawn(tunnel::run(
-            client_upgrade,
-            server_upgrade,
-            shared.timeouts.tunnel,
-            hold,
+    let (Some(client_upgrade), Some(proto)) = (client_upgrade, upgrade) else {
+        return Err(ProxyError::Upstream(
+            "101 without an upgrade request".into(),
         ));
-        forward::strip_hop_by_hop(resp.headers_mut());
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        resp.headers_mut().insert(header::UPGRADE, proto.clone());
-        return Ok(resp.map(|_| ProxyBody::empty()));
-    }
+    };
+    let server_upgrade = hyper::upgrade::on(&mut resp);
+    let hold = (rec.permit.take(), rec.server_guard.take());
+    tokio::spawn(tunnel::run(
+        client_upgrade,
+        server_upgrade,
+        shared.timeouts.tunnel,
+        hold,
+    ));
+    forward::strip_hop_by_hop(resp.headers_mut());
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    resp.headers_mut().insert(header::UPGRADE, proto);
+    Ok(resp.map(|_| ProxyBody::empty()))
+}
+
+/// The server's response headers as the client gets them: hop-by-hop out, HSTS on HTTPS.
+#[inline]
+fn respond_headers(resp: &mut Response<ProxyBody>, conn: &ConnInfo, site: &Site) {
     forward::strip_hop_by_hop(resp.headers_mut());
     if let Some(hsts) = &site.hsts
         && conn.https()
@@ -249,7 +258,6 @@ fn respond(
             .entry(header::STRICT_TRANSPORT_SECURITY)
             .or_insert_with(|| hsts.clone());
     }
-    Ok(resp)
 }
 
 /// The protocol a request asks to upgrade to (HTTP/1.1 `Connection: upgrade` + `Upgrade`),

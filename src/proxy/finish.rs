@@ -105,9 +105,9 @@ impl Record {
 
     /// Notes what the decision found: host, site and route (and the client address once a
     /// route applies, as before the decision was a value of its own).
-    pub(super) fn note(&mut self, d: &Decision<'_>) {
-        if let Some(h) = &d.host {
-            self.log(|n| n.host = Some(h.as_str().into()));
+    pub(super) fn note(&mut self, d: &Decision<'_>, host: Option<&str>) {
+        if let Some(h) = host {
+            self.log(|n| n.host = Some(h.into()));
         }
         let Some(site) = d.site else { return };
         self.log(|n| n.site = Some(site.name.clone()));

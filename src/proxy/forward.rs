@@ -7,10 +7,13 @@
 use crate::rules::matcher::AllowList;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::mem::ManuallyDrop;
 use std::net::{IpAddr, SocketAddr};
 
 /// Headers that describe one connection, never the message: removed in both directions.
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// (`ManuallyDrop`: each use of a constant is a temporary, and an array of names would
+/// otherwise be dropped after every use; these names own nothing.)
+const HOP_BY_HOP: ManuallyDrop<[HeaderName; 7]> = ManuallyDrop::new([
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -18,16 +21,16 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
-];
+]);
 
 /// Forwarding headers a client may forge; dropped unless the peer is trusted.
-const FORWARDING: [HeaderName; 5] = [
+const FORWARDING: ManuallyDrop<[HeaderName; 5]> = ManuallyDrop::new([
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("x-forwarded-proto"),
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-real-ip"),
     header::FORWARDED,
-];
+]);
 
 /// Where the client address used for decisions came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +105,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// messages carry none or only `Connection: keep-alive`: one pass over the names finds
 /// which are there, and only those are removed (a removal hashes the name).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let present = present(headers, &HOP_BY_HOP);
+    let present = present(headers, &HOP_BY_HOP[..]);
     if present == 0 {
         return;
     }
@@ -128,10 +131,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(n);
         }
     }
-    remove_present(headers, &HOP_BY_HOP, present);
+    remove_present(headers, &HOP_BY_HOP[..], present);
 }
 
 /// A bit per entry of `names` that `headers` holds, found in one pass over its names.
+/// Always inlined: the names are constants, and only then are their comparisons (and
+/// the drop of the temporary array) resolved at compile time.
+#[inline(always)]
 fn present(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
     headers.keys().fold(0, |bits, k| {
         names
@@ -142,11 +148,13 @@ fn present(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
 }
 
 /// Whether `headers` holds each of three names, found in one pass.
-pub fn present_of(headers: &HeaderMap, names: [HeaderName; 3]) -> (bool, bool, bool) {
-    let bits = present(headers, &names);
+#[inline(always)]
+pub fn present_of(headers: &HeaderMap, names: &[HeaderName; 3]) -> (bool, bool, bool) {
+    let bits = present(headers, names);
     (bits & 1 != 0, bits & 2 != 0, bits & 4 != 0)
 }
 
+#[inline(always)]
 fn remove_present(headers: &mut HeaderMap, names: &[HeaderName], present: u32) {
     for (i, n) in names.iter().enumerate() {
         if present & 1 << i != 0 {
@@ -178,7 +186,7 @@ pub fn prepare_request<'a>(
     tls: bool,
 ) -> Forwarding<'a> {
     strip_hop_by_hop(headers);
-    let present = present(headers, &FORWARDING);
+    let present = present(headers, &FORWARDING[..]);
     let (prior_xff, prior_fwd) = if trusted_peer && present != 0 {
         (
             join_values(headers, "x-forwarded-for"),
@@ -187,7 +195,7 @@ pub fn prepare_request<'a>(
     } else {
         (None, None)
     };
-    remove_present(headers, &FORWARDING, present);
+    remove_present(headers, &FORWARDING[..], present);
     Forwarding {
         prior_xff,
         prior_fwd,

@@ -129,10 +129,11 @@ async fn serve(
     // The request stays in `slot` until it is forwarded, so an answer of our own can
     // still drain its body (see `reply::drain`).
     let req = slot.as_ref().ok_or(ProxyError::BadRequest("no request"))?;
-    let d = decide::decide(&g.rules, shared.settings(), facts(conn, req));
-    rec.note(&d);
+    let host = host::request_host(req.uri(), req.headers());
+    let host = host.as_ref().map(|h| h.as_str());
+    let d = decide::decide(&g.rules, shared.settings(), facts(conn, req, host));
+    rec.note(&d, host.ok());
     let Decision {
-        host,
         path,
         site,
         client,
@@ -142,28 +143,33 @@ async fn serve(
     let fwd = match verdict {
         Verdict::Forward(f) => f,
         Verdict::RedirectHttps => {
-            let host = host.as_ref().map_or("", |h| h.as_str());
+            let host = host.unwrap_or_default();
             return Ok(reply::redirect_to_https(req, host, shared.redirect_port));
         }
         Verdict::Refuse(e) => return Err(e),
     };
-    let (Some(host), Some(path), Some(site)) = (host, path, site) else {
+    let (Ok(host), Some(path), Some(site)) = (host, path, site) else {
         return Err(ProxyError::BadRequest("no request"));
     };
     let admitted = admit::admit(g, &fwd, rec).await?;
     let target = exchange::Target {
         site,
-        host: host.as_str(),
+        host,
         path,
         client,
         max_body: fwd.max_body,
         key: fwd.key,
     };
-    exchange::exchange(shared, conn, g, target, admitted, slot, rec).await
+    exchange::exchange(shared, conn, g, &target, &admitted, slot, rec).await
 }
 
 /// What the decision may read of a request and its connection.
-fn facts<'a>(conn: &'a ConnInfo, req: &'a Request<ClientBody>) -> Facts<'a> {
+#[inline]
+fn facts<'a>(
+    conn: &'a ConnInfo,
+    req: &'a Request<ClientBody>,
+    host: Result<&'a str, &'a ProxyError>,
+) -> Facts<'a> {
     Facts {
         via: Via {
             peer: conn.peer,
@@ -174,6 +180,7 @@ fn facts<'a>(conn: &'a ConnInfo, req: &'a Request<ClientBody>) -> Facts<'a> {
         },
         method: req.method(),
         uri: req.uri(),
+        host,
         headers: req.headers(),
         body_len: req.body().size_hint().lower(),
     }
