@@ -84,6 +84,7 @@ pub enum Command {
         url: String,
     },
     /// Run the proxy with an embedded stand-in repository stack (blue and green).
+    #[cfg(feature = "demo")]
     Demo {
         /// Where to write config, rules and certificates (default: a new temporary folder).
         #[arg(long)]

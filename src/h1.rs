@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
 /// Head bytes this path takes at most (hyper takes longer heads, up to its limit).
-pub const MAX_HEAD: usize = 8192;
+pub const MAX_REQUEST_HEAD: usize = 8192;
 
 /// Headers this path takes at most (more go to hyper, under `limits.max_headers`).
 const MAX_HEADERS: usize = 64;
@@ -57,7 +57,7 @@ pub enum Outcome {
 /// The limits the path checks against, from the config.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Head bytes accepted (the smaller of hyper's buffer limit and [`MAX_HEAD`]).
+    /// Head bytes accepted (the smaller of hyper's buffer limit and [`MAX_REQUEST_HEAD`]).
     pub head: usize,
     /// Headers accepted (the smaller of `limits.max_headers` and 64).
     pub headers: usize,
@@ -68,7 +68,7 @@ impl Limits {
     /// `hyper_buf` bytes and `max_headers` headers.
     pub fn new(hyper_buf: usize, max_headers: usize) -> Limits {
         Limits {
-            head: hyper_buf.min(MAX_HEAD),
+            head: hyper_buf.min(MAX_REQUEST_HEAD),
             headers: max_headers.min(MAX_HEADERS),
         }
     }
@@ -214,7 +214,7 @@ fn parse(buf: &mut BytesMut, limits: Limits) -> Head {
     };
     // Where each part sits in the head, so the request can share the head's bytes.
     let base = buf.as_ptr() as usize;
-    // u32: a head is at most MAX_HEAD bytes.
+    // u32: a head is at most MAX_REQUEST_HEAD bytes.
     let at = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
     let path = at(path.as_bytes());
     let mut close = false;
@@ -275,7 +275,7 @@ fn give_back(buf: &mut BytesMut, head: &Bytes) -> Head {
 
 /// How the response body is framed on the wire.
 #[derive(Clone, Copy, PartialEq)]
-enum Framing {
+enum OutFraming {
     /// No body bytes at all (HEAD, 1xx, 204, 304).
     None,
     /// Exactly this many bytes.
@@ -326,14 +326,14 @@ where
         length => length,
     };
     let framing = match length {
-        _ if bodiless => Framing::None,
-        Some(n) => Framing::Length(n),
+        _ if bodiless => OutFraming::None,
+        Some(n) => OutFraming::Length(n),
         None => {
             parts.headers.insert(
                 header::TRANSFER_ENCODING,
                 HeaderValue::from_static("chunked"),
             );
-            Framing::Chunked
+            OutFraming::Chunked
         }
     };
     if close && !has_connection {
@@ -359,13 +359,13 @@ where
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if framing == Framing::None {
+    if framing == OutFraming::None {
         io.write_all(&out).await?;
         io.flush().await?;
         return Ok(!close);
     }
     let mut left = match framing {
-        Framing::Length(n) => n,
+        OutFraming::Length(n) => n,
         _ => u64::MAX,
     };
     loop {
@@ -404,13 +404,13 @@ where
             let _ = io.write_all(&out).await;
             return Ok(false);
         }
-        if let Framing::Length(_) = framing {
+        if let OutFraming::Length(_) = framing {
             left -= data.len() as u64;
         }
         if data.is_empty() {
             continue;
         }
-        if framing == Framing::Chunked {
+        if framing == OutFraming::Chunked {
             let _ = write!(out, "{:x}\r\n", data.len());
         }
         if out.len() + data.len() <= COALESCE {
@@ -419,12 +419,12 @@ where
             write_two(io, &out, &data).await?;
             out.clear();
         }
-        if framing == Framing::Chunked {
+        if framing == OutFraming::Chunked {
             out.extend_from_slice(b"\r\n");
         }
     }
     let complete = match framing {
-        Framing::Chunked => {
+        OutFraming::Chunked => {
             out.extend_from_slice(b"0\r\n\r\n");
             true
         }
@@ -438,11 +438,7 @@ where
 /// The response's length, left as one plain decimal `Content-Length` (or none): what the
 /// client reads must be unambiguous even if a server sent a repeated or signed one.
 fn content_length(headers: &mut http::HeaderMap) -> Option<u64> {
-    let digits = |v: &HeaderValue| {
-        let b = v.as_bytes();
-        let plain = !b.is_empty() && b.len() <= 19 && b.iter().all(u8::is_ascii_digit);
-        plain.then(|| std::str::from_utf8(b).ok()?.parse::<u64>().ok())?
-    };
+    let digits = |v: &HeaderValue| crate::wire::content_length(v.as_bytes());
     let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
     let length = digits(values.next()?);
     let (mut single, mut agree) = (true, true);

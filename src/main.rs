@@ -95,6 +95,7 @@ fn main() -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         }),
+        #[cfg(feature = "demo")]
         Command::Demo { workdir } => {
             let dir = match workdir {
                 Some(d) => d,

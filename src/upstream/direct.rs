@@ -25,7 +25,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Largest response head accepted (status line and headers).
-const MAX_HEAD: usize = 64 * 1024;
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Most response headers accepted.
 const MAX_HEADERS: usize = 128;
 /// First read of a response: most small responses arrive whole in it.
@@ -46,9 +46,9 @@ pub enum DirectError {
     Io(#[from] std::io::Error),
 }
 
-/// How the rest of a response body is delimited.
+/// How the rest of a response body is delimited, as it is read.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Framing {
+enum BodyLeft {
     /// This many bytes remain.
     Length(u64),
     /// Chunked transfer coding, at this point of a chunk.
@@ -151,7 +151,7 @@ async fn read_head(
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
     head_only: bool,
-) -> Result<(Response<()>, Framing, bool), (DirectError, bool)> {
+) -> Result<(Response<()>, BodyLeft, bool), (DirectError, bool)> {
     use tokio::io::AsyncReadExt;
     let mut seen = false;
     loop {
@@ -161,7 +161,7 @@ async fn read_head(
                 Ok(None) => {}
                 Err(e) => return Err((e, true)),
             }
-            if buf.len() >= MAX_HEAD {
+            if buf.len() >= MAX_RESPONSE_HEAD {
                 return Err((DirectError::Bad("response head too large"), true));
             }
         }
@@ -191,7 +191,7 @@ async fn read_head(
 fn parse_head(
     buf: &mut BytesMut,
     head_only: bool,
-) -> Result<Option<(Response<()>, Framing, bool)>, DirectError> {
+) -> Result<Option<(Response<()>, BodyLeft, bool)>, DirectError> {
     loop {
         // Uninitialised slots: filling 128 of them per response (4 KiB) was most of
         // the parse's cost.
@@ -224,7 +224,7 @@ fn parse_head(
         // Where each name and value sits, so the map can share the head's bytes (one
         // reference count per value instead of an allocation and a copy).
         let base = buf.as_ptr() as usize;
-        // u32: a head is at most MAX_HEAD bytes.
+        // u32: a head is at most MAX_RESPONSE_HEAD bytes.
         let at = |b: &[u8]| ((b.as_ptr() as usize - base) as u32, b.len() as u32);
         let mut spans = [((0u32, 0u32), (0u32, 0u32)); MAX_HEADERS];
         let mut count = 0;
@@ -282,7 +282,7 @@ fn parse_head(
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
         {
-            Framing::Done
+            BodyLeft::Done
         } else if coded {
             // Transfer-Encoding wins over a length; such a response is the last one.
             headers.remove(header::CONTENT_LENGTH);
@@ -290,16 +290,16 @@ fn parse_head(
                 close = true;
             }
             if chunked {
-                Framing::Chunked(Chunk::Size)
+                BodyLeft::Chunked(Chunk::Size)
             } else {
                 close = true;
-                Framing::Close
+                BodyLeft::Close
             }
         } else if let Some(n) = length {
-            Framing::Length(n)
+            BodyLeft::Length(n)
         } else {
             close = true;
-            Framing::Close
+            BodyLeft::Close
         };
         let mut resp = Response::new(());
         *resp.status_mut() = status;
@@ -308,16 +308,9 @@ fn parse_head(
     }
 }
 
-/// A Content-Length value: digits only, no sign, no overflow.
+/// A Content-Length value (`wire::content_length`, after trimming).
 fn content_length(v: &[u8]) -> Result<u64, DirectError> {
-    let v = v.trim_ascii();
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) || v.len() > 19 {
-        return Err(DirectError::Bad("bad Content-Length"));
-    }
-    std::str::from_utf8(v)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(DirectError::Bad("bad Content-Length"))
+    crate::wire::content_length(v.trim_ascii()).ok_or(DirectError::Bad("bad Content-Length"))
 }
 
 /// A response body read straight from the server's socket. When it ends cleanly the
@@ -325,7 +318,7 @@ fn content_length(v: &[u8]) -> Result<u64, DirectError> {
 pub struct DirectBody {
     tcp: Option<TcpStream>,
     buf: BytesMut,
-    framing: Framing,
+    framing: BodyLeft,
     /// The pool to return the connection to, when it may be reused.
     home: Option<(Arc<Upstream>, SocketAddr)>,
 }
@@ -341,10 +334,10 @@ impl std::fmt::Debug for DirectBody {
 impl DirectBody {
     /// Hands the connection back once the body is complete (with no stray bytes after it).
     fn release_if_done(&mut self) {
-        if self.framing == Framing::Length(0) {
-            self.framing = Framing::Done;
+        if self.framing == BodyLeft::Length(0) {
+            self.framing = BodyLeft::Done;
         }
-        if self.framing != Framing::Done {
+        if self.framing != BodyLeft::Done {
             return;
         }
         let tcp = self.tcp.take();
@@ -415,7 +408,7 @@ impl DirectBody {
                     .and_then(|s| u64::from_str_radix(s, 16).ok())
                     .ok_or(DirectError::Bad("bad chunk size"))?;
                 self.buf.advance(end + 2);
-                self.framing = Framing::Chunked(if size == 0 {
+                self.framing = BodyLeft::Chunked(if size == 0 {
                     Chunk::Trailers
                 } else {
                     Chunk::Data(size)
@@ -428,7 +421,7 @@ impl DirectBody {
                 }
                 let data = self.take(left);
                 let left = left - data.len() as u64;
-                self.framing = Framing::Chunked(if left == 0 {
+                self.framing = BodyLeft::Chunked(if left == 0 {
                     Chunk::DataEnd
                 } else {
                     Chunk::Data(left)
@@ -443,7 +436,7 @@ impl DirectBody {
                     return Err(DirectError::Bad("chunk not followed by CRLF"));
                 }
                 self.buf.advance(2);
-                self.framing = Framing::Chunked(Chunk::Size);
+                self.framing = BodyLeft::Chunked(Chunk::Size);
                 Ok(None)
             }
             Chunk::Trailers => {
@@ -453,7 +446,7 @@ impl DirectBody {
                 };
                 self.buf.advance(end + 2);
                 if end == 0 {
-                    self.framing = Framing::Done;
+                    self.framing = BodyLeft::Done;
                 }
                 Ok(None)
             }
@@ -472,34 +465,34 @@ impl Body for DirectBody {
         let this = self.get_mut();
         loop {
             let want = match this.framing {
-                Framing::Done => {
+                BodyLeft::Done => {
                     this.release_if_done();
                     return Poll::Ready(None);
                 }
-                Framing::Length(0) => {
+                BodyLeft::Length(0) => {
                     this.release_if_done();
                     continue;
                 }
-                Framing::Length(left) => {
+                BodyLeft::Length(left) => {
                     if !this.buf.is_empty() {
                         let data = this.take(left);
-                        this.framing = Framing::Length(left - data.len() as u64);
+                        this.framing = BodyLeft::Length(left - data.len() as u64);
                         // Last bytes: back to the pool now, as hyper may never poll again.
                         this.release_if_done();
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     usize::try_from(left).unwrap_or(MAX_READ)
                 }
-                Framing::Close => {
+                BodyLeft::Close => {
                     if !this.buf.is_empty() {
                         let data = this.buf.split().freeze();
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     MAX_READ
                 }
-                Framing::Chunked(at) => match this.chunked_step(at) {
+                BodyLeft::Chunked(at) => match this.chunked_step(at) {
                     Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Ok(None) if this.framing != Framing::Chunked(at) => continue,
+                    Ok(None) if this.framing != BodyLeft::Chunked(at) => continue,
                     Ok(None) => match at {
                         Chunk::Data(left) => usize::try_from(left).unwrap_or(MAX_READ),
                         _ => FIRST_READ,
@@ -508,7 +501,7 @@ impl Body for DirectBody {
                 },
             };
             match std::task::ready!(this.fill(cx, want)) {
-                Ok(0) if this.framing == Framing::Close => this.framing = Framing::Done,
+                Ok(0) if this.framing == BodyLeft::Close => this.framing = BodyLeft::Done,
                 Ok(0) => {
                     return this.fail(DirectError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                 }
@@ -519,13 +512,13 @@ impl Body for DirectBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.framing, Framing::Done | Framing::Length(0))
+        matches!(self.framing, BodyLeft::Done | BodyLeft::Length(0))
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.framing {
-            Framing::Length(n) => SizeHint::with_exact(n),
-            Framing::Done => SizeHint::with_exact(0),
+            BodyLeft::Length(n) => SizeHint::with_exact(n),
+            BodyLeft::Done => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
     }
@@ -535,7 +528,10 @@ impl Body for DirectBody {
 mod tests {
     use super::*;
 
-    fn parse(raw: &[u8], head: bool) -> Result<Option<(Response<()>, Framing, bool)>, DirectError> {
+    fn parse(
+        raw: &[u8],
+        head: bool,
+    ) -> Result<Option<(Response<()>, BodyLeft, bool)>, DirectError> {
         let mut b = BytesMut::from(raw);
         parse_head(&mut b, head)
     }
@@ -545,27 +541,27 @@ mod tests {
         let (_, f, reuse) = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n", false)
             .unwrap()
             .unwrap();
-        assert_eq!((f, reuse), (Framing::Length(3), true));
+        assert_eq!((f, reuse), (BodyLeft::Length(3), true));
         let (r, f, reuse) = parse(
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
             false,
         )
         .unwrap()
         .unwrap();
-        assert_eq!((f, reuse), (Framing::Chunked(Chunk::Size), false));
+        assert_eq!((f, reuse), (BodyLeft::Chunked(Chunk::Size), false));
         assert!(r.headers().get(header::CONTENT_LENGTH).is_none());
         let (_, f, reuse) = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false)
             .unwrap()
             .unwrap();
-        assert_eq!((f, reuse), (Framing::Close, false));
+        assert_eq!((f, reuse), (BodyLeft::Close, false));
         let (_, f, reuse) = parse(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false)
             .unwrap()
             .unwrap();
-        assert_eq!((f, reuse), (Framing::Length(1), false));
+        assert_eq!((f, reuse), (BodyLeft::Length(1), false));
         let (_, f, _) = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true)
             .unwrap()
             .unwrap();
-        assert_eq!(f, Framing::Done);
+        assert_eq!(f, BodyLeft::Done);
         let (r, _, _) = parse(
             b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
             false,
