@@ -55,6 +55,11 @@ impl Diagnostic {
         self.hint = Some(hint.into());
         self
     }
+
+    /// Sets what was expected on a problem already recorded.
+    pub fn set_hint(&mut self, hint: impl Into<String>) {
+        self.hint = Some(hint.into());
+    }
 }
 
 impl fmt::Display for Diagnostic {

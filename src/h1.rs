@@ -295,7 +295,24 @@ where
     I: AsyncWrite + Unpin,
 {
     let (mut parts, body) = resp.into_parts();
-    let mut body = std::pin::pin!(body);
+    let (out, framing) = response_head(&mut parts, &body, head_only, close);
+    if framing == OutFraming::None {
+        io.write_all(&out).await?;
+        io.flush().await?;
+        return Ok(!close);
+    }
+    write_body(io, std::pin::pin!(body), out, framing, close).await
+}
+
+/// The response head as bytes, and how its body is framed: the server's length kept (one
+/// plain number), ours added when the body's size is known, else chunked; a `Date` when
+/// missing; `Connection: close` when the connection ends after it.
+fn response_head(
+    parts: &mut http::response::Parts,
+    body: &ProxyBody,
+    head_only: bool,
+    close: bool,
+) -> (Vec<u8>, OutFraming) {
     let status = parts.status;
     let bodiless = head_only
         || status.is_informational()
@@ -359,11 +376,21 @@ where
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if framing == OutFraming::None {
-        io.write_all(&out).await?;
-        io.flush().await?;
-        return Ok(!close);
-    }
+    (out, framing)
+}
+
+/// Streams the body after `out` (the head, not yet written), framed as `framing`;
+/// `Ok(true)` when it ended exactly where its framing said and the connection may go on.
+async fn write_body<I>(
+    io: &mut I,
+    mut body: Pin<&mut ProxyBody>,
+    mut out: Vec<u8>,
+    framing: OutFraming,
+    close: bool,
+) -> std::io::Result<bool>
+where
+    I: AsyncWrite + Unpin,
+{
     let mut left = match framing {
         OutFraming::Length(n) => n,
         _ => u64::MAX,

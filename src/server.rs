@@ -47,35 +47,105 @@ pub struct Running {
     offer: crate::handover::Offer,
 }
 
-/// The sockets for one listen address: taken over from the old process when it had
-/// them, else bound (SO_REUSEPORT, one per worker); a duplicate of each is kept to offer
-/// to the next process.
-fn sockets_for(
-    inherited: &mut crate::handover::Sockets,
-    offered: &mut Vec<(String, std::net::TcpListener)>,
-    kind: &str,
-    addr: SocketAddr,
+/// Listening sockets being gathered: those taken over from the old process (on
+/// `--upgrade`), and a duplicate of each kept to offer to the next process.
+struct Binder {
+    inherited: crate::handover::Sockets,
+    offered: Vec<(String, std::net::TcpListener)>,
+    /// Sockets per address: one per worker.
     n: usize,
-) -> anyhow::Result<Vec<std::net::TcpListener>> {
-    let key = format!("{kind} {addr}");
-    let mut group = inherited.remove(&key).unwrap_or_default();
-    for s in &group {
-        s.set_nonblocking(true)?;
+}
+
+impl Binder {
+    /// The sockets for one listen address: taken over when the old process had them,
+    /// else bound (SO_REUSEPORT, one per worker).
+    fn sockets_for(
+        &mut self,
+        kind: &str,
+        addr: SocketAddr,
+        n: usize,
+    ) -> anyhow::Result<Vec<std::net::TcpListener>> {
+        let key = format!("{kind} {addr}");
+        let mut group = self.inherited.remove(&key).unwrap_or_default();
+        for s in &group {
+            s.set_nonblocking(true)?;
+        }
+        if group.len() < n {
+            let at = group.first().map_or(Ok(addr), |s| s.local_addr())?;
+            group.extend(
+                crate::accept::bind_group(at, n - group.len(), matches!(kind, "https" | "http"))
+                    .with_context(|| format!("cannot listen on {addr}"))?,
+            );
+        }
+        for s in &group {
+            self.offered.push((key.clone(), s.try_clone()?));
+        }
+        Ok(group)
     }
-    if group.len() < n {
-        let at = group.first().map_or(Ok(addr), |s| s.local_addr())?;
-        group.extend(
-            crate::accept::bind_group(at, n - group.len(), matches!(kind, "https" | "http"))
-                .with_context(|| format!("cannot listen on {addr}"))?,
-        );
+
+    /// Binds one kind of HTTP listener for every worker; returns the bound addresses.
+    fn http(
+        &mut self,
+        kind: &str,
+        addrs: &[SocketAddr],
+        sockets: &mut [WorkerSockets],
+    ) -> anyhow::Result<Vec<SocketAddr>> {
+        let mut bound = Vec::new();
+        for addr in addrs {
+            let group = self.sockets_for(kind, *addr, self.n)?;
+            bound.push(group[0].local_addr()?);
+            for (w, s) in group.into_iter().enumerate() {
+                let worker = &mut sockets[w % self.n];
+                match kind {
+                    "https" => worker.tls.push(s),
+                    _ => worker.plain.push(s),
+                }
+            }
+        }
+        Ok(bound)
     }
-    for s in &group {
-        offered.push((key.clone(), s.try_clone()?));
+
+    /// Binds every TCP front for every worker; returns the bound addresses by name.
+    fn tcp(
+        &mut self,
+        config: &Config,
+        stats: &Stats,
+        sockets: &mut [WorkerSockets],
+    ) -> anyhow::Result<Vec<(Arc<str>, SocketAddr)>> {
+        let mut tcp = Vec::new();
+        for t in &config.tcp {
+            let front = Arc::new(TcpFront {
+                name: t.name.clone(),
+                service: t.service.clone(),
+                slots: Arc::new(Semaphore::new(t.max_connections)),
+                idle: t.idle,
+                proxy_protocol: t.proxy_protocol.clone(),
+                counters: stats.counters(Kind::Listener, &t.name),
+            });
+            let mut bound = Vec::new();
+            for addr in &t.bind {
+                let group = self.sockets_for("tcp", *addr, self.n)?;
+                bound.push(group[0].local_addr()?);
+                tcp.push((t.name.clone(), group[0].local_addr()?));
+                for (w, s) in group.into_iter().enumerate() {
+                    sockets[w % self.n].tcp.push((front.clone(), s));
+                }
+            }
+            stats.add_front(Front {
+                name: t.name.clone(),
+                mode: "tcp",
+                bind: bound,
+                service: t.service.clone().into(),
+                limit: t.max_connections as u64,
+                counters: front.counters.clone(),
+            });
+        }
+        Ok(tcp)
     }
-    Ok(group)
 }
 
 /// Process-wide limits every worker shares.
+#[derive(Clone)]
 struct Limits {
     connections: Arc<Semaphore>,
     per_client: Arc<crate::accept::PerClient>,
@@ -83,16 +153,23 @@ struct Limits {
 }
 
 /// The sockets one worker serves.
+#[derive(Default)]
 struct WorkerSockets {
     tls: Vec<std::net::TcpListener>,
     plain: Vec<std::net::TcpListener>,
     tcp: Vec<(Arc<TcpFront>, std::net::TcpListener)>,
 }
 
-/// Loads the rules and certificates, binds every listener (or, with `upgrade`, takes them
-/// over from the running process at `upgrade_socket`), starts the workers.
-pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
-    let (mut inherited, old) = match (&config.upgrade_socket, upgrade) {
+/// With `--upgrade`: the running process's listening sockets and the connection to tell
+/// it to drain once we serve.
+fn take_over(
+    config: &Config,
+    upgrade: bool,
+) -> anyhow::Result<(
+    crate::handover::Sockets,
+    Option<std::os::unix::net::UnixStream>,
+)> {
+    match (&config.upgrade_socket, upgrade) {
         (Some(path), true) => {
             let (s, conn) = crate::handover::take(path)
                 .with_context(|| format!("cannot take over the listeners at {}", path.display()))?;
@@ -100,17 +177,20 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
                 sockets = s.values().map(Vec::len).sum::<usize>(),
                 "took over the running process's listeners"
             );
-            (s, Some(conn))
+            Ok((s, Some(conn)))
         }
         (None, true) => anyhow::bail!("--upgrade needs upgrade_socket in the config"),
-        _ => (Default::default(), None),
-    };
-    let mut offered: Vec<(String, std::net::TcpListener)> = Vec::new();
+        _ => Ok((Default::default(), None)),
+    }
+}
+
+/// The request path's shared state, with the first generation of the rules.
+fn shared_state(config: &Config) -> anyhow::Result<Arc<Shared>> {
     let set = config.load_rules().map_err(|d| anyhow::anyhow!("{d}"))?;
     let stats = Arc::new(Stats::default());
     let health = crate::health::HealthTable::default();
     let generation = Generation::new(set, None, &stats, &health);
-    let shared = Arc::new(Shared {
+    Ok(Arc::new(Shared {
         health,
         state: ArcSwap::from_pointee(generation),
         trusted: config.trusted_proxies.clone(),
@@ -119,91 +199,93 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
         redirect_port: config.redirect_port,
         max_uri_bytes: config.limits.max_uri_bytes,
         stats,
-    });
-    let (tls, certs) = if config.https.is_empty() {
-        (None, None)
-    } else {
-        let store = CertStore::load(&config.path, &config.certificates)
-            .map_err(|d| anyhow::anyhow!("{d}"))?;
-        let certs = Arc::new(ArcSwap::from_pointee(store));
-        let tls =
-            crate::tls::server_config(certs.clone()).context("cannot build the TLS config")?;
-        (Some(tls), Some(certs))
+    }))
+}
+
+/// The TLS server config and its swappable certificate store (none without HTTPS).
+type Tls = (
+    Option<Arc<rustls::ServerConfig>>,
+    Option<Arc<ArcSwap<CertStore>>>,
+);
+
+fn tls_setup(config: &Config) -> anyhow::Result<Tls> {
+    if config.https.is_empty() {
+        return Ok((None, None));
+    }
+    let store =
+        CertStore::load(&config.path, &config.certificates).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let certs = Arc::new(ArcSwap::from_pointee(store));
+    let tls = crate::tls::server_config(certs.clone()).context("cannot build the TLS config")?;
+    Ok((Some(tls), Some(certs)))
+}
+
+/// One thread per worker, each serving its own sockets.
+fn spawn_workers(
+    config: &Config,
+    shared: &Arc<Shared>,
+    sockets: Vec<WorkerSockets>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+    let limits = Limits {
+        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        per_client: crate::accept::PerClient::new(config.limits.max_connections_per_client),
+        handshakes: Arc::new(Semaphore::new(config.limits.max_handshakes)),
     };
-
-    let n = config.workers.max(1);
-    let mut sockets: Vec<WorkerSockets> = (0..n)
-        .map(|_| WorkerSockets {
-            tls: Vec::new(),
-            plain: Vec::new(),
-            tcp: Vec::new(),
-        })
-        .collect();
-    let mut https = Vec::new();
-    for addr in &config.https {
-        let group = sockets_for(&mut inherited, &mut offered, "https", *addr, n)?;
-        https.push(group[0].local_addr()?);
-        for (w, s) in group.into_iter().enumerate() {
-            sockets[w % n].tls.push(s);
-        }
-    }
-    let mut http = Vec::new();
-    for addr in &config.http {
-        let group = sockets_for(&mut inherited, &mut offered, "http", *addr, n)?;
-        http.push(group[0].local_addr()?);
-        for (w, s) in group.into_iter().enumerate() {
-            sockets[w % n].plain.push(s);
-        }
-    }
-
-    let mut tcp = Vec::new();
-    for t in &config.tcp {
-        let front = Arc::new(TcpFront {
-            name: t.name.clone(),
-            service: t.service.clone(),
-            slots: Arc::new(Semaphore::new(t.max_connections)),
-            idle: t.idle,
-            proxy_protocol: t.proxy_protocol.clone(),
-            counters: shared.stats.counters(Kind::Listener, &t.name),
-        });
-        let mut bound = Vec::new();
-        for addr in &t.bind {
-            let group = sockets_for(&mut inherited, &mut offered, "tcp", *addr, n)?;
-            bound.push(group[0].local_addr()?);
-            tcp.push((t.name.clone(), group[0].local_addr()?));
-            for (w, s) in group.into_iter().enumerate() {
-                sockets[w % n].tcp.push((front.clone(), s));
-            }
-        }
-        shared.stats.add_front(Front {
-            name: t.name.clone(),
-            mode: "tcp",
-            bind: bound,
-            service: t.service.clone().into(),
-            limit: t.max_connections as u64,
-            counters: front.counters.clone(),
-        });
-    }
-
-    let stop = CancellationToken::new();
-    let connections = Arc::new(Semaphore::new(config.limits.max_connections));
-    let per_client = crate::accept::PerClient::new(config.limits.max_connections_per_client);
-    let handshakes = Arc::new(Semaphore::new(config.limits.max_handshakes));
-    let mut workers = Vec::with_capacity(n);
+    let mut workers = Vec::with_capacity(sockets.len());
     for (w, socks) in sockets.into_iter().enumerate() {
-        let limits = Limits {
-            connections: connections.clone(),
-            per_client: per_client.clone(),
-            handshakes: handshakes.clone(),
-        };
-        let (shared, config, stop, tls) =
-            (shared.clone(), config.clone(), stop.clone(), tls.clone());
+        let (shared, config, stop, tls, limits) = (
+            shared.clone(),
+            config.clone(),
+            stop.clone(),
+            tls.clone(),
+            limits.clone(),
+        );
         let handle = std::thread::Builder::new()
             .name(format!("gatehouse-w{w}"))
             .spawn(move || worker(shared, config, socks, tls, limits, stop))
             .context("cannot start a worker thread")?;
         workers.push(handle);
     }
+    Ok(workers)
+}
+
+/// The stats listener, when the config has one; returns its bound address.
+fn start_admin(
+    config: &Config,
+    binder: &mut Binder,
+    admin: Admin,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(addr) = config.stats else {
+        return Ok(None);
+    };
+    let sock = binder.sockets_for("stats", addr, 1)?.remove(0);
+    let bound = sock.local_addr()?;
+    let sock = tokio::net::TcpListener::from_std(sock)?;
+    tokio::spawn(admin::serve(Arc::new(admin), sock, stop.clone()));
+    Ok(Some(bound))
+}
+
+/// Loads the rules and certificates, binds every listener (or, with `upgrade`, takes them
+/// over from the running process at `upgrade_socket`), starts the workers and the
+/// background tasks (memory return, health checks, the reload watcher, the stats listener).
+pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
+    let (inherited, old) = take_over(&config, upgrade)?;
+    let shared = shared_state(&config)?;
+    let (tls, certs) = tls_setup(&config)?;
+    let n = config.workers.max(1);
+    let mut binder = Binder {
+        inherited,
+        offered: Vec::new(),
+        n,
+    };
+    let mut sockets: Vec<WorkerSockets> = (0..n).map(|_| WorkerSockets::default()).collect();
+    let https = binder.http("https", &config.https, &mut sockets)?;
+    let http = binder.http("http", &config.http, &mut sockets)?;
+    let tcp = binder.tcp(&config, &shared.stats, &mut sockets)?;
+    let stop = CancellationToken::new();
+    let workers = spawn_workers(&config, &shared, sockets, tls, &stop)?;
 
     tokio::spawn(crate::memory::return_freed(stop.clone()));
     let checked = shared.clone();
@@ -214,26 +296,20 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
     let draining = Arc::new(AtomicBool::new(false));
     let reloader = Reloader::new(shared.clone(), config.clone(), certs);
     tokio::spawn(reloader.clone().watch(stop.clone()));
-    let mut stats_addr = None;
-    if let Some(addr) = config.stats {
-        let sock = sockets_for(&mut inherited, &mut offered, "stats", addr, 1)?.remove(0);
-        stats_addr = Some(sock.local_addr()?);
-        let sock = tokio::net::TcpListener::from_std(sock)?;
-        let admin = Arc::new(Admin {
-            shared: shared.clone(),
-            draining: draining.clone(),
-            reloader: reloader.clone(),
-            allow: config.stats_allow.clone(),
-            auth: config.stats_auth.clone(),
-            admin_token: config.stats_admin.then(admin::new_token),
-        });
-        tokio::spawn(admin::serve(admin, sock, stop.clone()));
-    }
+    let admin = Admin {
+        shared: shared.clone(),
+        draining: draining.clone(),
+        reloader: reloader.clone(),
+        allow: config.stats_allow.clone(),
+        auth: config.stats_auth.clone(),
+        admin_token: config.stats_admin.then(admin::new_token),
+    };
+    let stats_addr = start_admin(&config, &mut binder, admin, &stop)?;
     let drain_requested = CancellationToken::new();
     let offer = match &config.upgrade_socket {
         Some(path) => {
             let drain = drain_requested.clone();
-            crate::handover::offer(path, offered, move || drain.cancel())
+            crate::handover::offer(path, binder.offered, move || drain.cancel())
                 .with_context(|| format!("cannot offer the listeners at {}", path.display()))?
         }
         None => crate::handover::Offer::default(),

@@ -153,227 +153,32 @@ impl Config {
 }
 
 fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
-    let mut diags = Diagnostics::default();
+    let mut c = Check {
+        path,
+        diags: Diagnostics::default(),
+    };
     let base = path.parent().unwrap_or(Path::new("."));
     let resolve = |p: &str| lexical(&base.join(p));
-    let at = |s: &Spanned<String>| Pos::of(&s.referenced);
-    let addr =
-        |diags: &mut Diagnostics, s: &Spanned<String>| match s.value.trim().parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                diags.push(
-                    Diagnostic::new(
-                        path,
-                        at(s),
-                        format!("`{}` is not a listen address", s.value),
-                    )
-                    .hint("ip:port such as 0.0.0.0:443 or [::]:443"),
-                );
-                None
-            }
-        };
-    let https: Vec<SocketAddr> = raw
-        .listeners
-        .https
-        .iter()
-        .flat_map(|h| h.bind.iter())
-        .filter_map(|s| addr(&mut diags, s))
-        .collect();
-    let http: Vec<SocketAddr> = raw
-        .listeners
-        .http
-        .iter()
-        .flat_map(|h| h.bind.iter())
-        .filter_map(|s| addr(&mut diags, s))
-        .collect();
-    let stats = raw.stats.as_ref().and_then(|s| addr(&mut diags, &s.bind));
-    let stats_allow = cidr_list(
-        path,
-        &mut diags,
-        raw.stats.as_ref().map_or(&[][..], |s| &s.allow_from),
-        "stats.allow_from",
-    );
-    let stats_auth = raw
-        .stats
-        .as_ref()
-        .and_then(|s| s.auth.as_ref())
-        .map(|a| (a.user.clone(), a.password.clone()));
-    let stats_admin = raw.stats.as_ref().is_some_and(|s| s.admin);
-    if stats_admin && stats_auth.is_none() {
-        diags.push(
-            Diagnostic::new(
-                path,
-                raw.stats.as_ref().map_or(Pos::default(), |s| at(&s.bind)),
-                "stats.admin needs stats.auth",
-            )
-            .hint("auth: { user: ..., password: ... } so that only ops can change server states"),
-        );
-    }
-    let certificates: Vec<CertPaths> = raw
-        .tls
-        .iter()
-        .flat_map(|t| t.certificates.iter())
-        .map(|c| CertPaths {
-            cert: resolve(&c.value.cert.value),
-            key: resolve(&c.value.key.value),
-            pos: Pos::of(&c.referenced),
-        })
-        .collect();
-    if !https.is_empty() && certificates.is_empty() {
-        diags.push(
-            Diagnostic::new(
-                path,
-                Pos::default(),
-                "HTTPS listeners need at least one certificate",
-            )
-            .hint("tls: { certificates: [ { cert: ..., key: ... } ] }"),
-        );
-    }
-    let proxy_protocol_https = cidr_list(
-        path,
-        &mut diags,
-        raw.listeners
-            .https
-            .as_ref()
-            .map_or(&[][..], |h| &h.proxy_protocol_from),
+    let l = &raw.listeners;
+    let https = c.addrs(l.https.iter().flat_map(|h| h.bind.iter()));
+    let http = c.addrs(l.http.iter().flat_map(|h| h.bind.iter()));
+    let stats = c.stats(raw.stats.as_ref());
+    let certificates = c.certificates(raw.tls.as_ref(), &resolve, !https.is_empty());
+    let proxy_protocol_https = c.cidrs(
+        l.https.as_ref().map_or(&[][..], |h| &h.proxy_protocol_from),
         "proxy_protocol_from",
     );
-    let proxy_protocol_http = cidr_list(
-        path,
-        &mut diags,
-        raw.listeners
-            .http
-            .as_ref()
-            .map_or(&[][..], |h| &h.proxy_protocol_from),
+    let proxy_protocol_http = c.cidrs(
+        l.http.as_ref().map_or(&[][..], |h| &h.proxy_protocol_from),
         "proxy_protocol_from",
     );
-    let trusted_proxies =
-        cidr_list(path, &mut diags, &raw.trusted_proxies, "trusted_proxies").unwrap_or_default();
-    let mut tcp = Vec::new();
-    for t in &raw.listeners.tcp {
-        let f = &t.value;
-        let name = f.name.value.trim();
-        if name.is_empty() || tcp.iter().any(|l: &TcpListen| &*l.name == name) {
-            diags.push(Diagnostic::new(
-                path,
-                at(&f.name),
-                format!("tcp listener name `{name}` is empty or used twice"),
-            ));
-        }
-        if f.bind.is_empty() {
-            diags.push(Diagnostic::new(
-                path,
-                Pos::of(&t.referenced),
-                format!("tcp listener `{name}` binds nothing"),
-            ));
-        }
-        let idle = match &f.idle_timeout {
-            None => Duration::from_secs(3600),
-            Some(s) => match parse_duration(&s.value.0) {
-                Ok(d) if !d.is_zero() => d,
-                _ => {
-                    diags.push(
-                        Diagnostic::new(
-                            path,
-                            Pos::of(&s.referenced),
-                            format!("tcp listener `{name}`: idle_timeout is not a duration"),
-                        )
-                        .hint("a duration such as 30m"),
-                    );
-                    Duration::from_secs(3600)
-                }
-            },
-        };
-        tcp.push(TcpListen {
-            name: name.into(),
-            bind: f.bind.iter().filter_map(|s| addr(&mut diags, s)).collect(),
-            service: f.service.value.trim().to_string(),
-            service_pos: at(&f.service),
-            max_connections: f.max_connections.unwrap_or(10_000).max(1),
-            idle,
-            proxy_protocol: cidr_list(
-                path,
-                &mut diags,
-                &f.proxy_protocol_from,
-                "proxy_protocol_from",
-            ),
-        });
-    }
-    let mut dur = |v: &Option<Spanned<Scalar>>, default: u64, name: &str| match v {
-        None => Duration::from_secs(default),
-        Some(s) => parse_duration(&s.value.0).unwrap_or_else(|e| {
-            diags.push(
-                Diagnostic::new(
-                    path,
-                    Pos::of(&s.referenced),
-                    format!("timeouts.{name}: {e}"),
-                )
-                .hint("a duration such as 500ms or 10s"),
-            );
-            Duration::from_secs(default)
-        }),
-    };
-    let t = &raw.timeouts;
-    let timeouts = Timeouts {
-        handshake: dur(&t.handshake, 10, "handshake"),
-        request_header: dur(&t.request_header, 10, "request_header"),
-        idle: dur(&t.idle, 60, "idle"),
-        connect: dur(&t.connect, 3, "connect"),
-        response: dur(&t.response, 60, "response"),
-        upstream_idle: dur(&t.upstream_idle, 60, "upstream_idle"),
-        drain: dur(&t.drain, 30, "drain"),
-        tunnel: dur(&t.tunnel, 3600, "tunnel"),
-        grace: dur(&t.grace, 1, "grace"),
-    };
-    let l = &raw.limits;
-    // A size limit from `low` (its text `low_text`) up to 1 MiB.
-    let mut size =
-        |v: &Option<Spanned<Scalar>>, default: usize, low: u64, low_text: &str, what: &str| {
-            let Some(sv) = v else { return default };
-            match parse_size(&sv.value.0) {
-                Ok(n) if (low..=1 << 20).contains(&n) => n as usize,
-                _ => {
-                    diags.push(
-                        Diagnostic::new(
-                            path,
-                            Pos::of(&sv.referenced),
-                            format!("limits.{what} is out of range"),
-                        )
-                        .hint(format!("a size from {low_text} to 1MiB")),
-                    );
-                    default
-                }
-            }
-        };
-    let max_header_bytes = size(
-        &l.max_header_bytes,
-        16 * 1024,
-        1024,
-        "1KiB",
-        "max_header_bytes",
-    );
-    let max_uri_bytes = size(&l.max_uri_bytes, 8 * 1024, 256, "256", "max_uri_bytes");
-    let limits = Limits {
-        max_uri_bytes,
-        max_connections_per_client: l.max_connections_per_client.unwrap_or(1000).max(1),
-        max_handshakes: l.max_handshakes.unwrap_or(1024).max(1),
-        max_header_bytes,
-        max_headers: l.max_headers.unwrap_or(100).clamp(8, 1000),
-        max_connections: l.max_connections.unwrap_or(20_000).max(1),
-        upstream_idle_per_server: l.upstream_idle_per_server.unwrap_or(1024),
-    };
-    let access_log = match raw.access_log.as_ref().map(|s| (s.value.as_str(), s)) {
-        None | Some(("text", _)) => AccessLog::Text,
-        Some(("json", _)) => AccessLog::Json,
-        Some(("off", _)) => AccessLog::Off,
-        Some((other, s)) => {
-            diags.push(
-                Diagnostic::new(path, at(s), format!("access_log: unknown format `{other}`"))
-                    .hint("text, json or off"),
-            );
-            AccessLog::Text
-        }
-    };
+    let trusted_proxies = c
+        .cidrs(&raw.trusted_proxies, "trusted_proxies")
+        .unwrap_or_default();
+    let tcp = c.tcp_listeners(&l.tcp);
+    let timeouts = c.timeouts(&raw.timeouts);
+    let limits = c.limits(&raw.limits);
+    let access_log = c.access_log(raw.access_log.as_ref());
     let workers = raw
         .workers
         .unwrap_or_else(|| {
@@ -382,30 +187,20 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
                 .unwrap_or(1)
         })
         .max(1);
-    diags.finish(Config {
+    c.diags.finish(Config {
         path: path.to_path_buf(),
         rules: resolve(&raw.rules.value),
         https,
         http,
-        redirect_port: raw
-            .listeners
-            .http
-            .as_ref()
-            .and_then(|h| h.redirect_port)
-            .unwrap_or(443),
+        redirect_port: l.http.as_ref().and_then(|h| h.redirect_port).unwrap_or(443),
         proxy_protocol_https,
         proxy_protocol_http,
-        redirect_http: raw
-            .listeners
-            .http
-            .as_ref()
-            .and_then(|h| h.redirect)
-            .unwrap_or(true),
+        redirect_http: l.http.as_ref().and_then(|h| h.redirect).unwrap_or(true),
         tcp,
-        stats,
-        stats_allow,
-        stats_auth,
-        stats_admin,
+        stats: stats.bind,
+        stats_allow: stats.allow,
+        stats_auth: stats.auth,
+        stats_admin: stats.admin,
         certificates,
         trusted_proxies,
         timeouts,
@@ -414,6 +209,228 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         workers,
         upgrade_socket: raw.upgrade_socket.as_deref().map(resolve),
     })
+}
+
+/// One config file being validated: where it is, and every problem found so far (each
+/// section adds its own and goes on, so `check` reports them all at once).
+struct Check<'a> {
+    path: &'a Path,
+    diags: Diagnostics,
+}
+
+/// The validated `stats:` section.
+struct StatsPart {
+    bind: Option<SocketAddr>,
+    allow: Option<AllowList>,
+    auth: Option<(String, String)>,
+    admin: bool,
+}
+
+impl Check<'_> {
+    /// Records a problem at `at`; the caller may add a hint to it.
+    fn error(&mut self, at: Pos, message: impl Into<String>) -> &mut Diagnostic {
+        let all = &mut self.diags.0;
+        all.push(Diagnostic::new(self.path, at, message));
+        let last = all.len() - 1;
+        &mut all[last]
+    }
+
+    /// A listen address, or an error at its place.
+    fn addr(&mut self, s: &Spanned<String>) -> Option<SocketAddr> {
+        let parsed = s.value.trim().parse::<SocketAddr>().ok();
+        if parsed.is_none() {
+            let e = self.error(
+                Pos::of(&s.referenced),
+                format!("`{}` is not a listen address", s.value),
+            );
+            e.set_hint("ip:port such as 0.0.0.0:443 or [::]:443");
+        }
+        parsed
+    }
+
+    fn addrs<'s>(&mut self, list: impl Iterator<Item = &'s Spanned<String>>) -> Vec<SocketAddr> {
+        list.filter_map(|s| self.addr(s)).collect()
+    }
+
+    fn cidrs(&mut self, list: &[Spanned<String>], what: &str) -> Option<AllowList> {
+        cidr_list(self.path, &mut self.diags, list, what)
+    }
+
+    fn stats(&mut self, raw: Option<&file::StatsFile>) -> StatsPart {
+        let part = StatsPart {
+            bind: raw.and_then(|s| self.addr(&s.bind)),
+            allow: self.cidrs(raw.map_or(&[][..], |s| &s.allow_from), "stats.allow_from"),
+            auth: raw
+                .and_then(|s| s.auth.as_ref())
+                .map(|a| (a.user.clone(), a.password.clone())),
+            admin: raw.is_some_and(|s| s.admin),
+        };
+        if part.admin && part.auth.is_none() {
+            let at = raw.map_or(Pos::default(), |s| Pos::of(&s.bind.referenced));
+            self.error(at, "stats.admin needs stats.auth").set_hint(
+                "auth: { user: ..., password: ... } so that only ops can change server states",
+            );
+        }
+        part
+    }
+
+    fn certificates(
+        &mut self,
+        raw: Option<&file::TlsFile>,
+        resolve: &dyn Fn(&str) -> PathBuf,
+        needed: bool,
+    ) -> Vec<CertPaths> {
+        let certificates: Vec<CertPaths> = raw
+            .iter()
+            .flat_map(|t| t.certificates.iter())
+            .map(|c| CertPaths {
+                cert: resolve(&c.value.cert.value),
+                key: resolve(&c.value.key.value),
+                pos: Pos::of(&c.referenced),
+            })
+            .collect();
+        if needed && certificates.is_empty() {
+            self.error(
+                Pos::default(),
+                "HTTPS listeners need at least one certificate",
+            )
+            .set_hint("tls: { certificates: [ { cert: ..., key: ... } ] }");
+        }
+        certificates
+    }
+
+    fn tcp_listeners(&mut self, raw: &[Spanned<file::TcpFile>]) -> Vec<TcpListen> {
+        let mut tcp: Vec<TcpListen> = Vec::new();
+        for t in raw {
+            let f = &t.value;
+            let name = f.name.value.trim();
+            if name.is_empty() || tcp.iter().any(|l| &*l.name == name) {
+                self.error(
+                    Pos::of(&f.name.referenced),
+                    format!("tcp listener name `{name}` is empty or used twice"),
+                );
+            }
+            if f.bind.is_empty() {
+                self.error(
+                    Pos::of(&t.referenced),
+                    format!("tcp listener `{name}` binds nothing"),
+                );
+            }
+            let idle = self.idle_timeout(f.idle_timeout.as_ref(), name);
+            tcp.push(TcpListen {
+                name: name.into(),
+                bind: self.addrs(f.bind.iter()),
+                service: f.service.value.trim().to_string(),
+                service_pos: Pos::of(&f.service.referenced),
+                max_connections: f.max_connections.unwrap_or(10_000).max(1),
+                idle,
+                proxy_protocol: self.cidrs(&f.proxy_protocol_from, "proxy_protocol_from"),
+            });
+        }
+        tcp
+    }
+
+    /// A TCP listener's idle timeout: a non-zero duration, one hour when left out.
+    fn idle_timeout(&mut self, v: Option<&Spanned<Scalar>>, name: &str) -> Duration {
+        let hour = Duration::from_secs(3600);
+        let Some(s) = v else { return hour };
+        match parse_duration(&s.value.0) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                self.error(
+                    Pos::of(&s.referenced),
+                    format!("tcp listener `{name}`: idle_timeout is not a duration"),
+                )
+                .set_hint("a duration such as 30m");
+                hour
+            }
+        }
+    }
+
+    fn timeouts(&mut self, t: &file::TimeoutsFile) -> Timeouts {
+        let mut dur =
+            |v: &Option<Spanned<Scalar>>, default, name: &str| self.timeout(v, default, name);
+        Timeouts {
+            handshake: dur(&t.handshake, 10, "handshake"),
+            request_header: dur(&t.request_header, 10, "request_header"),
+            idle: dur(&t.idle, 60, "idle"),
+            connect: dur(&t.connect, 3, "connect"),
+            response: dur(&t.response, 60, "response"),
+            upstream_idle: dur(&t.upstream_idle, 60, "upstream_idle"),
+            drain: dur(&t.drain, 30, "drain"),
+            tunnel: dur(&t.tunnel, 3600, "tunnel"),
+            grace: dur(&t.grace, 1, "grace"),
+        }
+    }
+
+    /// A `timeouts.*` value (zero allowed, as before), else `default` seconds.
+    fn timeout(&mut self, v: &Option<Spanned<Scalar>>, default: u64, name: &str) -> Duration {
+        let Some(s) = v else {
+            return Duration::from_secs(default);
+        };
+        parse_duration(&s.value.0).unwrap_or_else(|e| {
+            self.error(Pos::of(&s.referenced), format!("timeouts.{name}: {e}"))
+                .set_hint("a duration such as 500ms or 10s");
+            Duration::from_secs(default)
+        })
+    }
+
+    /// A size limit from `low` (its text `low_text`) up to 1 MiB, else `default`.
+    fn size(
+        &mut self,
+        v: &Option<Spanned<Scalar>>,
+        default: usize,
+        (low, low_text): (u64, &str),
+        what: &str,
+    ) -> usize {
+        let Some(sv) = v else { return default };
+        match parse_size(&sv.value.0) {
+            Ok(n) if (low..=1 << 20).contains(&n) => n as usize,
+            _ => {
+                self.error(
+                    Pos::of(&sv.referenced),
+                    format!("limits.{what} is out of range"),
+                )
+                .set_hint(format!("a size from {low_text} to 1MiB"));
+                default
+            }
+        }
+    }
+
+    fn limits(&mut self, l: &file::LimitsFile) -> Limits {
+        let max_header_bytes = self.size(
+            &l.max_header_bytes,
+            16 * 1024,
+            (1024, "1KiB"),
+            "max_header_bytes",
+        );
+        let max_uri_bytes = self.size(&l.max_uri_bytes, 8 * 1024, (256, "256"), "max_uri_bytes");
+        Limits {
+            max_uri_bytes,
+            max_connections_per_client: l.max_connections_per_client.unwrap_or(1000).max(1),
+            max_handshakes: l.max_handshakes.unwrap_or(1024).max(1),
+            max_header_bytes,
+            max_headers: l.max_headers.unwrap_or(100).clamp(8, 1000),
+            max_connections: l.max_connections.unwrap_or(20_000).max(1),
+            upstream_idle_per_server: l.upstream_idle_per_server.unwrap_or(1024),
+        }
+    }
+
+    fn access_log(&mut self, raw: Option<&Spanned<String>>) -> AccessLog {
+        match raw.map(|s| (s.value.as_str(), s)) {
+            None | Some(("text", _)) => AccessLog::Text,
+            Some(("json", _)) => AccessLog::Json,
+            Some(("off", _)) => AccessLog::Off,
+            Some((other, s)) => {
+                self.error(
+                    Pos::of(&s.referenced),
+                    format!("access_log: unknown format `{other}`"),
+                )
+                .set_hint("text, json or off");
+                AccessLog::Text
+            }
+        }
+    }
 }
 
 impl Config {
