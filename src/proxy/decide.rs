@@ -149,7 +149,7 @@ fn walk<'r>(
         return Err(ProxyError::UriTooLong);
     }
     let host = facts.host.map_err(Clone::clone)?;
-    if facts.via.redirect_https && !uri.path().starts_with(ACME_PREFIX) {
+    if facts.via.redirect_https && !acme_challenge(uri) {
         return Ok(Verdict::RedirectHttps);
     }
     if facts.via.sni.is_some_and(|sni| sni != host) {
@@ -191,6 +191,12 @@ fn walk<'r>(
         key,
         max_body,
     }))
+}
+
+/// Whether a plain-HTTP request is an ACME HTTP-01 challenge, judged on the normalized
+/// path (`/.well-known/acme-challenge/../../api/x` is not one).
+fn acme_challenge(uri: &Uri) -> bool {
+    path::normalize(uri.path()).is_ok_and(|p| p.starts_with(ACME_PREFIX))
 }
 
 /// The client address: the peer, a trusted proxy's `X-Forwarded-For`, or the PROXY header's.

@@ -9,6 +9,7 @@ mod explain;
 mod framing;
 mod h1_paths;
 mod harness;
+mod hostile;
 mod layers;
 mod monitoring;
 mod reload;
