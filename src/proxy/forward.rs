@@ -23,6 +23,12 @@ const HOP_BY_HOP: ManuallyDrop<[HeaderName; 7]> = ManuallyDrop::new([
     header::UPGRADE,
 ]);
 
+/// Headers `Connection` may never remove (with `FORWARDING`): the host the request was
+/// routed on, its framing, and the forwarding headers this proxy writes (a client naming `Host` in
+/// `Connection` would otherwise reach the server without the authority it was judged on).
+const PROTECTED: ManuallyDrop<[HeaderName; 3]> =
+    ManuallyDrop::new([header::HOST, header::CONTENT_LENGTH, header::FORWARDED]);
+
 /// Forwarding headers a client may forge; dropped unless the peer is trusted.
 const FORWARDING: ManuallyDrop<[HeaderName; 5]> = ManuallyDrop::new([
     HeaderName::from_static("x-forwarded-for"),
@@ -123,6 +129,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
                     && !t.eq_ignore_ascii_case(b"close")
                     && !HOP_BY_HOP
                         .iter()
+                        .chain(PROTECTED.iter())
+                        .chain(FORWARDING.iter())
                         .any(|h| t.eq_ignore_ascii_case(h.as_str().as_bytes()))
             })
             .filter_map(|t| HeaderName::from_bytes(t).ok())

@@ -5,7 +5,8 @@
 //! parsed into a `http::uri::Authority` (which copies it).
 
 use super::error::ProxyError;
-use http::{HeaderMap, Uri, header};
+use http::uri::Authority;
+use http::{HeaderMap, HeaderValue, Uri, header};
 
 /// Host names up to this long are kept inline.
 const INLINE: usize = 46;
@@ -43,19 +44,43 @@ impl HostName {
     }
 }
 
-/// The host a request names (`:authority` or the URI's authority, else `Host`).
+/// The host a request names: the request target's authority (absolute-form, HTTP/2's
+/// `:authority`), else `Host`. One authority per request: several `Host` headers, or a
+/// `Host` that names another authority than the target, are refused (400), so the host
+/// routed on is the host the server is told.
 pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<HostName, ProxyError> {
+    let mut values = headers.get_all(header::HOST).iter();
+    let host = values.next();
+    if values.next().is_some() {
+        return Err(ProxyError::BadRequest("several Host headers"));
+    }
     if let Some(a) = uri.authority() {
+        if host.is_some_and(|h| !same_authority(a, h)) {
+            return Err(ProxyError::BadRequest(
+                "Host names another authority than the request target",
+            ));
+        }
         return Ok(HostName::new(a.host()));
     }
-    let v = headers
-        .get(header::HOST)
-        .ok_or(ProxyError::BadRequest("no Host header"))?;
+    let v = host.ok_or(ProxyError::BadRequest("no Host header"))?;
     let s = v
         .to_str()
         .map_err(|_| ProxyError::BadRequest("bad Host header"))?;
     let host = host_of(s).ok_or(ProxyError::BadRequest("bad Host header"))?;
     Ok(HostName::new(host))
+}
+
+/// Whether a `Host` value names the same host and port as the target's authority.
+fn same_authority(a: &Authority, host: &HeaderValue) -> bool {
+    let Some(s) = host.to_str().ok() else {
+        return false;
+    };
+    let Some(name) = host_of(s) else {
+        return false;
+    };
+    let port = s[name.len()..].strip_prefix(':').filter(|p| !p.is_empty());
+    let bare = |h: &str| h.trim_end_matches('.').to_ascii_lowercase();
+    bare(name) == bare(a.host()) && port == a.port().as_ref().map(|p| p.as_str())
 }
 
 /// Bytes a registered name may hold (RFC 3986 `reg-name`: unreserved, sub-delims, `%`),
@@ -148,6 +173,31 @@ mod tests {
         ] {
             assert_eq!(host_of(value), host, "{value:?}");
         }
+    }
+
+    #[test]
+    fn one_authority_per_request() {
+        let uri = |u: &str| u.parse::<Uri>().unwrap();
+        let hosts = |v: &[&str]| {
+            let mut m = HeaderMap::new();
+            for h in v {
+                m.append(header::HOST, HeaderValue::from_str(h).unwrap());
+            }
+            m
+        };
+        let ok =
+            |u: &str, h: &[&str]| request_host(&uri(u), &hosts(h)).map(|n| n.as_str().to_string());
+        assert_eq!(ok("/x", &["Data.Example.org"]).unwrap(), "data.example.org");
+        assert!(ok("/x", &["a.org", "a.org"]).is_err());
+        assert!(ok("/x", &[]).is_err());
+        assert_eq!(ok("https://a.org/x", &[]).unwrap(), "a.org");
+        assert_eq!(
+            ok("https://a.org:8443/x", &["A.org:8443"]).unwrap(),
+            "a.org"
+        );
+        assert!(ok("https://a.org/x", &["b.org"]).is_err());
+        assert!(ok("https://a.org:8443/x", &["a.org"]).is_err());
+        assert!(ok("https://a.org/x", &["a.org:8443"]).is_err());
     }
 
     #[test]

@@ -87,3 +87,46 @@ async fn acme_exemption_is_judged_on_the_normalized_path() {
     .await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
+
+/// Item 4: one authority per request. Several `Host` headers, or a `Host` naming another
+/// authority than the request target, are refused; before, the first (or the target) was
+/// routed and the client's own `Host` forwarded.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_authority_per_request() {
+    let s = Stack::start().await;
+    let c = s.client();
+    let wait = Duration::from_secs(3);
+    let two_hosts = "GET /records/a/files/1K.bin HTTP/1.1\r\nHost: store.localhost\r\nHost: data.localhost\r\nConnection: close\r\n\r\n";
+    let (out, _) = crate::harness::raw_tls(&c, "store.localhost", two_hosts.as_bytes(), wait).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let port = s.https.port();
+    let absolute = format!(
+        "GET https://store.localhost:{port}/records/a/files/1K.bin HTTP/1.1\r\nHost: data.localhost:{port}\r\nConnection: close\r\n\r\n"
+    );
+    let (out, _) = crate::harness::raw_tls(&c, "store.localhost", absolute.as_bytes(), wait).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // The same target with a matching Host is served.
+    let matching = format!(
+        "GET https://store.localhost:{port}/records/a/files/1K.bin HTTP/1.1\r\nHost: store.localhost:{port}\r\nConnection: close\r\n\r\n"
+    );
+    let (out, _) = crate::harness::raw_tls(&c, "store.localhost", matching.as_bytes(), wait).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
+/// Item 4: `Connection` may not name `Host` (or a header the proxy writes): the server
+/// still gets the host the request was routed on.
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_cannot_remove_the_host() {
+    let s = Stack::start().await;
+    let c = s.client();
+    let wait = Duration::from_secs(3);
+    let req = "GET /api/records HTTP/1.1\r\nHost: data.localhost\r\nConnection: close, host, x-forwarded-for\r\n\r\n";
+    let (out, _) = crate::harness::raw_tls(&c, "data.localhost", req.as_bytes(), wait).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
+    let json_start = body.find('{').unwrap();
+    let j: serde_json::Value =
+        serde_json::from_str(body[json_start..].lines().next().unwrap()).unwrap();
+    assert_eq!(j["host"], "data.localhost", "{out}");
+    assert_eq!(j["x_forwarded_for"], "127.0.0.1", "{out}");
+}
