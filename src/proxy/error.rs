@@ -44,6 +44,10 @@ pub enum ProxyError {
     /// The server answered with something unusable: 502.
     #[error("bad answer from server: {0}")]
     Upstream(String),
+    /// The server switched protocols in a way the request did not ask for: 502, and the
+    /// client connection closes.
+    #[error("bad upgrade from server: {0}")]
+    BadUpgrade(&'static str),
 }
 
 impl ProxyError {
@@ -60,7 +64,9 @@ impl ProxyError {
             ProxyError::NoServer | ProxyError::QueueFull | ProxyError::QueueTimeout => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::BadUpgrade(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -69,7 +75,10 @@ impl ProxyError {
     pub fn closes_connection(&self) -> bool {
         matches!(
             self,
-            ProxyError::BadRequest(_) | ProxyError::BodyTooLarge | ProxyError::UriTooLong
+            ProxyError::BadRequest(_)
+                | ProxyError::BodyTooLarge
+                | ProxyError::UriTooLong
+                | ProxyError::BadUpgrade(_)
         )
     }
 
@@ -97,6 +106,7 @@ impl ProxyError {
             ProxyError::Connect(_) => "connect_error",
             ProxyError::Timeout => "server_timeout",
             ProxyError::Upstream(_) => "upstream_error",
+            ProxyError::BadUpgrade(_) => "bad_upgrade",
         }
     }
 }

@@ -218,7 +218,7 @@ fn prepare_head(parts: &mut Parts, body: &ClientBody, upgrade: Option<&HeaderVal
     parts.version = Version::HTTP_11;
 }
 
-/// A 101 from the server: the tunnel opens (client socket from the listener, server's from
+/// A 101 from the server for the protocol asked: the tunnel opens (client socket from the listener, server's from
 /// hyper), holding the pool slot and server until it closes; the 101 goes to the client.
 fn open_tunnel(
     mut resp: Response<ProxyBody>,
@@ -228,10 +228,19 @@ fn open_tunnel(
     rec: &mut Record,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (Some(client_upgrade), Some(proto)) = (client_upgrade, upgrade) else {
-        return Err(ProxyError::Upstream(
-            "101 without an upgrade request".into(),
-        ));
+        return Err(ProxyError::BadUpgrade("101 without an upgrade request"));
     };
+    // The server must switch to the protocol asked for; a 101 for another (`h2c`) would
+    // open a tunnel the rules never see into. The server connection is dropped with it.
+    if !resp
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(is_websocket)
+    {
+        return Err(ProxyError::BadUpgrade(
+            "101 for another protocol than asked",
+        ));
+    }
     let server_upgrade = hyper::upgrade::on(&mut resp);
     let hold = (rec.permit.take(), rec.server_guard.take());
     tokio::spawn(tunnel::run(
@@ -260,14 +269,21 @@ fn respond_headers(resp: &mut Response<ProxyBody>, conn: &ConnInfo, site: &Site)
     }
 }
 
-/// The protocol a request asks to upgrade to (HTTP/1.1 `Connection: upgrade` + `Upgrade`),
-/// never `h2c` (a smuggling vector). The tunnel opens only after the server's 101.
+/// The protocol a request asks to upgrade to (HTTP/1.1 `Connection: upgrade` +
+/// `Upgrade`): only a single `websocket` token. Anything else (`h2c`, a list such as
+/// `h2c, websocket`, another protocol) is no upgrade: the `Upgrade` header, hop-by-hop,
+/// is dropped and the request goes on as a plain one. The tunnel opens only after the
+/// server's 101 for the same protocol ([`open_tunnel`]).
 fn upgrade_protocol(req: &Request<ClientBody>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
     // `Upgrade` first: nearly every request has none, and then `Connection` is not read.
-    let proto = req.headers().get(header::UPGRADE)?;
+    let mut protos = req.headers().get_all(header::UPGRADE).iter();
+    let proto = protos.next()?;
+    if protos.next().is_some() || !is_websocket(proto) {
+        return None;
+    }
     let wants = req
         .headers()
         .get_all(header::CONNECTION)
@@ -277,7 +293,12 @@ fn upgrade_protocol(req: &Request<ClientBody>) -> Option<HeaderValue> {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
         });
-    (wants && !proto.as_bytes().eq_ignore_ascii_case(b"h2c")).then(|| proto.clone())
+    wants.then(|| HeaderValue::from_static("websocket"))
+}
+
+/// Whether an `Upgrade` value is exactly the one token `websocket`.
+fn is_websocket(v: &HeaderValue) -> bool {
+    v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket")
 }
 
 fn count_connect_error(g: &Generation, server: &Server) {

@@ -215,7 +215,7 @@ pub(super) fn count_error(g: &Generation, rec: &Record, e: &ProxyError) {
         match e {
             ProxyError::Connect(_) => c.connect_errors.fetch_add(1, Ordering::Relaxed),
             ProxyError::NoServer => c.no_server.fetch_add(1, Ordering::Relaxed),
-            ProxyError::Timeout | ProxyError::Upstream(_) => {
+            ProxyError::Timeout | ProxyError::Upstream(_) | ProxyError::BadUpgrade(_) => {
                 c.response_errors.fetch_add(1, Ordering::Relaxed)
             }
             _ => 0,

@@ -130,3 +130,111 @@ async fn connection_cannot_remove_the_host() {
     assert_eq!(j["host"], "data.localhost", "{out}");
     assert_eq!(j["x_forwarded_for"], "127.0.0.1", "{out}");
 }
+
+/// A server that answers every upgrade request with `101 Upgrade: h2c` (and anything else
+/// with 200), recording each request head and whatever arrives after a 101.
+struct H2cServer {
+    addr: std::net::SocketAddr,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tunnelled: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+async fn h2c_server() -> H2cServer {
+    use std::sync::{Arc, Mutex};
+    let l = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+    let tunnelled: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let (h, t) = (heads.clone(), tunnelled.clone());
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            let (h, t) = (h.clone(), t.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                h.lock().unwrap().push(head.clone());
+                if !head.contains("\r\nupgrade:") {
+                    let _ = tcp
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                        )
+                        .await;
+                    return;
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+                    .await;
+                while let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut chunk)).await
+                {
+                    if n == 0 {
+                        break;
+                    }
+                    t.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            });
+        }
+    });
+    H2cServer {
+        addr,
+        heads,
+        tunnelled,
+    }
+}
+
+/// Item 6: only a single `websocket` token is forwarded as an upgrade, and a 101 for
+/// another protocol is a 502 that opens nothing: no bytes reach the server through it.
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrades_are_websocket_only_both_ways() {
+    let evil = h2c_server().await;
+    let at = evil.addr.to_string();
+    let s = Stack::start_with(crate::harness::Options {
+        rules_edits: vec![
+            (
+                "{ name: api-blue-1,  addr: 127.0.0.1:5201 }".into(),
+                format!("{{ name: api-blue-1,  addr: {at} }}"),
+            ),
+            (
+                "{ name: api-blue-2,  addr: 127.0.0.1:5202 }".into(),
+                format!("{{ name: api-blue-2,  addr: {at} }}"),
+            ),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let c = s.client();
+    let wait = Duration::from_secs(3);
+    // A list naming h2c: forwarded without any Upgrade, answered as a plain request.
+    let listed = "GET /api/x HTTP/1.1\r\nHost: data.localhost\r\nConnection: Upgrade\r\nUpgrade: h2c, websocket\r\n\r\n";
+    let (out, _) = crate::harness::raw_tls(&c, "data.localhost", listed.as_bytes(), wait).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let heads = evil.heads.lock().unwrap().clone();
+    let sent: Vec<_> = heads
+        .iter()
+        .filter(|h| h.starts_with("get /api/x"))
+        .collect();
+    assert_eq!(sent.len(), 1, "{heads:?}");
+    assert!(
+        !sent[0].contains("\r\nupgrade:"),
+        "forwarded an upgrade: {}",
+        sent[0]
+    );
+    // A WebSocket request the server answers with a 101 to h2c: 502, nothing tunnelled.
+    let ws = "GET /api/ws HTTP/1.1\r\nHost: data.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nGET /records/secret HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (out, closed) = crate::harness::raw_tls(&c, "data.localhost", ws.as_bytes(), wait).await;
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(
+        closed,
+        "the client connection closes after the refused upgrade"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let through = evil.tunnelled.lock().unwrap().clone();
+    assert!(through.is_empty(), "{}", String::from_utf8_lossy(&through));
+}
