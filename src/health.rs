@@ -32,6 +32,8 @@ pub struct ServerState {
     admin: AtomicU8,
     ok_streak: AtomicU32,
     fail_streak: AtomicU32,
+    /// Failures seen by traffic in a row (passive health).
+    passive_fail_streak: AtomicU32,
     /// Unix ms of the last UP/DOWN change.
     pub last_change_ms: AtomicU64,
     /// Total ms spent DOWN before the current state.
@@ -82,6 +84,7 @@ impl ServerState {
             admin: AtomicU8::new(AdminState::Ready as u8),
             ok_streak: AtomicU32::new(0),
             fail_streak: AtomicU32::new(0),
+            passive_fail_streak: AtomicU32::new(0),
             last_change_ms: AtomicU64::new(now_ms()),
             downtime_ms: AtomicU64::new(0),
             checks_failed: AtomicU64::new(0),
@@ -144,12 +147,12 @@ impl ServerState {
         ms / 1000
     }
 
-    /// Records a check (or a passive observation): `rise` passes bring it UP, `fall`
-    /// failures take it DOWN.
+    /// Records an active check: `rise` passes bring it UP, `fall` failures take it DOWN.
+    /// Active checks are the authority on health: traffic never resets their streaks
+    /// (a server whose check fails goes DOWN even while it answers requests) and never
+    /// brings a server UP.
     pub fn observe(&self, ok: bool, spec: &HealthSpec, name: &str) {
         if ok {
-            // Every forwarded request passes here: while UP, a pass changes nothing
-            // but a failure streak, so no locked add is spent on it.
             if self.fail_streak.load(Relaxed) != 0 {
                 self.fail_streak.store(0, Relaxed);
             }
@@ -157,7 +160,7 @@ impl ServerState {
                 return;
             }
             let n = self.ok_streak.fetch_add(1, Relaxed) + 1;
-            // Checked again: a health check and a request may pass at the same moment.
+            // Checked again: two checks may pass at the same moment.
             if !self.is_up() && n >= spec.rise {
                 let now = now_ms();
                 let since = self.last_change_ms.swap(now, Relaxed);
@@ -170,12 +173,37 @@ impl ServerState {
             self.checks_failed.fetch_add(1, Relaxed);
             self.ok_streak.store(0, Relaxed);
             let n = self.fail_streak.fetch_add(1, Relaxed) + 1;
-            if self.is_up() && n >= spec.fall {
-                self.up.store(false, Relaxed);
-                self.last_change_ms.store(now_ms(), Relaxed);
-                self.went_down.fetch_add(1, Relaxed);
-                tracing::warn!(server = name, "server is DOWN");
+            if n >= spec.fall {
+                self.mark_down(name);
             }
+        }
+    }
+
+    /// Records what traffic showed of the server itself (passive health): `fall`
+    /// failures in a row (refused or reset connections, no response head in time, a
+    /// malformed response) take it DOWN; a success only ends such a streak. Only active
+    /// checks bring it back UP.
+    pub fn observe_traffic(&self, ok: bool, spec: &HealthSpec, name: &str) {
+        if ok {
+            // Every forwarded response passes here: no locked add while nothing failed.
+            if self.passive_fail_streak.load(Relaxed) != 0 {
+                self.passive_fail_streak.store(0, Relaxed);
+            }
+            return;
+        }
+        let n = self.passive_fail_streak.fetch_add(1, Relaxed) + 1;
+        if n >= spec.fall {
+            self.mark_down(name);
+        }
+    }
+
+    fn mark_down(&self, name: &str) {
+        if self.up.swap(false, Relaxed) {
+            self.ok_streak.store(0, Relaxed);
+            self.passive_fail_streak.store(0, Relaxed);
+            self.last_change_ms.store(now_ms(), Relaxed);
+            self.went_down.fetch_add(1, Relaxed);
+            tracing::warn!(server = name, "server is DOWN");
         }
     }
 

@@ -128,7 +128,7 @@ pub async fn exchange(
         rec.first_byte = sent.elapsed();
         match result {
             Ok(Ok(mut resp)) => {
-                g.health[server.id].observe(true, &service.health, &server.name);
+                g.health[server.id].observe_traffic(true, &service.health, &server.name);
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     return open_tunnel(resp, shared, client_upgrade, upgrade, rec);
                 }
@@ -142,7 +142,7 @@ pub async fn exchange(
             Ok(Err(e)) if e.is_connect() => {
                 // Passive health: a refused or timed-out connect counts as a failed check.
                 count_connect_error(g, &server);
-                g.health[server.id].observe(false, &service.health, &server.name);
+                g.health[server.id].observe_traffic(false, &service.health, &server.name);
                 // Nothing reached the server: a request without a body may try another
                 // one, once (redispatch). One whose body has started is never re-sent.
                 let (Some((method, headers)), 0) = (&retry, attempt) else {
@@ -174,7 +174,7 @@ pub async fn exchange(
             }
             Ok(Err(e)) => return Err(ProxyError::Upstream(error_chain(&e))),
             Err(_) => {
-                g.health[server.id].observe(false, &service.health, &server.name);
+                g.health[server.id].observe_traffic(false, &service.health, &server.name);
                 return Err(ProxyError::Timeout);
             }
         }

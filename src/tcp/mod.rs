@@ -206,7 +206,7 @@ async fn connect(
                 Ok(tcp) => return Some((ix, server, guard, tcp)),
                 _ => {
                     g.servers[server.id].connect_errors.fetch_add(1, Relaxed);
-                    g.health[server.id].observe(false, &svc.health, &server.name);
+                    g.health[server.id].observe_traffic(false, &svc.health, &server.name);
                     tracing::debug!(server = &*server.name, "tcp connect failed; trying another");
                     avoid = Some(server);
                 }

@@ -238,3 +238,33 @@ async fn upgrades_are_websocket_only_both_ways() {
     let through = evil.tunnelled.lock().unwrap().clone();
     assert!(through.is_empty(), "{}", String::from_utf8_lossy(&through));
 }
+
+/// Item 8: active checks are the authority. A server whose check fails goes DOWN even
+/// while it answers every request (before, each proxied answer reset the check's failure
+/// streak, so a busy server was never taken out).
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_checks_take_a_busy_server_down() {
+    let s = Stack::start_with(crate::harness::Options {
+        // /ping answers 200; the checks now expect 204, so every check fails.
+        rules_edits: vec![(
+            "health: { path: /ping, interval: 1s,".into(),
+            "health: { path: /ping, expect: 204, interval: 1s,".into(),
+        )],
+        ..Default::default()
+    })
+    .await;
+    let c = s.client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    let mut down = false;
+    while std::time::Instant::now() < deadline {
+        // Traffic all the while: every answer is a success.
+        for _ in 0..5 {
+            c.get("data.localhost", "/api/records").await;
+        }
+        if s.server_status("api-blue-1").await == "DOWN" {
+            down = true;
+            break;
+        }
+    }
+    assert!(down, "api-blue-1 stayed UP while its checks failed");
+}
