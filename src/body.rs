@@ -9,8 +9,10 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 /// The error a body yields when its stream breaks or passes its limit.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -22,6 +24,35 @@ pub struct BodyProgress {
     pub bytes: AtomicU64,
     /// Set when the body passed the route's `max_body`.
     pub too_large: AtomicBool,
+    /// Set when reading the client's body failed (bad chunked framing, a reset): the
+    /// exchange failed because of the client, never the server.
+    pub client_error: AtomicBool,
+    /// Whether the last read of the body is waiting for the client (rather than for the
+    /// server to take what was read): who stalled, when an upload stops moving.
+    pub waiting_on_client: AtomicBool,
+    /// When the body ended (ms after [`epoch`], plus one; 0 while it has not).
+    ended_ms: AtomicU64,
+}
+
+/// A process-wide origin for times kept in atomics.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl BodyProgress {
+    /// When the whole body had been read from the client, if it has.
+    pub fn ended(&self) -> Option<Instant> {
+        match self.ended_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(epoch() + Duration::from_millis(ms - 1)),
+        }
+    }
+
+    fn end(&self) {
+        let ms = epoch().elapsed().as_millis() as u64 + 1;
+        self.ended_ms.store(ms, Ordering::Relaxed);
+    }
 }
 
 /// Raised when a request body passes its limit.
@@ -111,7 +142,11 @@ impl Body for LimitedBody {
         let Some(inner) = this.inner.as_pin_mut() else {
             return Poll::Ready(None);
         };
-        match ready!(inner.poll_frame(cx)) {
+        let polled = inner.poll_frame(cx);
+        this.progress
+            .waiting_on_client
+            .store(polled.is_pending(), Ordering::Relaxed);
+        match ready!(polled) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let total = this
@@ -126,8 +161,14 @@ impl Body for LimitedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
-            None => Poll::Ready(None),
+            Some(Err(e)) => {
+                this.progress.client_error.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            None => {
+                this.progress.end();
+                Poll::Ready(None)
+            }
         }
     }
 

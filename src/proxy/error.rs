@@ -44,6 +44,14 @@ pub enum ProxyError {
     /// The server answered with something unusable: 502.
     #[error("bad answer from server: {0}")]
     Upstream(String),
+    /// Reading the client's request body failed (malformed chunked framing, a reset
+    /// mid-upload): 400, the connection closes, and nothing counts against the server.
+    #[error("bad request body from the client")]
+    ClientBody,
+    /// The client stopped sending its request body for a whole response timeout: 408,
+    /// the connection closes, and nothing counts against the server.
+    #[error("client stalled sending its request body")]
+    ClientTimeout,
     /// The server switched protocols in a way the request did not ask for: 502, and the
     /// client connection closes.
     #[error("bad upgrade from server: {0}")]
@@ -54,7 +62,8 @@ impl ProxyError {
     /// The status the client sees. Decided here and nowhere else.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody => StatusCode::BAD_REQUEST,
+            ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NotFound => StatusCode::NOT_FOUND,
@@ -79,6 +88,8 @@ impl ProxyError {
                 | ProxyError::BodyTooLarge
                 | ProxyError::UriTooLong
                 | ProxyError::BadUpgrade(_)
+                | ProxyError::ClientBody
+                | ProxyError::ClientTimeout
         )
     }
 
@@ -107,6 +118,8 @@ impl ProxyError {
             ProxyError::Timeout => "server_timeout",
             ProxyError::Upstream(_) => "upstream_error",
             ProxyError::BadUpgrade(_) => "bad_upgrade",
+            ProxyError::ClientBody => "client_body_error",
+            ProxyError::ClientTimeout => "client_timeout",
         }
     }
 }

@@ -108,6 +108,7 @@ pub async fn exchange(
                 .exchange(server.addr, &request, |out| forwarding.write_head(out));
             crate::deadline::within(respond_by, exchange)
                 .await
+                .map_err(|_| ProxyError::Timeout)
                 .map(|r| r.map(|resp| resp.map(ProxyBody::direct)))
         } else {
             // Boxed: bodies, upgrades and PROXY headers are the rare case, and hyper's
@@ -121,7 +122,8 @@ pub async fn exchange(
                     conn.upstream.send(server.addr, request).await
                 }
             });
-            crate::deadline::within(respond_by, sending)
+            let timeout = shared.timeouts.response;
+            await_head(sending, &progress, bodyless, respond_by, timeout)
                 .await
                 .map(|r| r.map(|resp| resp.map(ProxyBody::upstream)))
         };
@@ -138,6 +140,10 @@ pub async fn exchange(
             Ok(Err(e)) if progress.too_large.load(Ordering::Relaxed) => {
                 tracing::debug!(error = %e, "request body passed its limit");
                 return Err(ProxyError::BodyTooLarge);
+            }
+            Ok(Err(e)) if progress.client_error.load(Ordering::Relaxed) => {
+                tracing::debug!(error = %e, "client's request body failed");
+                return Err(ProxyError::ClientBody);
             }
             Ok(Err(e)) if e.is_connect() => {
                 // Passive health: a refused or timed-out connect counts as a failed check.
@@ -173,10 +179,12 @@ pub async fn exchange(
                 request = r;
             }
             Ok(Err(e)) => return Err(ProxyError::Upstream(error_chain(&e))),
-            Err(_) => {
+            Err(ProxyError::Timeout) => {
+                // No response head within the timeout after the request was sent whole.
                 g.health[server.id].observe_traffic(false, &service.health, &server.name);
                 return Err(ProxyError::Timeout);
             }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -266,6 +274,48 @@ fn respond_headers(resp: &mut Response<ProxyBody>, conn: &ConnInfo, site: &Site)
         resp.headers_mut()
             .entry(header::STRICT_TRANSPORT_SECURITY)
             .or_insert_with(|| hsts.clone());
+    }
+}
+
+/// Waits for the response head of a request sent through hyper's client. The response
+/// timeout counts from the end of the upload, so a steady upload may take hours: while
+/// the body is still on its way, every timeout window must see bytes move, or the client
+/// stalled (408, not the server's doing; a server that stops reading the upload is the
+/// server's: 504); once it has ended, the server has the timeout to answer (504). The first deadline is `first` (the send time plus the timeout).
+async fn await_head<F: std::future::Future>(
+    fut: F,
+    progress: &BodyProgress,
+    bodyless: bool,
+    first: Instant,
+    timeout: std::time::Duration,
+) -> Result<F::Output, ProxyError> {
+    let mut fut = std::pin::pin!(fut);
+    let mut deadline = first;
+    let mut seen = progress.bytes.load(Ordering::Relaxed);
+    loop {
+        if let Ok(out) = crate::deadline::within(deadline, fut.as_mut()).await {
+            return Ok(out);
+        }
+        if bodyless {
+            return Err(ProxyError::Timeout);
+        }
+        if let Some(ended) = progress.ended() {
+            match ended + timeout {
+                by if by > deadline => deadline = by,
+                _ => return Err(ProxyError::Timeout),
+            }
+            continue;
+        }
+        let now = progress.bytes.load(Ordering::Relaxed);
+        if now == seen {
+            // Nothing moved for a whole timeout: whoever the upload was waiting for.
+            return Err(match progress.waiting_on_client.load(Ordering::Relaxed) {
+                true => ProxyError::ClientTimeout,
+                false => ProxyError::Timeout,
+            });
+        }
+        seen = now;
+        deadline += timeout;
     }
 }
 

@@ -268,3 +268,99 @@ async fn failing_checks_take_a_busy_server_down() {
     }
     assert!(down, "api-blue-1 stayed UP while its checks failed");
 }
+
+/// The stack with a short response timeout (2 s), for the tests of who stalled.
+async fn short_timeout_stack() -> Stack {
+    Stack::start_with(crate::harness::Options {
+        config_edits: vec![("response: 60s".into(), "response: 2s".into())],
+        ..Default::default()
+    })
+    .await
+}
+
+/// Item 7: a malformed chunked request body is the client's fault: 400, logged as the
+/// client's, never a 502 counted against the server.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_request_body_is_the_clients_fault() {
+    let s = Stack::start().await;
+    let c = s.client();
+    let req = "POST /api/records HTTP/1.1\r\nHost: data.localhost\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n";
+    let (out, closed) =
+        crate::harness::raw_tls(&c, "data.localhost", req.as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(closed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = s.log();
+    assert!(log.contains("client_body_error"), "{log}");
+    assert!(!log.contains("upstream_error"), "{log}");
+    let j = s.stats_json().await;
+    let api = j["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "api")
+        .unwrap();
+    for srv in api["servers"].as_array().unwrap() {
+        assert_eq!(srv["counters"]["response_errors"], 0, "{srv}");
+    }
+}
+
+/// Items 7 and 2: uploads that stall are the client's (408), and never mark a server
+/// DOWN; before, four slow uploads from outside took the API's servers out for everyone.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_uploads_are_the_clients_and_leave_servers_up() {
+    let s = short_timeout_stack().await;
+    let c = s.client();
+    let req = "PUT /records/a/files/up.bin HTTP/1.1\r\nHost: store.localhost\r\nContent-Length: 100000\r\n\r\nonly ten b";
+    let stalled: Vec<_> = (0..4)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                crate::harness::raw_tls(
+                    &c,
+                    "store.localhost",
+                    req.as_bytes(),
+                    Duration::from_secs(8),
+                )
+                .await
+            })
+        })
+        .collect();
+    for t in stalled {
+        let (out, _) = t.await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    }
+    for name in ["api-blue-1", "api-blue-2"] {
+        assert_eq!(s.server_status(name).await, "UP", "{name}");
+    }
+    assert!(s.log().contains("client_timeout"));
+}
+
+/// Item 2: the response timeout counts from the end of the upload: a steady upload that
+/// takes longer than the timeout succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_steady_upload_longer_than_the_response_timeout_succeeds() {
+    let s = short_timeout_stack().await;
+    let c = s.client();
+    let mut tls = c
+        .connect(Some("store.localhost"), &[b"http/1.1"], None)
+        .await
+        .unwrap();
+    let chunk = vec![b'x'; 1000];
+    let n = 20;
+    let head = format!(
+        "PUT /records/a/files/up.bin HTTP/1.1\r\nHost: store.localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        n * chunk.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    // 20 pieces, 250 ms apart: 5 s of upload against a 2 s response timeout.
+    for _ in 0..n {
+        tls.write_all(&chunk).await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
