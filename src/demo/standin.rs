@@ -340,6 +340,12 @@ fn echo(me: &StandIn, req: &Request<Incoming>) -> Response<DemoBody> {
         "x_forwarded_host": h("x-forwarded-host"),
         "forwarded": h("forwarded"),
         "x_real_ip": h("x-real-ip"),
+        // Every header as received, for tests of what reaches a server.
+        "headers": req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
     });
     text(StatusCode::OK, "application/json", format!("{body}\n"))
 }

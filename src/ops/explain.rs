@@ -234,6 +234,7 @@ fn describe(
             AddrSource::Peer => "peer",
             AddrSource::TrustedForwardedFor => "x-forwarded-for",
             AddrSource::ProxyProtocol => "proxy-protocol",
+            AddrSource::MalformedForwardedFor => "malformed-x-forwarded-for",
         },
         site: d.site.map(|s| s.name.to_string()),
         route: d.route.map(|(_, r)| r.name.to_string()),

@@ -156,6 +156,11 @@ fn walk<'r>(
         return Err(ProxyError::Misdirected);
     }
     let path = d.path.insert(checked_path(uri)?);
+    if d.client.source == AddrSource::MalformedForwardedFor {
+        return Err(ProxyError::BadRequest(
+            "malformed X-Forwarded-For from a trusted proxy",
+        ));
+    }
     let found = rules.route(host, path.path()).ok_or(ProxyError::NotFound)?;
     let index = found
         .site

@@ -29,6 +29,31 @@ const HOP_BY_HOP: ManuallyDrop<[HeaderName; 7]> = ManuallyDrop::new([
 const PROTECTED: ManuallyDrop<[HeaderName; 3]> =
     ManuallyDrop::new([header::HOST, header::CONTENT_LENGTH, header::FORWARDED]);
 
+/// Headers a client may send to claim another address or path than the one the proxy
+/// judged; dropped from every request (the trusted proxy's channel is `X-Forwarded-For`).
+const SPOOFED: ManuallyDrop<[HeaderName; 5]> = ManuallyDrop::new([
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+]);
+
+/// Whether a request header is dropped as a spoofing vector: one of [`SPOOFED`], or any
+/// name with an underscore (WSGI and CGI read `_` as `-`, so `X_Forwarded_For` would
+/// reach the application as `X-Forwarded-For`; nginx drops such names by default too).
+fn spoofable(name: &HeaderName) -> bool {
+    name.as_str().as_bytes().contains(&b'_') || SPOOFED.iter().any(|n| n == name)
+}
+
+/// Removes every spoofable header (the rare path: only when one was seen).
+fn remove_spoofable(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers.keys().filter(|k| spoofable(k)).cloned().collect();
+    for n in names {
+        headers.remove(n);
+    }
+}
+
 /// Forwarding headers a client may forge; dropped unless the peer is trusted.
 const FORWARDING: ManuallyDrop<[HeaderName; 5]> = ManuallyDrop::new([
     HeaderName::from_static("x-forwarded-for"),
@@ -47,6 +72,9 @@ pub enum AddrSource {
     TrustedForwardedFor,
     /// A PROXY protocol header from a trusted outer proxy.
     ProxyProtocol,
+    /// A trusted proxy sent an `X-Forwarded-For` that does not parse: the request is
+    /// refused (400) rather than judged on the proxy's own address.
+    MalformedForwardedFor,
 }
 
 /// The client address for allow-lists and logs, and how we know it.
@@ -72,12 +100,16 @@ pub fn client_addr(headers: &HeaderMap, peer: SocketAddr, trusted: &AllowList) -
     if !trusted.contains(peer_ip) {
         return plain;
     }
+    let malformed = ClientAddr {
+        source: AddrSource::MalformedForwardedFor,
+        ..plain
+    };
     let mut found = None;
     for v in headers.get_all("x-forwarded-for").iter().rev() {
-        let Ok(s) = v.to_str() else { return plain };
+        let Ok(s) = v.to_str() else { return malformed };
         for item in s.rsplit(',') {
             let Ok(ip) = item.trim().parse::<IpAddr>() else {
-                return plain;
+                return malformed;
             };
             let ip = canonical(ip);
             found = Some(ip);
@@ -194,7 +226,18 @@ pub fn prepare_request<'a>(
     tls: bool,
 ) -> Forwarding<'a> {
     strip_hop_by_hop(headers);
-    let present = present(headers, &FORWARDING[..]);
+    // One pass finds the forwarding headers and any header that claims a client address
+    // or another path behind our back (`X-Original-URL`, `True-Client-IP`, underscore
+    // spellings such as `X_Forwarded_For`, which WSGI servers read as dashes).
+    let (present, spoofed) = headers.keys().fold((0u32, false), |(bits, spoofed), k| {
+        match FORWARDING.iter().position(|n| n == k) {
+            Some(i) => (bits | 1 << i, spoofed),
+            None => (bits, spoofed || spoofable(k)),
+        }
+    });
+    if spoofed {
+        remove_spoofable(headers);
+    }
     let (prior_xff, prior_fwd) = if trusted_peer && present != 0 {
         (
             join_values(headers, "x-forwarded-for"),

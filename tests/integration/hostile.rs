@@ -364,3 +364,64 @@ async fn a_steady_upload_longer_than_the_response_timeout_succeeds() {
     let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
+
+/// Item 11: headers that claim another client address or another path reach no server:
+/// underscore spellings (read as dashes by WSGI), `True-Client-IP`, `X-Client-IP`,
+/// `X-Original-URL`, `X-Rewrite-URL`.
+#[tokio::test(flavor = "multi_thread")]
+async fn spoofing_headers_are_dropped() {
+    let s = Stack::start().await;
+    let c = s.client();
+    let req = "GET /api/records HTTP/1.1\r\nHost: data.localhost\r\nX_Forwarded_For: 10.9.9.9\r\nTrue-Client-IP: 10.9.9.9\r\nX-Client-IP: 10.9.9.9\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\nX-Custom: kept\r\nConnection: close\r\n\r\n";
+    let (out, _) =
+        crate::harness::raw_tls(&c, "data.localhost", req.as_bytes(), Duration::from_secs(3)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
+    let j: serde_json::Value =
+        serde_json::from_str(body[body.find('{').unwrap()..].lines().next().unwrap()).unwrap();
+    let seen = j["headers"].as_object().cloned().unwrap_or_default();
+    for name in [
+        "x_forwarded_for",
+        "true-client-ip",
+        "x-client-ip",
+        "x-original-url",
+        "x-rewrite-url",
+    ] {
+        assert!(!seen.contains_key(name), "{name} reached the server: {j}");
+    }
+    assert_eq!(
+        seen.get("x-custom").and_then(|v| v.as_str()),
+        Some("kept"),
+        "{j}"
+    );
+}
+
+/// Item 11: a trusted proxy's unreadable `X-Forwarded-For` fails closed (400) instead of
+/// judging the request on the proxy's own address (here inside the campus network).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_forwarded_for_from_a_trusted_proxy_fails_closed() {
+    let s = Stack::start_with(crate::harness::Options {
+        config_edits: vec![(
+            "trusted_proxies: []".into(),
+            "trusted_proxies: [127.0.0.1/32]".into(),
+        )],
+        ..Default::default()
+    })
+    .await;
+    let c = s.client();
+    let wait = Duration::from_secs(3);
+    let ask = |xff: &str| {
+        format!(
+            "GET / HTTP/1.1\r\nHost: data.localhost\r\nX-Forwarded-For: {xff}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let (out, _) =
+        crate::harness::raw_tls(&c, "data.localhost", ask("not-an-address").as_bytes(), wait).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let (out, _) =
+        crate::harness::raw_tls(&c, "data.localhost", ask("127.0.0.2").as_bytes(), wait).await;
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    let (out, _) =
+        crate::harness::raw_tls(&c, "data.localhost", ask("127.0.0.1").as_bytes(), wait).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
