@@ -300,6 +300,7 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
         shared: shared.clone(),
         draining: draining.clone(),
         reloader: reloader.clone(),
+        header_timeout: config.timeouts.request_header,
         allow: config.stats_allow.clone(),
         auth: config.stats_auth.clone(),
         admin_token: config.stats_admin.then(admin::new_token),

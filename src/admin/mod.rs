@@ -6,6 +6,10 @@
 //! `/stats?format=json`, `/metrics` (Prometheus text), `POST /stats/admin`
 //! (`server=…&action=ready|drain|maint&token=…`, only with `admin: true` and auth).
 //! Separate bind from the proxy listeners; network allow-list and basic auth optional.
+//! Hardened for a port anyone on the host (or a browser page) may reach: at most
+//! 256 connections, a header timeout (`timeouts.request_header`), two minutes per
+//! connection, never framed (`X-Frame-Options`, CSP `frame-ancestors`), and no
+//! state-changing request from another site (`Sec-Fetch-Site` / `Origin`).
 
 pub mod csv;
 pub mod html;
@@ -25,7 +29,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -44,6 +48,8 @@ pub struct Admin {
     pub draining: Arc<AtomicBool>,
     /// Reloads rules on request and keeps the last outcome for the panel.
     pub reloader: Arc<Reloader>,
+    /// How long a client may take to send a request head.
+    pub header_timeout: Duration,
     /// Who may connect (`None` = everyone who reaches the address).
     pub allow: Option<AllowList>,
     /// Basic-auth `user:password`, when required.
@@ -74,7 +80,17 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, stop: CancellationT
             }
         }
     });
-    let http = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(admin.header_timeout);
+    http.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let http = Arc::new(http);
+    // Bounds what anyone who can reach the port may hold: connections at once (the
+    // excess is closed at accept) and each connection's life.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
@@ -85,13 +101,46 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, stop: CancellationT
         {
             continue;
         }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
         let admin = admin.clone();
         let http = http.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| answer(admin.clone(), peer, req));
-            let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
+            let conn = http.serve_connection(TokioIo::new(tcp), svc);
+            let _ = tokio::time::timeout(CONNECTION_LIFE, conn).await;
+            drop(slot);
         });
     }
+}
+
+/// Stats connections open at once; more are closed as they are accepted.
+const MAX_CONNECTIONS: usize = 256;
+/// The longest a stats connection lives (a scraper reconnects; an idle one goes).
+const CONNECTION_LIFE: Duration = Duration::from_secs(120);
+
+/// Whether a browser says this request comes from another site (a page elsewhere posting
+/// to the stats port on the same host): `Sec-Fetch-Site`, else an `Origin` naming another
+/// host than the request's. Command-line clients send neither.
+fn cross_site(req: &Request<Incoming>) -> bool {
+    let h = req.headers();
+    if let Some(site) = h.get("sec-fetch-site") {
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    let Some(origin) = h.get(header::ORIGIN) else {
+        return false;
+    };
+    let host = h
+        .get(header::HOST)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let origin = origin.as_bytes();
+    let authority = origin
+        .strip_prefix(b"http://")
+        .or_else(|| origin.strip_prefix(b"https://"))
+        .unwrap_or(origin);
+    !authority.eq_ignore_ascii_case(host)
 }
 
 async fn answer(
@@ -122,6 +171,13 @@ async fn answer(
             HeaderValue::from_static("Basic realm=\"gatehouse stats\""),
         );
         return Ok(r);
+    }
+    if req.method() == Method::POST && cross_site(&req) {
+        return Ok(plain(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "cross-site request refused\n".into(),
+        ));
     }
     if req.method() == Method::POST && path == "/stats/admin" {
         return Ok(admin_action(&admin, peer, req).await);
@@ -313,7 +369,17 @@ fn plain(status: StatusCode, ctype: &'static str, body: String) -> Response<Prox
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The page is never framed (clickjacking of its admin buttons) nor sniffed.
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     r
 }

@@ -425,3 +425,60 @@ async fn a_malformed_forwarded_for_from_a_trusted_proxy_fails_closed() {
         crate::harness::raw_tls(&c, "data.localhost", ask("127.0.0.1").as_bytes(), wait).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
+
+/// Item 10: the stats listener is never framed, refuses state changes from another site
+/// (a page in a browser on the same host posting to it), and bounds what a client may
+/// hold: idle connections are closed after the header timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stats_listener_is_hardened() {
+    let s = Stack::start_with(crate::harness::Options {
+        config_edits: vec![("request_header: 10s".into(), "request_header: 1s".into())],
+        ..Default::default()
+    })
+    .await;
+    let wait = Duration::from_secs(5);
+    let out = raw_plain(
+        s.stats,
+        b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        wait,
+    )
+    .await
+    .to_ascii_lowercase();
+    assert!(out.contains("x-frame-options: deny"), "{out}");
+    assert!(out.contains("frame-ancestors 'none'"), "{out}");
+    let from_page = "POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let out = raw_plain(s.stats, from_page.as_bytes(), wait).await;
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    let fetched = "POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: cross-site\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let out = raw_plain(s.stats, fetched.as_bytes(), wait).await;
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    let cli = "POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let out = raw_plain(s.stats, cli.as_bytes(), wait).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // 300 connections that never finish a request head: the stats listener keeps at
+    // most 256 and closes every one of them within the header timeout.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        let mut tcp = tokio::net::TcpStream::connect(s.stats).await.unwrap();
+        let _ = tcp.write_all(b"GET /stats HTTP/1.1\r\n").await;
+        idle.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut open = 0;
+    for tcp in &mut idle {
+        let mut b = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(50), tcp.read(&mut b)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => {}
+            Err(_) => open += 1,
+        }
+    }
+    assert_eq!(open, 0, "idle stats connections left open");
+    // And the listener still answers.
+    let out = raw_plain(
+        s.stats,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        wait,
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
