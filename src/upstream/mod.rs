@@ -207,22 +207,24 @@ impl Upstream {
     }
 
     /// The most recently returned direct-exchange connection to `addr` that has not
-    /// passed the idle timeout. Not probed: a stale one fails before any response byte,
-    /// and `exchange` then sends again on a new connection.
+    /// passed the idle timeout and has nothing waiting to be read. A stale one that looks
+    /// quiet fails before any response byte, and `exchange` then sends again on a new
+    /// connection.
     fn direct_checkout(&self, addr: SocketAddr) -> Option<tokio::net::TcpStream> {
         let mut map = self.direct.lock().unwrap_or_else(|p| p.into_inner());
         let q = map.get_mut(&addr)?;
         let mut now = None;
         while let Some(i) = q.pop() {
             let now = *now.get_or_insert_with(Instant::now);
-            if now.duration_since(i.since) <= self.idle_timeout {
+            if now.duration_since(i.since) <= self.idle_timeout && quiet(&i.tcp) {
                 return Some(i.tcp);
             }
         }
         None
     }
 
-    /// Keeps a connection whose response ended cleanly, up to the per-server bound.
+    /// Keeps a connection whose response ended exactly where its framing said, up to the
+    /// per-server bound (it is checked again, for bytes that came later, when taken).
     fn direct_checkin(&self, addr: SocketAddr, tcp: tokio::net::TcpStream) {
         let mut map = self.direct.lock().unwrap_or_else(|p| p.into_inner());
         let q = map.entry(addr).or_default();
@@ -336,4 +338,14 @@ impl std::error::Error for SendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&*self.source)
     }
+}
+
+/// Whether nothing waits to be read on an idle server connection. A response ends exactly
+/// where its framing says, so any byte here (a body sent for HEAD, 204 or 304, too long a
+/// body arriving in a later packet) would be read as the next request's response, and an
+/// end of stream means the server closed it: either way the connection is retired. One
+/// non-blocking read when a connection is reused.
+fn quiet(tcp: &tokio::net::TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(tcp.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }

@@ -482,3 +482,90 @@ async fn the_stats_listener_is_hardened() {
     .await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
+
+/// A keep-alive server that answers HEAD with a head, then (in a later packet) with a
+/// forged second response; anything else with a plain `ok`.
+async fn stray_bytes_server() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head: Vec<u8> = buf.drain(..end + 4).collect();
+                    if head.starts_with(b"HEAD ") {
+                        let _ = tcp
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n")
+                            .await;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let _ = tcp
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nX-Smuggled: yes\r\n\r\npoison!")
+                            .await;
+                    } else {
+                        let _ = tcp
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Item 5: a kept server connection goes back into use only when nothing more is
+/// readable on it. Bytes after a response's end (a body sent for HEAD, in a later packet)
+/// would otherwise be read as the next client's response.
+#[tokio::test(flavor = "multi_thread")]
+async fn stray_bytes_never_become_another_response() {
+    let evil = stray_bytes_server().await.to_string();
+    let s = Stack::start_with(crate::harness::Options {
+        rules_edits: vec![
+            (
+                "{ name: api-blue-1,  addr: 127.0.0.1:5201 }".into(),
+                format!("{{ name: api-blue-1,  addr: {evil} }}"),
+            ),
+            (
+                "{ name: api-blue-2,  addr: 127.0.0.1:5202 }".into(),
+                format!("{{ name: api-blue-2,  addr: {evil} }}"),
+            ),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let c = s.client();
+    // One client connection (so one worker and its server connections) for both requests.
+    let mut tls = c
+        .connect(Some("data.localhost"), &[b"http/1.1"], None)
+        .await
+        .unwrap();
+    tls.write_all(b"HEAD /api/x HTTP/1.1\r\nHost: data.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tls.read(&mut buf).await.unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    tls.write_all(b"GET /api/y HTTP/1.1\r\nHost: data.localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    let second = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    assert!(second.starts_with("http/1.1 200"), "{second}");
+    assert!(
+        !second.contains("poison") && !second.contains("x-smuggled"),
+        "{second}"
+    );
+    assert!(second.ends_with("ok"), "{second}");
+}
