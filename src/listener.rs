@@ -73,6 +73,8 @@ pub struct ConnCtx {
     pub per_client: Arc<PerClient>,
     /// TLS handshakes in progress at once (process-wide); a flood waits here.
     pub handshakes: Arc<Semaphore>,
+    /// TLS handshakes in progress per client address (process-wide).
+    pub handshakes_per_client: Arc<PerClient>,
     /// Peers that must send a PROXY header on the TLS listeners.
     pub proxy_protocol_tls: Option<crate::rules::matcher::AllowList>,
     /// Peers that must send a PROXY header on the plain listeners.
@@ -294,6 +296,14 @@ where
     S: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,
 {
     let handshake = async {
+        // A handshake slot is taken only once the client has sent something (a silent
+        // connection holds none), and one address holds at most its share of them.
+        park::readable(&tcp).await?;
+        let Some(_mine) = l.handshakes_per_client.enter(peer.ip()) else {
+            return Err(std::io::Error::other(
+                "too many TLS handshakes in progress from this address",
+            ));
+        };
         let _slot = l.handshakes.acquire().await;
         crate::tls::stream::accept(tcp, acceptor).await
     };

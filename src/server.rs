@@ -150,6 +150,7 @@ struct Limits {
     connections: Arc<Semaphore>,
     per_client: Arc<crate::accept::PerClient>,
     handshakes: Arc<Semaphore>,
+    handshakes_per_client: Arc<crate::accept::PerClient>,
 }
 
 /// The sockets one worker serves.
@@ -231,6 +232,9 @@ fn spawn_workers(
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
         per_client: crate::accept::PerClient::new(config.limits.max_connections_per_client),
         handshakes: Arc::new(Semaphore::new(config.limits.max_handshakes)),
+        handshakes_per_client: crate::accept::PerClient::new(
+            config.limits.max_handshakes_per_client,
+        ),
     };
     let mut workers = Vec::with_capacity(sockets.len());
     for (w, socks) in sockets.into_iter().enumerate() {
@@ -369,6 +373,7 @@ fn worker(
                 upstream: upstream::client(&config),
                 per_client: limits.per_client,
                 handshakes: limits.handshakes,
+                handshakes_per_client: limits.handshakes_per_client,
                 proxy_protocol_tls: config.proxy_protocol_https.clone(),
                 proxy_protocol_plain: config.proxy_protocol_http.clone(),
                 stop: stop.clone(),

@@ -130,6 +130,8 @@ pub struct Limits {
     pub max_connections_per_client: usize,
     /// TLS handshakes in progress at once.
     pub max_handshakes: usize,
+    /// TLS handshakes in progress at once from one client address.
+    pub max_handshakes_per_client: usize,
 }
 
 /// Access log layout.
@@ -409,6 +411,7 @@ impl Check<'_> {
             max_uri_bytes,
             max_connections_per_client: l.max_connections_per_client.unwrap_or(1000).max(1),
             max_handshakes: l.max_handshakes.unwrap_or(1024).max(1),
+            max_handshakes_per_client: l.max_handshakes_per_client.unwrap_or(32).max(1),
             max_header_bytes,
             max_headers: l.max_headers.unwrap_or(100).clamp(8, 1000),
             max_connections: l.max_connections.unwrap_or(20_000).max(1),

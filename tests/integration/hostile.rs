@@ -569,3 +569,35 @@ async fn stray_bytes_never_become_another_response() {
     );
     assert!(second.ends_with("ok"), "{second}");
 }
+
+/// Item 3: connections that never finish their ClientHello cannot take the handshake
+/// slots from everyone else. 2,000 connections from two outside addresses each send
+/// three bytes of a TLS record and stop; a normal client still completes its handshake
+/// and request at once (before, the 1,024 slots were held for the handshake timeout).
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_client_hellos_cannot_take_every_handshake_slot() {
+    let s = Stack::start().await;
+    let mut idle = Vec::new();
+    for from in ["127.0.0.2", "127.0.0.3"] {
+        for _ in 0..1000 {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+            let Ok(mut tcp) = sock.connect(s.https).await else {
+                continue;
+            };
+            let _ = tcp.write_all(&[0x16, 0x03, 0x01]).await;
+            idle.push(tcp);
+        }
+    }
+    // Give the proxy time to take up every connection it was handed.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let c = s.client();
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        c.get("data.localhost", "/api/records"),
+    )
+    .await
+    .expect("a normal client's request within 5 s");
+    assert_eq!(got.status, 200);
+    drop(idle);
+}
