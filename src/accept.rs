@@ -56,6 +56,8 @@ pub struct PerClient {
     open: std::sync::Mutex<HashMap<IpAddr, usize>>,
     /// Connections refused for being over the limit.
     pub refused: std::sync::atomic::AtomicU64,
+    /// Woken when a slot is given back, for those waiting in [`PerClient::wait_enter`].
+    freed: tokio::sync::Notify,
 }
 
 /// One open connection of a client; leaves the count on drop.
@@ -71,15 +73,27 @@ impl PerClient {
             limit,
             open: Default::default(),
             refused: Default::default(),
+            freed: tokio::sync::Notify::new(),
         })
     }
 
-    /// Takes a slot for `ip`, or `None` when it already has `limit` connections open.
-    pub fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+    /// Takes a slot for `ip`, waiting while it already has `limit` in use (the caller
+    /// bounds the wait): one address's burst queues behind its own share, and holds no
+    /// more than that share of what comes after (the process-wide handshake slots).
+    pub async fn wait_enter(self: &Arc<Self>, ip: IpAddr) -> ClientSlot {
+        loop {
+            let freed = self.freed.notified();
+            if let Some(slot) = self.try_enter(ip) {
+                return slot;
+            }
+            freed.await;
+        }
+    }
+
+    fn try_enter(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(ip).or_insert(0);
         if *n >= self.limit {
-            self.refused.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         *n += 1;
@@ -87,6 +101,15 @@ impl PerClient {
             owner: self.clone(),
             ip,
         })
+    }
+
+    /// Takes a slot for `ip`, or `None` when it already has `limit` connections open.
+    pub fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let slot = self.try_enter(ip);
+        if slot.is_none() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        slot
     }
 }
 
@@ -99,6 +122,8 @@ impl Drop for ClientSlot {
                 open.remove(&self.ip);
             }
         }
+        drop(open);
+        self.owner.freed.notify_waiters();
     }
 }
 

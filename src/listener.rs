@@ -297,13 +297,10 @@ where
 {
     let handshake = async {
         // A handshake slot is taken only once the client has sent something (a silent
-        // connection holds none), and one address holds at most its share of them.
+        // connection holds none), and one address holds at most its share of them (its
+        // excess waits for its own, within the handshake timeout).
         park::readable(&tcp).await?;
-        let Some(_mine) = l.handshakes_per_client.enter(peer.ip()) else {
-            return Err(std::io::Error::other(
-                "too many TLS handshakes in progress from this address",
-            ));
-        };
+        let _mine = l.handshakes_per_client.wait_enter(peer.ip()).await;
         let _slot = l.handshakes.acquire().await;
         crate::tls::stream::accept(tcp, acceptor).await
     };

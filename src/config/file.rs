@@ -204,6 +204,7 @@ pub struct LimitsFile {
     /// the kernel backlog instead of taking every core.
     pub max_handshakes: Option<usize>,
     /// TLS handshakes in progress at once from one client address (default 32; beyond
-    /// it the connection is closed), so one address cannot hold every handshake slot.
+    /// it a handshake waits for one of that address's own), so one address cannot hold
+    /// every handshake slot.
     pub max_handshakes_per_client: Option<usize>,
 }
