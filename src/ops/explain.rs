@@ -13,7 +13,7 @@ use crate::proxy::decide::{self, Decision, Facts, Forward, Settings, Verdict, Vi
 use crate::proxy::error::ProxyError;
 use crate::proxy::forward::AddrSource;
 use crate::proxy::host::request_host;
-use crate::rules::{self, Balance, Colour, ColourChoice, RuleSet, Service};
+use crate::rules::{self, Colour, ColourChoice, RuleSet, Service};
 use anyhow::{Context, anyhow};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Uri};
@@ -359,8 +359,8 @@ fn admission(
         ),
     );
     e.pool = Some(pool.name.to_string());
-    e.balance = Some(balance_name(f.balance));
-    e.line("balance", balance_name(f.balance).to_string());
+    e.balance = Some(f.balance.as_str());
+    e.line("balance", f.balance.as_str().to_string());
     e.line(
         "service",
         format!(
@@ -444,15 +444,6 @@ fn shown(
             }),
         })
         .collect()
-}
-
-fn balance_name(b: Balance) -> &'static str {
-    match b {
-        Balance::Roundrobin => "roundrobin",
-        Balance::Leastconn => "leastconn",
-        Balance::HashSource => "hash-source",
-        Balance::HashUri => "hash-uri",
-    }
 }
 
 impl Explanation {

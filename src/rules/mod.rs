@@ -248,6 +248,18 @@ impl Colour {
     }
 }
 
+impl Balance {
+    /// The name as written in the rules (`roundrobin`, `hash-source`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::Roundrobin => "roundrobin",
+            Balance::Leastconn => "leastconn",
+            Balance::HashSource => "hash-source",
+            Balance::HashUri => "hash-uri",
+        }
+    }
+}
+
 impl Service {
     /// The colour a site with `choice` is served by.
     pub fn colour_for(&self, choice: ColourChoice) -> Colour {
