@@ -24,6 +24,14 @@ pub fn builtin_page(status: StatusCode) -> Bytes {
             "Misdirected request",
             "This connection cannot serve that host. Please retry.",
         ),
+        408 => (
+            "Request timeout",
+            "The request stopped arriving before it was complete.",
+        ),
+        429 => (
+            "Too many requests",
+            "Too many of your requests are in progress here at once. Please wait for one to finish.",
+        ),
         431 => ("Headers too large", "The request headers are too large."),
         502 => (
             "Bad gateway",

@@ -16,6 +16,7 @@
 //!
 //! **Runtime state** (shared, swapped, counted):
 //! - `stats/`: counters and histograms (a leaf: imports nothing of the crate).
+//! - `share`: slots held per client address (a fixed-size sketch), for `pool`.
 //! - `pool`: traffic-class slots and queues. `health`: server health, admin states,
 //!   active checks. `generation`: a live rule set plus the state indexed by it.
 //! - `deadline`: coarse response deadlines. `memory`: returning freed memory.
@@ -69,6 +70,7 @@ pub mod reload;
 pub mod rewind;
 pub mod rules;
 pub mod server;
+pub mod share;
 pub mod stats;
 pub mod tcp;
 pub mod tls;

@@ -6,7 +6,9 @@
 //! last byte has gone out.
 
 use crate::rules::PoolSpec;
+use crate::share::{ShareGuard, Shares};
 use crate::stats::Counters;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,6 +23,10 @@ pub enum Refused {
     /// The request waited longer than the queue timeout.
     #[error("queue timeout")]
     QueueTimeout,
+    /// The client already holds its share of the pool, and none of its own requests
+    /// ended within the queue timeout (or too many of its requests already wait).
+    #[error("over the client's share")]
+    OverShare,
 }
 
 /// The runtime side of a traffic class.
@@ -45,12 +51,17 @@ pub struct Pool {
     pub queue_full: AtomicU64,
     /// Refusals because a request waited too long.
     pub queue_timeouts: AtomicU64,
+    /// Slots held per client address.
+    shares: Arc<Shares>,
+    /// Refusals because the client was over its share.
+    pub over_share: AtomicU64,
 }
 
 /// A held slot; dropping it frees the slot for the next queued request.
 #[derive(Debug)]
 pub struct PoolPermit {
     _permit: OwnedSemaphorePermit,
+    _share: Option<ShareGuard>,
 }
 
 impl Pool {
@@ -66,6 +77,8 @@ impl Pool {
             queue_timeout_ms: AtomicU64::new(spec.queue_timeout.as_millis() as u64),
             queue_full: AtomicU64::new(0),
             queue_timeouts: AtomicU64::new(0),
+            shares: Arc::default(),
+            over_share: AtomicU64::new(0),
         })
     }
 
@@ -96,18 +109,53 @@ impl Pool {
 
     /// Takes a slot: at once if one is free, else waits in the queue (FIFO) up to the
     /// queue timeout. A full queue refuses at once.
-    /// `service` counts the wait too (HAProxy reports queues per backend).
-    pub async fn acquire(&self, service: &Counters) -> Result<PoolPermit, Refused> {
+    /// `service` counts the wait too (HAProxy reports queues per backend). `share` is the
+    /// client and how many slots it may hold (`None`: not counted); over it, the request
+    /// first waits for one of the client's own to end.
+    pub async fn acquire(
+        &self,
+        service: &Counters,
+        share: Option<(IpAddr, u32)>,
+    ) -> Result<PoolPermit, Refused> {
+        let share = match share {
+            None => None,
+            Some((client, n)) => Some(self.take_share(client, n).await?),
+        };
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
-            return Ok(PoolPermit { _permit: p });
+            return Ok(PoolPermit {
+                _permit: p,
+                _share: share,
+            });
         }
         // Boxed: waiting is the flood case, and its timer and semaphore wait would
         // otherwise take room in every request's future.
-        Box::pin(self.wait(service)).await
+        let p = Box::pin(self.wait(service)).await?;
+        Ok(PoolPermit {
+            _permit: p,
+            _share: share,
+        })
+    }
+
+    /// The client's share: at once while it holds fewer than `n` slots, else after one of
+    /// its own requests ends (within the queue timeout).
+    async fn take_share(&self, client: IpAddr, n: u32) -> Result<ShareGuard, Refused> {
+        let cells = self.shares.cells(client);
+        if let Some(g) = self.shares.try_take(cells, n) {
+            return Ok(g);
+        }
+        let timeout = Duration::from_millis(self.queue_timeout_ms.load(Ordering::Relaxed));
+        let deadline = tokio::time::Instant::now() + timeout;
+        match Box::pin(self.shares.wait(cells, n, deadline)).await {
+            Ok(g) => Ok(g),
+            Err(_) => {
+                self.over_share.fetch_add(1, Ordering::Relaxed);
+                Err(Refused::OverShare)
+            }
+        }
     }
 
     /// Queues for a slot (bounded, with the pool's timeout).
-    async fn wait(&self, service: &Counters) -> Result<PoolPermit, Refused> {
+    async fn wait(&self, service: &Counters) -> Result<OwnedSemaphorePermit, Refused> {
         let queue = self.queue.load(Ordering::Relaxed);
         let now_waiting = self.waiting.fetch_add(1, Ordering::AcqRel) + 1;
         let _leave = Leave(&self.waiting);
@@ -121,7 +169,7 @@ impl Pool {
         let _leave_service = LeaveU64(&service.queued);
         let timeout = Duration::from_millis(self.queue_timeout_ms.load(Ordering::Relaxed));
         match tokio::time::timeout(timeout, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(p)) => Ok(PoolPermit { _permit: p }),
+            Ok(Ok(p)) => Ok(p),
             _ => {
                 self.queue_timeouts.fetch_add(1, Ordering::Relaxed);
                 Err(Refused::QueueTimeout)

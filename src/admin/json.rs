@@ -52,7 +52,7 @@ pub fn json(v: &View<'_>) -> String {
             serde_json::json!({"name": &*s.name, "mode": s.mode_str(), "live": s.live.as_str(), "counters": counters(&g.services[i]), "servers": servers})
         })
         .collect();
-    let pools: Vec<_> = g.pools.iter().map(|p| serde_json::json!({"name": &*p.name, "in_use": p.in_use(), "slots": p.limit(), "queued": p.waiting(), "queue_limit": p.queue_limit(), "max_queued": p.max_waiting.load(Relaxed), "queue_full": p.queue_full.load(Relaxed), "queue_timeouts": p.queue_timeouts.load(Relaxed)})).collect();
+    let pools: Vec<_> = g.pools.iter().map(|p| serde_json::json!({"name": &*p.name, "in_use": p.in_use(), "slots": p.limit(), "queued": p.waiting(), "queue_limit": p.queue_limit(), "max_queued": p.max_waiting.load(Relaxed), "queue_full": p.queue_full.load(Relaxed), "queue_timeouts": p.queue_timeouts.load(Relaxed), "over_share": p.over_share.load(Relaxed)})).collect();
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": v.stats.started.elapsed().as_secs(),

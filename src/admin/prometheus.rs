@@ -223,6 +223,12 @@ pub fn prometheus(v: &View<'_>) -> String {
             "Requests that waited past the queue timeout.",
             |p| p.queue_timeouts.load(Relaxed),
         ),
+        (
+            names::POOL_OVER_SHARE,
+            "counter",
+            "Requests refused (429): their client held its share of the pool.",
+            |p| p.over_share.load(Relaxed),
+        ),
     ] {
         head(&mut o, name, kind, help);
         for p in &g.pools {

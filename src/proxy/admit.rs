@@ -47,7 +47,11 @@ pub async fn admit<'r>(
     rec.log(|n| n.pool = Some(pool.name.clone()));
     // The queue is timed from the request's arrival (read once, in `Record::new`).
     let deadline = rec.start + g.rules.pool(fwd.pool).queue_timeout;
-    rec.permit = Some(pool.acquire(&g.services[fwd.service]).await?);
+    // The share follows the address the request is attributed to (`Record::note` set it
+    // from the decision: PROXY header or trusted X-Forwarded-For), not the TCP peer.
+    let spec = g.rules.pool(fwd.pool);
+    let share = spec.share_for(rec.client).map(|n| (rec.client, n));
+    rec.permit = Some(pool.acquire(&g.services[fwd.service], share).await?);
     let (key, balance) = (fwd.key, fwd.balance);
     let first = choose_server(g, service, fwd.colour, balance, key, None, deadline).await;
     let (service, colour, balance, (server, guard)) = match first {

@@ -35,6 +35,10 @@ pub enum ProxyError {
     /// The request waited in the queue too long: 503 with Retry-After.
     #[error("queue timeout")]
     QueueTimeout,
+    /// The client holds its share of the pool and none of its own requests ended in
+    /// time: 429 with Retry-After; the client's doing, never counted against a server.
+    #[error("over the client's share of the pool")]
+    OverShare,
     /// Could not connect to the server (or it reset before answering): 502.
     #[error("cannot reach server: {0}")]
     Connect(String),
@@ -70,6 +74,7 @@ impl ProxyError {
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::Denied(s) => *s,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::OverShare => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::NoServer | ProxyError::QueueFull | ProxyError::QueueTimeout => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -114,6 +119,7 @@ impl ProxyError {
             ProxyError::NoServer => "no_server",
             ProxyError::QueueFull => "queue_full",
             ProxyError::QueueTimeout => "queue_timeout",
+            ProxyError::OverShare => "client_share",
             ProxyError::Connect(_) => "connect_error",
             ProxyError::Timeout => "server_timeout",
             ProxyError::Upstream(_) => "upstream_error",
@@ -129,6 +135,7 @@ impl From<crate::pool::Refused> for ProxyError {
         match r {
             crate::pool::Refused::QueueFull => ProxyError::QueueFull,
             crate::pool::Refused::QueueTimeout => ProxyError::QueueTimeout,
+            crate::pool::Refused::OverShare => ProxyError::OverShare,
         }
     }
 }

@@ -71,6 +71,8 @@ pub(super) fn error_response(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+    } else if status == StatusCode::TOO_MANY_REQUESTS {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }
     if body_pending || e.closes_connection() {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -9,8 +9,8 @@ use super::file::{
 };
 use super::matcher::{AllowList, HostPattern, PathPattern};
 use super::{
-    Action, Colour, Group, HealthSpec, HostIndex, Passthrough, PoolSpec, Route, RuleSet, Server,
-    Service, Site,
+    Action, Colour, Group, HealthSpec, HostIndex, NetworkShare, Passthrough, PoolSpec, Route,
+    RuleSet, Server, Service, Site,
 };
 use crate::diag::{Diagnostic, Diagnostics, Pos, parse_yaml, read_file};
 use crate::units::{parse_duration, parse_size};
@@ -86,6 +86,8 @@ pub fn compile(files: &[(PathBuf, String)]) -> Result<RuleSet, Diagnostics> {
     }
     for (path, f) in &parsed {
         c.networks(path, f);
+    }
+    for (path, f) in &parsed {
         c.pools(path, f);
         c.services(path, f);
     }
@@ -199,6 +201,19 @@ impl Compiler {
                 self.err(file, at(pool), format!("pool `{name}` is defined twice"));
                 continue;
             }
+            let per_client = match &p.per_client {
+                Some(n) if n.value == 0 => {
+                    self.err(
+                        file,
+                        at(n),
+                        format!("pool `{name}`: per_client must be at least 1"),
+                    );
+                    1
+                }
+                Some(n) => n.value,
+                None => PoolSpec::default_share(p.slots),
+            };
+            let per_client_in = self.network_shares(file, name, &p.per_client_in);
             self.pool_index.insert(name.clone(), self.set.pools.len());
             self.set.pools.push(PoolSpec {
                 name: name.as_str().into(),
@@ -206,8 +221,41 @@ impl Compiler {
                 queue: p.queue,
                 queue_timeout,
                 balance: p.balance,
+                per_client,
+                per_client_in,
             });
         }
+    }
+
+    /// A pool's `per_client_in`: each network named must exist; shares are at least 1.
+    fn network_shares(
+        &mut self,
+        file: &Path,
+        pool: &str,
+        shares: &std::collections::BTreeMap<String, Spanned<u32>>,
+    ) -> Vec<NetworkShare> {
+        let mut out = Vec::new();
+        for (network, share) in shares {
+            if share.value == 0 {
+                self.err(
+                    file,
+                    at(share),
+                    format!("pool `{pool}`: per_client_in `{network}` must be at least 1"),
+                );
+            }
+            let named = Spanned {
+                value: network.clone(),
+                referenced: share.referenced,
+                defined: share.defined,
+            };
+            let list = self.allow_list(file, std::slice::from_ref(&named));
+            out.push(NetworkShare {
+                network: network.clone(),
+                list,
+                share: share.value.max(1),
+            });
+        }
+        out
     }
 
     fn services(&mut self, file: &Path, f: &RulesFile) {

@@ -77,6 +77,14 @@ pub struct PoolFile {
     /// `files` pool uses `leastconn`, so long downloads spread by load, not by turn.
     #[serde(default)]
     pub balance: Option<Balance>,
+    /// Slots one client address may hold at once (default: a quarter of `slots`, at
+    /// least 1); its excess waits for one of its own requests to end, then gets 429.
+    #[serde(default)]
+    pub per_client: Option<Spanned<u32>>,
+    /// A larger (or smaller) share for clients in these networks (a campus NAT, an outer
+    /// proxy: many users behind one address), by network name.
+    #[serde(default)]
+    pub per_client_in: BTreeMap<String, Spanned<u32>>,
 }
 
 /// How a server is chosen among the usable ones.

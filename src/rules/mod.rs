@@ -153,6 +153,48 @@ pub struct PoolSpec {
     pub queue_timeout: Duration,
     /// Balancing for this class, overriding the service's.
     pub balance: Option<Balance>,
+    /// Slots one client address may hold at once.
+    pub per_client: u32,
+    /// Other shares for clients in these networks (first match wins).
+    pub per_client_in: Vec<NetworkShare>,
+}
+
+/// A pool's share for the clients of some networks.
+#[derive(Clone, Debug)]
+pub struct NetworkShare {
+    /// The network's name in the rules.
+    pub network: String,
+    /// Its addresses.
+    pub list: Arc<AllowList>,
+    /// Slots one of its client addresses may hold.
+    pub share: u32,
+}
+
+impl PartialEq for NetworkShare {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.network, self.share) == (&other.network, other.share)
+    }
+}
+
+impl Eq for NetworkShare {}
+
+impl PoolSpec {
+    /// The default share: a quarter of the slots, at least one.
+    pub fn default_share(slots: u32) -> u32 {
+        slots.div_ceil(4).max(1)
+    }
+
+    /// The slots `client` may hold, or `None` when its share is the whole pool (then
+    /// nothing is counted for it).
+    #[inline]
+    pub fn share_for(&self, client: std::net::IpAddr) -> Option<u32> {
+        let share = self
+            .per_client_in
+            .iter()
+            .find(|n| n.list.contains(client))
+            .map_or(self.per_client, |n| n.share);
+        (share < self.slots).then_some(share)
+    }
 }
 
 /// Active health checking of a service's servers.

@@ -36,6 +36,8 @@ pub const POOL_QUEUED: &str = "gatehouse_pool_queued";
 pub const POOL_QUEUE_FULL: &str = "gatehouse_pool_queue_full_total";
 /// Requests that waited past the queue timeout.
 pub const POOL_QUEUE_TIMEOUTS: &str = "gatehouse_pool_queue_timeouts_total";
+/// Requests refused because their client held its share of the pool (429).
+pub const POOL_OVER_SHARE: &str = "gatehouse_pool_over_share_total";
 /// Client connections open.
 pub const CONNECTIONS: &str = "gatehouse_connections";
 /// Idle HTTP/1.1 keep-alive connections parked (holding no buffers).

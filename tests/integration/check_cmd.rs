@@ -49,10 +49,10 @@ fn typo_key_is_reported_with_line_and_column() {
     edit(dir.path(), "    live: blue", "    lvie: blue");
     let (code, _, err) = check(dir.path());
     assert_eq!(code, 1);
-    assert!(
-        err.contains("rules/repository.yaml:20:5: unknown field `lvie`"),
-        "{err}"
-    );
+    let text = std::fs::read_to_string(dir.path().join("rules/repository.yaml")).unwrap();
+    let line = text.lines().position(|l| l.contains("lvie")).unwrap() + 1;
+    let want = format!("rules/repository.yaml:{line}:5: unknown field `lvie`");
+    assert!(err.contains(&want), "{err}");
 }
 
 #[test]
@@ -79,6 +79,11 @@ fn every_semantic_error_at_once() {
         "backup_page: pages/maintenance.html",
         "backup_page: pages/nope.html",
     );
+    edit(
+        dir.path(),
+        "per_client: 4, per_client_in: { campus: 20 }",
+        "per_client: 0, per_client_in: { campos: 20 }",
+    );
     let (code, _, err) = check(dir.path());
     assert_eq!(code, 1);
     let text = std::fs::read_to_string(dir.path().join("rules/repository.yaml")).unwrap();
@@ -99,7 +104,15 @@ fn every_semantic_error_at_once() {
             "rules/repository.yaml:{}:18: cannot read page",
             line("nope.html")
         ),
-        "5 error(s)".to_string(),
+        format!(
+            "rules/repository.yaml:{}:88: pool `files`: per_client must be at least 1",
+            line("per_client: 0")
+        ),
+        format!(
+            "rules/repository.yaml:{}:116: unknown network `campos`",
+            line("per_client: 0")
+        ),
+        "7 error(s)".to_string(),
     ] {
         assert!(err.contains(&want), "missing {want:?} in:\n{err}");
     }

@@ -601,3 +601,69 @@ async fn stalled_client_hellos_cannot_take_every_handshake_slot() {
     assert_eq!(got.status, 200);
     drop(idle);
 }
+
+/// The `files` pool as the stats listener reports it.
+async fn files_pool(s: &Stack) -> serde_json::Value {
+    let j = s.stats_json().await;
+    j["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "files")
+        .unwrap()
+        .clone()
+}
+
+/// Opens `n` TLS connections from `from`, each asking for a 1 GiB file and then reading
+/// nothing: downloads that hold whatever they were given.
+async fn stalled_readers(s: &Stack, from: &str, n: usize) -> Vec<impl Sized> {
+    let c = s.client();
+    let mut held = Vec::new();
+    for i in 0..n {
+        let mut tls = c
+            .connect(
+                Some("store.localhost"),
+                &[b"http/1.1"],
+                Some(from.parse().unwrap()),
+            )
+            .await
+            .expect("connect");
+        let req =
+            format!("GET /records/r{i}/files/1G.bin HTTP/1.1\r\nHost: store.localhost\r\n\r\n");
+        tls.write_all(req.as_bytes()).await.expect("write");
+        held.push(tls);
+    }
+    held
+}
+
+/// Item 1 (the share): forty downloads from one outside address that stop reading once
+/// started would fill the shipped `files` pool (20 slots, 20 queued) and every other
+/// download in the world would get 503. One address now holds at most its share (4):
+/// a download from another address is served at once, and the excess is refused (429)
+/// and counted as the pool's `over_share`.
+#[tokio::test(flavor = "multi_thread")]
+async fn forty_stalled_readers_from_one_address_cannot_take_the_files_pool() {
+    let s = Stack::start().await;
+    let held = stalled_readers(&s, "127.0.0.2", 40).await;
+    crate::harness::wait_until("the 40 taken up", Duration::from_secs(10), async || {
+        let p = files_pool(&s).await;
+        let n = |k: &str| p[k].as_u64().unwrap_or(0);
+        n("in_use") + n("queued") + n("over_share") >= 36
+    })
+    .await;
+    let other = crate::harness::Req {
+        from: Some("127.0.0.3".parse().unwrap()),
+        ..Default::default()
+    };
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        s.client()
+            .get_with("store.localhost", "/records/x/files/1M.bin", &other),
+    )
+    .await
+    .expect("another address's download within 5 s");
+    assert_eq!((got.status, got.body.len()), (200, 1 << 20));
+    let files = files_pool(&s).await;
+    assert!(files["in_use"].as_u64().unwrap() <= 4, "{files}");
+    drop(held);
+}

@@ -19,6 +19,7 @@ const ORDER: &[&str] = &[
     "wire",
     // runtime state
     "stats",
+    "share",
     "pool",
     "health",
     "generation",

@@ -39,8 +39,8 @@ async fn pool(s: &Stack, name: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn downloads_flood_never_starves_the_ui() {
     let s = Stack::start_with(edits(&[(
-        "files:  { slots: 20, queue: 20,  queue_timeout: 30s",
-        "files:  { slots: 20, queue: 180, queue_timeout: 30s",
+        "files:  { slots: 20, queue: 20,  queue_timeout: 30s, balance: leastconn, per_client: 4",
+        "files:  { slots: 20, queue: 180, queue_timeout: 30s, balance: leastconn, per_client: 20",
     )]))
     .await;
     let c = s.client();
@@ -137,7 +137,7 @@ async fn downloads_flood_never_starves_the_ui() {
 #[tokio::test(flavor = "multi_thread")]
 async fn queue_timeout_serves_the_backup_page() {
     let s = Stack::start_with(edits(&[(
-        "files:  { slots: 20, queue: 20,  queue_timeout: 30s",
+        "files:  { slots: 20, queue: 20,  queue_timeout: 30s, balance: leastconn, per_client: 4",
         "files:  { slots: 1, queue: 5,  queue_timeout: 500ms",
     )]))
     .await;
