@@ -6,13 +6,13 @@
 //! last byte has gone out.
 
 use crate::rules::PoolSpec;
-use crate::share::{ShareGuard, Shares};
+use crate::share::{Cells, ShareGuard, Shares};
 use crate::stats::Counters;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// Why a pool turned a request away (the request path maps it to its 503).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -52,7 +52,7 @@ pub struct Pool {
     /// Refusals because a request waited too long.
     pub queue_timeouts: AtomicU64,
     /// Slots held per client address.
-    shares: Arc<Shares>,
+    shares: Shares,
     /// Refusals because the client was over its share.
     pub over_share: AtomicU64,
 }
@@ -60,8 +60,18 @@ pub struct Pool {
 /// A held slot; dropping it frees the slot for the next queued request.
 #[derive(Debug)]
 pub struct PoolPermit {
-    _permit: OwnedSemaphorePermit,
-    _share: Option<ShareGuard>,
+    pool: Arc<Pool>,
+    /// The client's share, when it is counted.
+    share: Option<Cells>,
+}
+
+impl Drop for PoolPermit {
+    fn drop(&mut self) {
+        self.pool.slots.add_permits(1);
+        if let Some(c) = self.share {
+            self.pool.shares.give_back(c);
+        }
+    }
 }
 
 impl Pool {
@@ -77,7 +87,7 @@ impl Pool {
             queue_timeout_ms: AtomicU64::new(spec.queue_timeout.as_millis() as u64),
             queue_full: AtomicU64::new(0),
             queue_timeouts: AtomicU64::new(0),
-            shares: Arc::default(),
+            shares: Shares::default(),
             over_share: AtomicU64::new(0),
         })
     }
@@ -113,7 +123,7 @@ impl Pool {
     /// client and how many slots it may hold (`None`: not counted); over it, the request
     /// first waits for one of the client's own to end.
     pub async fn acquire(
-        &self,
+        self: &Arc<Self>,
         service: &Counters,
         share: Option<(IpAddr, u32)>,
     ) -> Result<PoolPermit, Refused> {
@@ -121,24 +131,21 @@ impl Pool {
             None => None,
             Some((client, n)) => Some(self.take_share(client, n).await?),
         };
-        if let Ok(p) = self.slots.clone().try_acquire_owned() {
-            return Ok(PoolPermit {
-                _permit: p,
-                _share: share,
-            });
+        match self.slots.try_acquire() {
+            Ok(p) => p.forget(),
+            // Boxed: waiting is the flood case, and its timer and semaphore wait would
+            // otherwise take room in every request's future.
+            Err(_) => Box::pin(self.wait(service)).await?.forget(),
         }
-        // Boxed: waiting is the flood case, and its timer and semaphore wait would
-        // otherwise take room in every request's future.
-        let p = Box::pin(self.wait(service)).await?;
         Ok(PoolPermit {
-            _permit: p,
-            _share: share,
+            pool: self.clone(),
+            share: share.map(ShareGuard::keep),
         })
     }
 
     /// The client's share: at once while it holds fewer than `n` slots, else after one of
     /// its own requests ends (within the queue timeout).
-    async fn take_share(&self, client: IpAddr, n: u32) -> Result<ShareGuard, Refused> {
+    async fn take_share(&self, client: IpAddr, n: u32) -> Result<ShareGuard<'_>, Refused> {
         let cells = self.shares.cells(client);
         if let Some(g) = self.shares.try_take(cells, n) {
             return Ok(g);
@@ -155,7 +162,7 @@ impl Pool {
     }
 
     /// Queues for a slot (bounded, with the pool's timeout).
-    async fn wait(&self, service: &Counters) -> Result<OwnedSemaphorePermit, Refused> {
+    async fn wait(&self, service: &Counters) -> Result<SemaphorePermit<'_>, Refused> {
         let queue = self.queue.load(Ordering::Relaxed);
         let now_waiting = self.waiting.fetch_add(1, Ordering::AcqRel) + 1;
         let _leave = Leave(&self.waiting);
@@ -168,7 +175,7 @@ impl Pool {
         service.max_queued.fetch_max(q, Ordering::Relaxed);
         let _leave_service = LeaveU64(&service.queued);
         let timeout = Duration::from_millis(self.queue_timeout_ms.load(Ordering::Relaxed));
-        match tokio::time::timeout(timeout, self.slots.clone().acquire_owned()).await {
+        match tokio::time::timeout(timeout, self.slots.acquire()).await {
             Ok(Ok(p)) => Ok(p),
             _ => {
                 self.queue_timeouts.fetch_add(1, Ordering::Relaxed);

@@ -16,17 +16,19 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::sync::Notify;
 
-/// Cells per row: a power of two.
-const WIDTH: usize = 1024;
+/// Cells per row: 2^BITS.
+const BITS: u32 = 10;
+const WIDTH: usize = 1 << BITS;
 
 /// The counts of one pool.
 #[derive(Debug)]
 pub struct Shares {
-    key: RandomState,
+    /// One random odd multiplier per row (multiply-shift hashing: a universal family, so
+    /// a client who does not know them cannot aim at another's cells).
+    key: [u64; 2],
     /// Slots held: row 0, then row 1.
     held: Box<[AtomicU32]>,
     /// Requests waiting for their own share: row 0, then row 1.
@@ -49,18 +51,29 @@ pub enum Over {
     Timeout,
 }
 
-/// A share held; given back on drop.
+/// A share held; given back on drop, unless [`ShareGuard::keep`] hands it to a longer
+/// owner (the pool permit, which gives it back with [`Shares::give_back`]).
 #[derive(Debug)]
-pub struct ShareGuard {
-    shares: Arc<Shares>,
+pub struct ShareGuard<'a> {
+    shares: &'a Shares,
     cells: Cells,
+}
+
+impl ShareGuard<'_> {
+    /// The cells, now the caller's to give back.
+    pub fn keep(self) -> Cells {
+        let cells = self.cells;
+        std::mem::forget(self);
+        cells
+    }
 }
 
 impl Default for Shares {
     fn default() -> Self {
         let row = || (0..2 * WIDTH).map(|_| AtomicU32::new(0)).collect();
+        let odd = |n: u64| RandomState::new().hash_one(n) | 1;
         Shares {
-            key: RandomState::new(),
+            key: [odd(0), odd(1)],
             held: row(),
             waiting: row(),
             waiters: AtomicU32::new(0),
@@ -71,16 +84,18 @@ impl Default for Shares {
 
 impl Shares {
     /// The cells counting `ip` (an IPv6 client by its /64, a mapped IPv4 one as IPv4).
+    #[inline]
     pub fn cells(&self, ip: IpAddr) -> Cells {
-        let h = match ip {
-            IpAddr::V4(a) => self.key.hash_one(a.to_bits()),
+        let x = match ip {
+            IpAddr::V4(a) => u64::from(a.to_bits()),
             IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(v4) => self.key.hash_one(v4.to_bits()),
-                None => self.key.hash_one((a.to_bits() >> 64) as u64 | 1 << 63),
+                Some(v4) => u64::from(v4.to_bits()),
+                // The /64, kept apart from every IPv4 address.
+                None => (a.to_bits() >> 64) as u64 ^ 0x9e37_79b9_7f4a_7c15,
             },
         };
-        let mask = WIDTH as u64 - 1;
-        Cells([(h & mask) as usize, WIDTH + ((h >> 32) & mask) as usize])
+        let cell = |k: u64| (k.wrapping_mul(x) >> (64 - BITS)) as usize;
+        Cells([cell(self.key[0]), WIDTH + cell(self.key[1])])
     }
 
     /// Counts one more in `cells`; the client's count after it.
@@ -96,10 +111,10 @@ impl Shares {
     }
 
     /// A share for the client in `cells` if it holds fewer than `share` slots now.
-    pub fn try_take(self: &Arc<Self>, cells: Cells, share: u32) -> Option<ShareGuard> {
+    pub fn try_take(&self, cells: Cells, share: u32) -> Option<ShareGuard<'_>> {
         if Self::add(&self.held, cells) <= share {
             return Some(ShareGuard {
-                shares: self.clone(),
+                shares: self,
                 cells,
             });
         }
@@ -110,11 +125,11 @@ impl Shares {
     /// Waits (until `deadline`) for the client's count to drop below `share`; at most
     /// `share` of its requests wait at once.
     pub async fn wait(
-        self: &Arc<Self>,
+        &self,
         cells: Cells,
         share: u32,
         deadline: tokio::time::Instant,
-    ) -> Result<ShareGuard, Over> {
+    ) -> Result<ShareGuard<'_>, Over> {
         let _waiting = Waiting::enter(self, cells);
         if _waiting.count > share {
             return Err(Over::TooManyWaiting);
@@ -140,12 +155,19 @@ impl Shares {
     }
 }
 
-impl Drop for ShareGuard {
-    fn drop(&mut self) {
-        Shares::sub(&self.shares.held, self.cells);
-        if self.shares.waiters.load(Ordering::Acquire) > 0 {
-            self.shares.released.notify_waiters();
+impl Shares {
+    /// Gives back a share kept with [`ShareGuard::keep`].
+    pub fn give_back(&self, cells: Cells) {
+        Shares::sub(&self.held, cells);
+        if self.waiters.load(Ordering::Acquire) > 0 {
+            self.released.notify_waiters();
         }
+    }
+}
+
+impl Drop for ShareGuard<'_> {
+    fn drop(&mut self) {
+        self.shares.give_back(self.cells);
     }
 }
 
@@ -178,6 +200,7 @@ impl Drop for Waiting<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use std::time::Duration;
 
     #[test]
