@@ -29,6 +29,15 @@ pub struct Elapsed;
 
 thread_local! {
     static SLAB: RefCell<Option<Slab>> = const { RefCell::new(None) };
+    /// The sweeper's last look at the clock: a time that is at most one sweep old,
+    /// read without a system call.
+    static NOW: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Now, give or take one sweep: the sweeper's last reading where one runs, else the clock.
+#[inline]
+pub fn coarse_now() -> Instant {
+    NOW.with(|n| n.get()).unwrap_or_else(Instant::now)
 }
 
 /// Tells slabs apart, so an entry is only ever touched in the slab that holds it.
@@ -84,14 +93,17 @@ pub async fn sweeper() {
                 })
                 .unwrap_or_default();
             wake.into_iter().for_each(Waker::wake);
+            let _ = NOW.try_with(|n| n.set(None));
         }
     }
     let _remove = Remove;
+    NOW.with(|n| n.set(Some(Instant::now())));
     let mut tick = tokio::time::interval(SWEEP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = Instant::now();
+        NOW.with(|n| n.set(Some(now)));
         // Collected first: a woken task is only queued, but nothing is called with the
         // slab borrowed.
         let due: Vec<Waker> = SLAB.with_borrow_mut(|s| {
@@ -120,6 +132,57 @@ pub async fn within<F: Future>(deadline: Instant, fut: F) -> Result<F::Output, E
         armed.poll(deadline, cx)
     })
     .await
+}
+
+/// A progress watch: an operation (a write to the client, a read from the server) that
+/// waits for longer than its window without moving a byte is stalled. Nothing is armed
+/// while the operation makes progress: the window starts when it first has to wait
+/// ([`Stall::poll_stalled`], called only on `Pending`) and [`Stall::progress`] ends it,
+/// so a busy transfer pays a field store per step and an idle-slab entry per wait, and
+/// no timer per read or write.
+pub struct Stall {
+    window: Duration,
+    /// When the current wait began (`None`: not waiting).
+    since: Option<Instant>,
+    armed: Armed,
+}
+
+impl Stall {
+    /// A watch that calls a wait of more than `window` a stall.
+    pub fn new(window: Duration) -> Self {
+        Stall {
+            window,
+            since: None,
+            armed: Armed::None,
+        }
+    }
+
+    /// Bytes moved: the current wait (if any) is over.
+    #[inline]
+    pub fn progress(&mut self) {
+        if self.since.take().is_some() {
+            self.armed = Armed::None;
+        }
+    }
+
+    /// The operation has to wait: `Ready` once it has waited a whole window (the waker
+    /// is kept for when it has).
+    pub fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = *self.since.get_or_insert_with(coarse_now) + self.window;
+        match self.armed.poll::<()>(deadline, cx) {
+            Poll::Ready(_) => Poll::Ready(()),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl std::fmt::Debug for Stall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stall")
+            .field("window", &self.window)
+            .field("since", &self.since)
+            .finish()
+    }
 }
 
 /// A deadline as it is watched: in this thread's slab, by tokio's timer, or not yet.

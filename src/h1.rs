@@ -138,7 +138,11 @@ where
             io.cork_until_close();
         }
         // `Ok(true)`: complete, and neither side asked to close.
-        if !matches!(write_response(io, resp, head_only, close).await, Ok(true)) {
+        let mut out = crate::park::Watched::new(&mut *io, shared.timeouts.client, &*info.in_flight);
+        if !matches!(
+            write_response(&mut out, resp, head_only, close).await,
+            Ok(true)
+        ) {
             return Outcome::Close;
         }
     }

@@ -395,19 +395,93 @@ async fn serve_h2<I>(l: &ConnCtx, d: &Draining, io: I, info: Arc<ConnInfo>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = info.in_flight.clone();
+    let io = park::Watched::new(io, l.shared.timeouts.client, activity.clone());
     let conn = l
         .http
         .serve_connection(TokioIo::new(io), proxy_service(l.shared.clone(), info));
     let mut conn = std::pin::pin!(conn);
-    let r = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = d.signal.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let mut watch = H2Watch::new(l.shared.timeouts.client, l.idle_timeout);
+    let r = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = d.signal.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                break conn.await;
+            }
+            _ = watch.tick.tick() => match watch.look(&activity) {
+                H2Look::Fine => {}
+                // Every stream's client stopped taking data: the streams are cut (and
+                // logged `client_timeout`), their slots freed.
+                H2Look::Stalled => {
+                    activity.client_stalled.store(true, Ordering::Relaxed);
+                    return;
+                }
+                // No request for a whole idle timeout: GOAWAY, then the close.
+                H2Look::Idle => {
+                    conn.as_mut().graceful_shutdown();
+                    break conn.await;
+                }
+            },
         }
     };
     if let Err(e) = r {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// What an HTTP/2 connection's watchdog found.
+enum H2Look {
+    Fine,
+    /// Responses wait on the client and none moved for `timeouts.client`.
+    Stalled,
+    /// No request in flight and none moved for `timeouts.idle`.
+    Idle,
+}
+
+/// The watchdog of an HTTP/2 connection: a stream whose client window stays shut moves
+/// no byte on the socket, so the socket cannot tell; the response bodies can
+/// ([`proxy::Activity`]). One timer per HTTP/2 connection, at a quarter of the shorter
+/// window, so a stall is found within 1.25 windows.
+struct H2Watch {
+    tick: tokio::time::Interval,
+    client: Duration,
+    idle: Duration,
+    frames: u64,
+    since: tokio::time::Instant,
+}
+
+impl H2Watch {
+    fn new(client: Duration, idle: Duration) -> Self {
+        let every = (client.min(idle) / 4).max(Duration::from_millis(250));
+        let start = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval_at(start + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        H2Watch {
+            tick,
+            client,
+            idle,
+            frames: 0,
+            since: start,
+        }
+    }
+
+    fn look(&mut self, a: &proxy::Activity) -> H2Look {
+        let now = tokio::time::Instant::now();
+        let frames = a.frames.load(Ordering::Relaxed);
+        if frames != self.frames || (a.owed.load(Ordering::Relaxed) == 0 && !a.idle()) {
+            // Moving, or waiting on servers (their own timeouts watch them).
+            (self.frames, self.since) = (frames, now);
+            return H2Look::Fine;
+        }
+        let quiet = now - self.since;
+        if a.owed.load(Ordering::Relaxed) > 0 && quiet >= self.client {
+            H2Look::Stalled
+        } else if a.idle() && quiet >= self.idle {
+            H2Look::Idle
+        } else {
+            H2Look::Fine
+        }
     }
 }
 
@@ -419,7 +493,8 @@ async fn serve_h1<I>(l: &ConnCtx, d: &Draining, io: I, info: Arc<ConnInfo>)
 where
     I: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,
 {
-    let mut io = ParkIo::new(io, info.in_flight.clone());
+    let client_timeout = l.shared.timeouts.client;
+    let mut io = ParkIo::new(io, info.in_flight.clone(), client_timeout);
     let mut wait = l.request_header_timeout;
     let mut first = true;
     loop {

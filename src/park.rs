@@ -11,13 +11,15 @@
 //! connection on it. A busy connection never parks, so the hot path pays one timer reset
 //! per idle gap and nothing else.
 
+use crate::deadline::Stall;
+use crate::proxy::Activity;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::TokioIo;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
@@ -151,11 +153,113 @@ impl Tick {
     }
 }
 
-/// The socket under hyper, watching for an idle gap long enough to park in.
+/// A write to the client that has waited a whole `timeouts.client`: the connection is
+/// marked (its cut requests are logged `client_timeout`) and the write fails.
+fn client_stalled<T>(
+    stall: &mut Stall,
+    activity: &Activity,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<T>> {
+    ready!(stall.poll_stalled(cx));
+    activity.client_stalled.store(true, Ordering::Relaxed);
+    Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+}
+
+/// Passes `r` on, watching for a client that stops taking what is written to it.
+#[inline]
+fn watched<T>(
+    r: Poll<io::Result<T>>,
+    stall: &mut Stall,
+    activity: &Activity,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<T>> {
+    match r {
+        Poll::Pending => client_stalled(stall, activity, cx),
+        r => {
+            stall.progress();
+            r
+        }
+    }
+}
+
+/// A client socket whose writes fail once the client has taken nothing for a whole
+/// window (`timeouts.client`): the HTTP/2 connection's socket, and the own HTTP/1.1
+/// path's writes. `A` is the connection's [`Activity`], owned or borrowed.
+pub struct Watched<I, A> {
+    io: I,
+    stall: Stall,
+    activity: A,
+}
+
+impl<I, A: std::ops::Deref<Target = Activity>> Watched<I, A> {
+    /// `io`, its writes watched with `window`.
+    pub fn new(io: I, window: Duration, activity: A) -> Self {
+        Watched {
+            io,
+            stall: Stall::new(window),
+            activity,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin, A: Unpin> AsyncRead for Watched<I, A> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<I, A> AsyncWrite for Watched<I, A>
+where
+    I: AsyncWrite + Unpin,
+    A: std::ops::Deref<Target = Activity> + Unpin,
+{
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        watched(r, &mut this.stall, &this.activity, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        watched(r, &mut this.stall, &this.activity, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        watched(r, &mut this.stall, &this.activity, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// The socket under hyper, watching for an idle gap long enough to park in, and for a
+/// client that stops taking what is written to it.
 pub struct ParkIo<I> {
     io: TokioIo<I>,
     /// Requests of this connection whose response is not finished yet.
-    in_flight: Arc<AtomicUsize>,
+    in_flight: Arc<Activity>,
+    /// Writes waiting on the client.
+    stall: Stall,
     tick: Tick,
     /// Bytes already read from the socket (by `h1.rs`) that hyper reads first.
     unread: bytes::Bytes,
@@ -165,11 +269,13 @@ pub struct ParkIo<I> {
 }
 
 impl<I> ParkIo<I> {
-    /// `io`, parking once idle; `in_flight` is the connection's request count.
-    pub fn new(io: I, in_flight: Arc<AtomicUsize>) -> Self {
+    /// `io`, parking once idle; `in_flight` is the connection's activity; a write that
+    /// waits on the client for `client_timeout` fails.
+    pub fn new(io: I, in_flight: Arc<Activity>, client_timeout: Duration) -> Self {
         ParkIo {
             io: TokioIo::new(io),
             in_flight,
+            stall: Stall::new(client_timeout),
             tick: Tick::default(),
             unread: bytes::Bytes::new(),
             dirty: false,
@@ -228,8 +334,7 @@ impl<I> ParkIo<I> {
     /// passed with no bytes moved, no request in flight and nothing unflushed.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
         let (in_flight, dirty) = (&self.in_flight, self.dirty);
-        self.tick
-            .quiet(cx, || in_flight.load(Ordering::Relaxed) == 0 && !dirty)
+        self.tick.quiet(cx, || in_flight.idle() && !dirty)
     }
 }
 
@@ -274,7 +379,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Write for ParkIo<I> {
         let this = self.get_mut();
         this.dirty = true;
         this.tick.touch();
-        Pin::new(&mut this.io).poll_write(cx, buf)
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        watched(r, &mut this.stall, &this.in_flight, cx)
     }
 
     fn poll_write_vectored(
@@ -285,7 +391,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Write for ParkIo<I> {
         let this = self.get_mut();
         this.dirty = true;
         this.tick.touch();
-        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        watched(r, &mut this.stall, &this.in_flight, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -298,7 +405,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Write for ParkIo<I> {
         if let Poll::Ready(Ok(())) = r {
             this.dirty = false;
         }
-        r
+        watched(r, &mut this.stall, &this.in_flight, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

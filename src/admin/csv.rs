@@ -59,6 +59,8 @@ impl Row {
         self.set("eresp", c.response_errors.load(Relaxed));
         self.set("wredis", c.redispatches.load(Relaxed));
         self.set("wretr", 0);
+        self.set("cli_abrt", c.client_aborts.load(Relaxed));
+        self.set("srv_abrt", c.server_aborts.load(Relaxed));
         for (i, col) in [
             "hrsp_1xx",
             "hrsp_2xx",

@@ -18,6 +18,8 @@ pub fn json(v: &View<'_>) -> String {
             "connect_errors": c.connect_errors.load(Relaxed),
             "response_errors": c.response_errors.load(Relaxed),
             "redispatches": c.redispatches.load(Relaxed),
+            "client_aborts": c.client_aborts.load(Relaxed),
+            "server_aborts": c.server_aborts.load(Relaxed),
             "no_server": c.no_server.load(Relaxed),
             "queued": c.queued.load(Relaxed),
         })

@@ -111,6 +111,18 @@ pub fn prometheus(v: &View<'_>) -> String {
             |c| c.redispatches.load(Relaxed),
         ),
         (
+            names::CLIENT_ABORTS,
+            "counter",
+            "Responses cut by the client (closed, or stopped reading).",
+            |c| c.client_aborts.load(Relaxed),
+        ),
+        (
+            names::SERVER_ABORTS,
+            "counter",
+            "Responses cut by the server (body broken, or stalled).",
+            |c| c.server_aborts.load(Relaxed),
+        ),
+        (
             names::NO_SERVER,
             "counter",
             "Requests that found no usable server.",

@@ -170,6 +170,12 @@ pub struct TimeoutsFile {
     pub connect: Option<Spanned<Scalar>>,
     /// Server's first response byte (default 60s).
     pub response: Option<Spanned<Scalar>>,
+    /// A client that takes no byte of a response (or, on HTTP/2, of anything written to
+    /// it) for this long loses the exchange: HAProxy's `timeout client` (default 60s).
+    pub client: Option<Spanned<Scalar>>,
+    /// A server that sends no byte of a response body for this long: the response is
+    /// cut and counted against it, HAProxy's `timeout server` (default 60s).
+    pub server: Option<Spanned<Scalar>>,
     /// Idle keep-alive connection to a server (default 60s).
     pub upstream_idle: Option<Spanned<Scalar>>,
     /// How long in-flight requests may finish at shutdown (default 30s).

@@ -103,6 +103,10 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Server's first response byte.
     pub response: Duration,
+    /// A client taking no byte written to it.
+    pub client: Duration,
+    /// A server sending no byte of a response body.
+    pub server: Duration,
     /// Idle upstream keep-alive.
     pub upstream_idle: Duration,
     /// Shutdown drain deadline.
@@ -358,6 +362,8 @@ impl Check<'_> {
             idle: dur(&t.idle, 60, "idle"),
             connect: dur(&t.connect, 3, "connect"),
             response: dur(&t.response, 60, "response"),
+            client: dur(&t.client, 60, "client"),
+            server: dur(&t.server, 60, "server"),
             upstream_idle: dur(&t.upstream_idle, 60, "upstream_idle"),
             drain: dur(&t.drain, 30, "drain"),
             tunnel: dur(&t.tunnel, 3600, "tunnel"),

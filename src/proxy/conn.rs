@@ -4,7 +4,7 @@ use super::tunnel;
 use crate::upstream::UpstreamClient;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 impl ConnInfo {
@@ -34,8 +34,8 @@ pub struct ConnInfo {
     /// The outer proxy when the client address came in a PROXY header (`peer` is then
     /// the conveyed client).
     pub outer_proxy: Option<SocketAddr>,
-    /// Requests whose response has not ended: an HTTP/1.1 connection parks only at zero.
-    pub in_flight: Arc<AtomicUsize>,
+    /// Requests whose response has not ended, and whether the client stalled.
+    pub in_flight: Arc<Activity>,
     /// An HTTP/1.1 upgrade waiting for the socket: the listener fills it once hyper has
     /// written the 101 and handed the connection back.
     pub upgrade: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Box<dyn tunnel::ClientIo>>>>,
@@ -77,21 +77,48 @@ impl ConnInfo {
     }
 }
 
+/// What a connection's requests and its serving loop tell each other.
+#[derive(Debug, Default)]
+pub struct Activity {
+    /// Requests whose response has not ended: an HTTP/1.1 connection parks only at zero.
+    pub requests: AtomicUsize,
+    /// The client stopped taking what was written to it for a whole `timeouts.client`
+    /// (set by the connection's writer; the requests it cut are logged `client_timeout`).
+    pub client_stalled: AtomicBool,
+    /// HTTP/2 only: polls of response bodies (any movement of any stream's response).
+    pub frames: AtomicU64,
+    /// HTTP/2 only: response bodies that handed out a frame and wait for the writer to
+    /// come back for the next one (a stream whose client window stays shut stays here).
+    pub owed: AtomicUsize,
+}
+
+impl Activity {
+    /// Whether no request of the connection is in flight.
+    pub fn idle(&self) -> bool {
+        self.requests.load(Ordering::Relaxed) == 0
+    }
+}
+
 /// Counts a request in flight on its connection for as long as it lives (kept in the
 /// request's record, which lives until the response's last byte).
 #[derive(Debug)]
-pub struct InFlight(Arc<AtomicUsize>);
+pub struct InFlight(Arc<Activity>);
 
 impl InFlight {
-    /// One more request on the connection counted by `n`.
-    pub fn enter(n: &Arc<AtomicUsize>) -> Self {
-        n.fetch_add(1, Ordering::Relaxed);
-        InFlight(n.clone())
+    /// One more request on the connection whose activity is `a`.
+    pub fn enter(a: &Arc<Activity>) -> Self {
+        a.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight(a.clone())
+    }
+
+    /// Whether the connection's client stalled.
+    pub fn client_stalled(&self) -> bool {
+        self.0.client_stalled.load(Ordering::Relaxed)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.requests.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -1,6 +1,7 @@
 //! The last phase: when the response body ends (or is dropped), release the slot and the
 //! server, count the request once and write its one access-log line.
 
+use super::body::End;
 use super::conn::{ConnInfo, InFlight};
 use super::decide::Decision;
 use super::error::ProxyError;
@@ -128,18 +129,18 @@ impl Record {
 }
 
 impl Hold for Record {
-    fn finish(&mut self, bytes_out: u64, complete: bool) {
+    fn finish(&mut self, bytes_out: u64, end: End) {
         self.permit.take();
         self.server_guard.take();
+        if end != End::Complete {
+            self.note_cut(end);
+        }
         let total = self.start.elapsed();
         let micros = total.as_micros() as u64;
         let bytes_in = self
             .progress
             .as_ref()
             .map_or(0, |p| p.bytes.load(Ordering::Relaxed));
-        if !complete && self.termination == "-" {
-            self.termination = "client_aborted";
-        }
         // Response time: to the server's response headers when forwarded, else the total.
         let response_us = if self.server_id.is_some() {
             (self.wait + self.first_byte).as_micros() as u64
@@ -201,6 +202,36 @@ impl Hold for Record {
                 termination: self.termination,
             },
         );
+    }
+}
+
+impl Record {
+    /// A response cut short: who cut it goes to the log and to the abort counters of
+    /// the service and server (HAProxy's `cli_abrt` / `srv_abrt`).
+    fn note_cut(&mut self, end: End) {
+        let by_client = end == End::Dropped;
+        if self.termination == "-" {
+            self.termination = match end {
+                End::Dropped if self._in_flight.client_stalled() => "client_timeout",
+                End::Dropped => "client_aborted",
+                End::ServerStalled => "server_timeout",
+                _ => "server_aborted",
+            };
+        }
+        let g = &self.generation;
+        let counted = [
+            self.service_index.and_then(|i| g.services.get(i)),
+            self.server_id.and_then(|i| g.servers.get(i)),
+        ];
+        for c in counted.into_iter().flatten() {
+            let n = if by_client {
+                &c.client_aborts
+            } else {
+                c.response_errors.fetch_add(1, Ordering::Relaxed);
+                &c.server_aborts
+            };
+            n.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

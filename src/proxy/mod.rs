@@ -24,7 +24,7 @@ pub mod reply;
 pub mod tunnel;
 
 pub use admit::choose_server;
-pub use conn::{ConnInfo, InFlight};
+pub use conn::{Activity, ConnInfo, InFlight};
 
 use crate::body::ClientBody;
 use crate::config::{AccessLog, Timeouts};
@@ -115,6 +115,10 @@ pub async fn handle(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     rec.status = resp.status().as_u16();
+    if rec.version == Version::HTTP_2 {
+        let activity = conn.in_flight.clone();
+        return Ok(resp.map(|b| b.hold(rec).track(activity)));
+    }
     Ok(resp.map(|b| b.hold(rec)))
 }
 

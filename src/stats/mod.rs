@@ -94,6 +94,10 @@ pub struct Counters {
     pub response_errors: AtomicU64,
     /// Requests retried on another server.
     pub redispatches: AtomicU64,
+    /// Responses cut by the client (it closed, or stopped reading for `timeouts.client`).
+    pub client_aborts: AtomicU64,
+    /// Responses cut by the server (its body broke, or stopped for `timeouts.server`).
+    pub server_aborts: AtomicU64,
     /// Requests that found no usable server.
     pub no_server: AtomicU64,
     /// Requests waiting in a pool queue for this service now.

@@ -20,6 +20,10 @@ pub const CONNECT_ERRORS: &str = "gatehouse_connect_errors_total";
 pub const RESPONSE_ERRORS: &str = "gatehouse_response_errors_total";
 /// Requests retried on another server.
 pub const REDISPATCHES: &str = "gatehouse_redispatches_total";
+/// Responses cut by the client (HAProxy's `cli_abrt`).
+pub const CLIENT_ABORTS: &str = "gatehouse_client_aborts_total";
+/// Responses cut by the server (HAProxy's `srv_abrt`).
+pub const SERVER_ABORTS: &str = "gatehouse_server_aborts_total";
 /// Requests that found no usable server.
 pub const NO_SERVER: &str = "gatehouse_no_server_total";
 /// Server up (1) or not (0) by health and admin state.

@@ -667,3 +667,209 @@ async fn forty_stalled_readers_from_one_address_cannot_take_the_files_pool() {
     assert!(files["in_use"].as_u64().unwrap() <= 4, "{files}");
     drop(held);
 }
+
+/// A stack whose client and server progress timeouts are 2 s.
+async fn progress_stack(rules_edits: Vec<(String, String)>) -> Stack {
+    Stack::start_with(crate::harness::Options {
+        config_edits: vec![
+            ("client: 60s".into(), "client: 2s".into()),
+            ("server: 60s".into(), "server: 2s".into()),
+        ],
+        rules_edits,
+        ..Default::default()
+    })
+    .await
+}
+
+/// The `api` service's counters as the stats listener reports them.
+async fn api_counters(s: &Stack) -> serde_json::Value {
+    let j = s.stats_json().await;
+    j["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "api")
+        .unwrap()["counters"]
+        .clone()
+}
+
+/// An HTTP/2 download whose stream window stays shut: the response head is read, the
+/// body never (so its 64 KiB window is never opened again). The connection lives on.
+async fn h2_stalled_reader(s: &Stack, from: &str) -> impl Sized {
+    let tls = s
+        .client()
+        .connect(
+            Some("store.localhost"),
+            &[b"h2"],
+            Some(from.parse().unwrap()),
+        )
+        .await
+        .expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(65_535)
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let req = http::Request::get("https://store.localhost/records/h2/files/1G.bin")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.expect("response head");
+    assert_eq!(resp.status(), 200);
+    (send, resp, driver)
+}
+
+/// Item 1 (progress): a client that stops reading a download loses it, and its slot,
+/// after `timeouts.client` of no progress, on each path a response takes: the own
+/// HTTP/1.1 path, hyper's HTTP/1.1 (a request with a length), and an HTTP/2 stream whose
+/// window stays shut. Logged `client_timeout`, counted as the client's aborts, never
+/// against the server. Before, the four slots stayed taken as long as the clients liked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_loses_its_slot() {
+    let s = progress_stack(Vec::new()).await;
+    let held = stalled_readers(&s, "127.0.0.2", 2).await;
+    let mut tls = s
+        .client()
+        .connect(
+            Some("store.localhost"),
+            &[b"http/1.1"],
+            Some("127.0.0.3".parse().unwrap()),
+        )
+        .await
+        .unwrap();
+    tls.write_all(b"GET /records/h/files/1G.bin HTTP/1.1\r\nHost: store.localhost\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let h2 = h2_stalled_reader(&s, "127.0.0.4").await;
+    crate::harness::wait_until(
+        "four downloads in flight",
+        Duration::from_secs(5),
+        async || files_pool(&s).await["in_use"] == 4,
+    )
+    .await;
+    let took = crate::harness::wait_until(
+        "the stalled readers cut",
+        Duration::from_secs(10),
+        async || files_pool(&s).await["in_use"] == 0,
+    )
+    .await;
+    assert!(
+        took >= Duration::from_secs(1),
+        "cut before the timeout: {took:?}"
+    );
+    let api = api_counters(&s).await;
+    assert!(api["client_aborts"].as_u64().unwrap() >= 4, "{api}");
+    assert_eq!(api["server_aborts"], 0, "{api}");
+    assert_eq!(api["response_errors"], 0, "{api}");
+    let log = s.log();
+    assert!(log.matches("client_timeout").count() >= 4, "{log}");
+    drop((held, tls, h2));
+}
+
+/// A server that answers with a long body, sends ten bytes of it and stops.
+async fn stalling_server() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let Ok(n) = tcp.read(&mut buf).await else {
+                    return;
+                };
+                if buf[..n].starts_with(b"GET /ping") {
+                    let _ = tcp
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                        )
+                        .await;
+                    return;
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n0123456789")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Item 1 (progress, the server's side): a server that stops sending a response body for
+/// `timeouts.server` has the response cut (the client sees it end short), logged
+/// `server_timeout` and counted against that server; the slot is freed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_stalls_mid_body_is_cut_and_blamed() {
+    let evil = stalling_server().await.to_string();
+    let s = progress_stack(vec![
+        (
+            "{ name: api-blue-1,  addr: 127.0.0.1:5201 }".into(),
+            format!("{{ name: api-blue-1,  addr: {evil} }}"),
+        ),
+        (
+            "{ name: api-blue-2,  addr: 127.0.0.1:5202 }".into(),
+            format!("{{ name: api-blue-2,  addr: {evil} }}"),
+        ),
+    ])
+    .await;
+    let c = s.client();
+    let t = std::time::Instant::now();
+    let (out, closed) = crate::harness::raw_tls(
+        &c,
+        "store.localhost",
+        b"GET /records/x/files/a.bin HTTP/1.1\r\nHost: store.localhost\r\n\r\n",
+        Duration::from_secs(8),
+    )
+    .await;
+    let took = t.elapsed();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("0123456789"), "{out}");
+    assert!(closed, "the cut response closes the connection");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    assert_eq!(files_pool(&s).await["in_use"], 0);
+    let api = api_counters(&s).await;
+    assert_eq!(api["server_aborts"], 1, "{api}");
+    assert_eq!(api["client_aborts"], 0, "{api}");
+    assert!(s.log().contains("server_timeout"), "{}", s.log());
+}
+
+/// Item 11: an idle HTTP/2 connection is closed after `timeouts.idle` (GOAWAY), as an
+/// idle HTTP/1.1 one is; before, it stayed open for as long as the client liked.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_http2_connection_is_closed() {
+    let s = Stack::start_with(crate::harness::Options {
+        config_edits: vec![("idle: 60s".into(), "idle: 2s".into())],
+        ..Default::default()
+    })
+    .await;
+    let tls = s
+        .client()
+        .connect(Some("data.localhost"), &[b"h2"], None)
+        .await
+        .expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let req = http::Request::get("https://data.localhost/api/records")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    let t = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(8), driver).await;
+    assert!(ended.is_ok(), "the idle connection is still open after 8 s");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    drop(send);
+}
