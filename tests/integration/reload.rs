@@ -28,12 +28,9 @@ async fn sighup_switches_colour_and_refuses_bad_edits() {
         async || s.log().contains("reload refused"),
     )
     .await;
-    assert!(
-        s.log()
-            .contains("repository.yaml:20:11: unknown variant `gren`"),
-        "{}",
-        s.log()
-    );
+    let line = rules.lines().position(|l| l == "    live: blue").unwrap() + 1;
+    let want = format!("repository.yaml:{line}:11: unknown variant `gren`");
+    assert!(s.log().contains(&want), "{}", s.log());
     assert!(
         c.get("data.localhost", "/")
             .await
