@@ -225,6 +225,7 @@ async fn serve_connection(
             // Already HTTPS at the outer proxy: redirecting would loop.
             redirect_https: l.redirect_http && !forwarded_tls,
             outer_proxy: outer,
+            in_flight: Arc::new(proxy::Activity::new(l.shared.timeouts.server)),
             ..ConnInfo::new(peer, l.upstream.clone())
         });
         return match first_bytes_h2(&tcp, l.request_header_timeout, &d.signal).await? {
@@ -333,6 +334,7 @@ where
         tls: true,
         tls_time: start.elapsed(),
         outer_proxy: outer,
+        in_flight: Arc::new(proxy::Activity::new(l.shared.timeouts.server)),
         ..ConnInfo::new(peer, l.upstream.clone())
     });
     if h2 {

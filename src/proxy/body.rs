@@ -4,17 +4,13 @@
 //! Nothing here buffers a body: frames pass through one at a time, and hyper's
 //! back-pressure (a frame is only polled when the other side can take it) bounds memory.
 
-use super::conn::Activity;
 use crate::body::BoxError;
-use crate::deadline::Stall;
 use crate::upstream::direct::DirectBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
 /// How a response body ended, and so who is to blame for one that did not end well.
@@ -34,6 +30,21 @@ pub enum End {
 pub trait Hold: Send + Sync + 'static {
     /// Called once with the bytes sent when the body ends or is dropped.
     fn finish(&mut self, bytes_out: u64, end: End);
+
+    /// The writer came back for a frame (HTTP/2: a stream whose client window stays shut
+    /// moves no byte on the socket, so only the body can tell the connection's watchdog).
+    fn polled(&mut self) {}
+
+    /// A frame went to the writer, which owes a poll for the next one.
+    fn handed(&mut self) {}
+
+    /// The server's side has to wait: `Ready` once it has waited `timeouts.server`.
+    fn poll_server_stalled(&mut self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+
+    /// The server's side moved.
+    fn server_moved(&mut self) {}
 }
 
 /// The server sent nothing of the body for a whole `timeouts.server`.
@@ -48,20 +59,11 @@ pin_project! {
         kind: Kind,
         sent: u64,
         hold: Option<Box<dyn Hold>>,
-        // Watches the server's side while the writer waits on it (upstream kinds only).
-        stall: Option<Box<Stall>>,
-        // HTTP/2 only: the connection's activity, told of every poll and of each frame
-        // the writer has not come back after (the connection's watchdog reads it).
-        track: Option<Arc<Activity>>,
-        owed: bool,
     }
 
     impl PinnedDrop for ProxyBody {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if *this.owed && let Some(a) = this.track.as_deref() {
-                a.owed.fetch_sub(1, Ordering::Relaxed);
-            }
             if let Some(mut h) = this.hold.take() {
                 // hyper stops polling once Content-Length bytes went out, so "ended" is
                 // judged from the stream's own state, not from having seen its end.
@@ -92,9 +94,6 @@ impl ProxyBody {
             kind: Kind::Upstream { inner },
             sent: 0,
             hold: None,
-            stall: None,
-            track: None,
-            owed: false,
         }
     }
 
@@ -104,9 +103,6 @@ impl ProxyBody {
             kind: Kind::Direct { inner },
             sent: 0,
             hold: None,
-            stall: None,
-            track: None,
-            owed: false,
         }
     }
 
@@ -119,42 +115,12 @@ impl ProxyBody {
             },
             sent: 0,
             hold: None,
-            stall: None,
-            track: None,
-            owed: false,
         }
     }
 
     /// An empty body.
     pub fn empty() -> Self {
         ProxyBody::full(Bytes::new())
-    }
-
-    /// Ends the body with an error once the server has sent nothing for `window` while
-    /// the client waited for it. Boxed: only a body that has to wait pays for the watch.
-    pub fn watch_server(mut self, window: std::time::Duration) -> Self {
-        if !self.is_end_stream() {
-            self.stall = Some(Box::new(Stall::new(window)));
-        }
-        self
-    }
-
-    /// Reports to the connection's watchdog (HTTP/2: a stream whose client window stays
-    /// shut moves no byte on the socket, so only the body can tell).
-    pub fn track(mut self, activity: Arc<Activity>) -> Self {
-        self.track = Some(activity);
-        self
-    }
-
-    /// The writer came back for a frame.
-    #[inline]
-    fn polled(track: Option<&Activity>, owed: &mut bool) {
-        if let Some(a) = track {
-            a.frames.fetch_add(1, Ordering::Relaxed);
-            if std::mem::take(owed) {
-                a.owed.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
     }
 
     /// Attaches what must be released or recorded when the body ends.
@@ -174,7 +140,9 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        Self::polled(this.track.as_deref(), this.owed);
+        if let Some(h) = this.hold.as_deref_mut() {
+            h.polled();
+        }
         let polled = match this.kind.project() {
             KindProj::Upstream { inner } => inner
                 .poll_frame(cx)
@@ -184,16 +152,18 @@ impl Body for ProxyBody {
                 .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
-        let next = match (polled, this.stall.as_deref_mut()) {
-            (Poll::Ready(next), stall) => {
-                if let Some(s) = stall {
-                    s.progress();
+        let next = match polled {
+            Poll::Ready(next) => {
+                if let Some(h) = this.hold.as_deref_mut() {
+                    h.server_moved();
                 }
                 next
             }
-            (Poll::Pending, None) => return Poll::Pending,
-            (Poll::Pending, Some(s)) => {
-                ready!(s.poll_stalled(cx));
+            Poll::Pending => {
+                let Some(h) = this.hold.as_deref_mut() else {
+                    return Poll::Pending;
+                };
+                ready!(h.poll_server_stalled(cx));
                 if let Some(mut h) = this.hold.take() {
                     h.finish(*this.sent, End::ServerStalled);
                 }
@@ -205,9 +175,8 @@ impl Body for ProxyBody {
                 if let Some(d) = frame.data_ref() {
                     *this.sent += d.len() as u64;
                 }
-                if let Some(a) = this.track.as_deref() {
-                    *this.owed = true;
-                    a.owed.fetch_add(1, Ordering::Relaxed);
+                if let Some(h) = this.hold.as_deref_mut() {
+                    h.handed();
                 }
             }
             None => {

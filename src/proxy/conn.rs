@@ -90,9 +90,19 @@ pub struct Activity {
     /// HTTP/2 only: response bodies that handed out a frame and wait for the writer to
     /// come back for the next one (a stream whose client window stays shut stays here).
     pub owed: AtomicUsize,
+    /// `timeouts.server`: how long a server may send nothing of a response body.
+    pub server_window: Duration,
 }
 
 impl Activity {
+    /// A new connection's, its servers watched with `server_window`.
+    pub fn new(server_window: Duration) -> Self {
+        Activity {
+            server_window,
+            ..Activity::default()
+        }
+    }
+
     /// Whether no request of the connection is in flight.
     pub fn idle(&self) -> bool {
         self.requests.load(Ordering::Relaxed) == 0
@@ -109,6 +119,24 @@ impl InFlight {
     pub fn enter(a: &Arc<Activity>) -> Self {
         a.requests.fetch_add(1, Ordering::Relaxed);
         InFlight(a.clone())
+    }
+
+    /// HTTP/2: the writer came back for a frame (`owed`: after one it was handed).
+    pub fn polled(&self, owed: bool) {
+        self.0.frames.fetch_add(1, Ordering::Relaxed);
+        if owed {
+            self.0.owed.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// HTTP/2: a frame went to the writer.
+    pub fn handed(&self) {
+        self.0.owed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `timeouts.server` of the connection's listener.
+    pub fn server_window(&self) -> Duration {
+        self.0.server_window
     }
 
     /// Whether the connection's client stalled.

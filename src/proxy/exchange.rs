@@ -109,11 +109,7 @@ pub async fn exchange(
             crate::deadline::within(respond_by, exchange)
                 .await
                 .map_err(|_| ProxyError::Timeout)
-                .map(|r| {
-                    r.map(|resp| {
-                        resp.map(|b| ProxyBody::direct(b).watch_server(shared.timeouts.server))
-                    })
-                })
+                .map(|r| r.map(|resp| resp.map(ProxyBody::direct)))
         } else {
             // Boxed: bodies, upgrades and PROXY headers are the rare case, and hyper's
             // send future would otherwise take room in every request's future.
@@ -129,11 +125,7 @@ pub async fn exchange(
             let timeout = shared.timeouts.response;
             await_head(sending, &progress, bodyless, respond_by, timeout)
                 .await
-                .map(|r| {
-                    r.map(|resp| {
-                        resp.map(|b| ProxyBody::upstream(b).watch_server(shared.timeouts.server))
-                    })
-                })
+                .map(|r| r.map(|resp| resp.map(ProxyBody::upstream)))
         };
         rec.first_byte = sent.elapsed();
         match result {

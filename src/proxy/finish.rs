@@ -9,6 +9,7 @@ use super::{Hold, Shared};
 use crate::accesslog::{self, Entry};
 use crate::body::{BodyProgress, ClientBody};
 use crate::config::AccessLog;
+use crate::deadline::Stall;
 use crate::generation::Generation;
 use crate::health::ServerGuard;
 use crate::pool::PoolPermit;
@@ -17,6 +18,7 @@ use bytes::Bytes;
 use http::{Request, Version};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// What is known about a request as it goes; logged and counted once when its body ends.
@@ -46,6 +48,10 @@ pub struct Record {
     pub(super) route_index: Option<usize>,
     /// Keeps the connection from parking until the response has ended.
     pub(super) _in_flight: InFlight,
+    /// Watches the server's side of the body, made at its first wait (most never wait).
+    pub(super) stall: Option<Box<Stall>>,
+    /// HTTP/2: a frame went to the writer, which has not come back for the next.
+    pub(super) owed: bool,
 }
 
 /// What the access log names a request by (`-` for what it never reached).
@@ -101,6 +107,8 @@ impl Record {
             site_index: None,
             route_index: None,
             _in_flight: InFlight::enter(&conn.in_flight),
+            stall: None,
+            owed: false,
         }
     }
 
@@ -129,7 +137,43 @@ impl Record {
 }
 
 impl Hold for Record {
+    #[inline]
+    fn polled(&mut self) {
+        if self.version == Version::HTTP_2 {
+            self._in_flight.polled(std::mem::take(&mut self.owed));
+        }
+    }
+
+    #[inline]
+    fn handed(&mut self) {
+        if self.version == Version::HTTP_2 && !self.owed {
+            self.owed = true;
+            self._in_flight.handed();
+        }
+    }
+
+    fn poll_server_stalled(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.server_id.is_none() {
+            return Poll::Pending;
+        }
+        let window = self._in_flight.server_window();
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::new(Stall::new(window)));
+        stall.poll_stalled(cx)
+    }
+
+    #[inline]
+    fn server_moved(&mut self) {
+        if let Some(s) = self.stall.as_deref_mut() {
+            s.progress();
+        }
+    }
+
     fn finish(&mut self, bytes_out: u64, end: End) {
+        if std::mem::take(&mut self.owed) {
+            self._in_flight.polled(true);
+        }
         self.permit.take();
         self.server_guard.take();
         if end != End::Complete {

@@ -115,10 +115,6 @@ pub async fn handle(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     rec.status = resp.status().as_u16();
-    if rec.version == Version::HTTP_2 {
-        let activity = conn.in_flight.clone();
-        return Ok(resp.map(|b| b.hold(rec).track(activity)));
-    }
     Ok(resp.map(|b| b.hold(rec)))
 }
 
