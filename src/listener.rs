@@ -558,7 +558,8 @@ where
             let _ = tunnel.send(Box::new(stream));
             return;
         }
-        if !io.parked() || draining || !parts.read_buf.is_empty() {
+        let closing = info.in_flight.closing.load(Ordering::Relaxed);
+        if !io.parked() || draining || closing || !parts.read_buf.is_empty() {
             Box::pin(close(io)).await;
             return;
         }

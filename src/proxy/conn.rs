@@ -92,6 +92,9 @@ pub struct Activity {
     pub owed: AtomicUsize,
     /// `timeouts.server`: how long a server may send nothing of a response body.
     pub server_window: Duration,
+    /// An answer said `Connection: close`: the connection ends after it, even if the
+    /// round ends by parking (an unread body cut short by the idle tick).
+    pub closing: AtomicBool,
 }
 
 impl Activity {

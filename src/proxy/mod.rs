@@ -42,6 +42,7 @@ use http::{Request, Response, Version};
 use http_body::Body as _;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// What every request handler shares: the live generation, the upstream client, settings.
 #[derive(Debug)]
@@ -114,8 +115,18 @@ pub async fn handle(
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    if close_after || (rec.termination != "-" && closes(&resp)) {
+        conn.in_flight.closing.store(true, Ordering::Relaxed);
+    }
     rec.status = resp.status().as_u16();
     Ok(resp.map(|b| b.hold(rec)))
+}
+
+/// Whether an answer of our own closes the connection.
+fn closes(resp: &Response<ProxyBody>) -> bool {
+    resp.headers()
+        .get(header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
 /// The four phases, in data-flow order.

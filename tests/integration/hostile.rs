@@ -873,3 +873,41 @@ async fn an_idle_http2_connection_is_closed() {
     );
     drop(send);
 }
+
+/// Item 6 (the second half): an answer of our own with `Connection: close`, given while
+/// the client was still sending its body, closes the connection, even when the round
+/// ends by the idle park cutting the unread body short. Before, a request sent 1.5 s
+/// later on the same connection was served.
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_close_after_an_unread_body_means_close() {
+    let s = Stack::start().await;
+    let mut tls = s
+        .client()
+        .connect(Some("store.localhost"), &[b"http/1.1"], None)
+        .await
+        .unwrap();
+    let mut req = b"POST /not-a-file HTTP/1.1\r\nHost: store.localhost\r\nContent-Length: 100000\r\n\r\n".to_vec();
+    req.extend_from_slice(&[b'x'; 1000]);
+    tls.write_all(&req).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tls.read(&mut buf).await.unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(first.starts_with("http/1.1 403"), "{first}");
+    assert!(first.contains("connection: close"), "{first}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = tls
+        .write_all(b"GET /records/x/files/1K.bin HTTP/1.1\r\nHost: store.localhost\r\n\r\n")
+        .await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Ok(n) = tls.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(!rest.contains("HTTP/1.1 200"), "served after close: {rest}");
+}
