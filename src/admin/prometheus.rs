@@ -17,28 +17,28 @@ pub fn prometheus(v: &View<'_>) -> String {
     // Every family of counters, labelled by where it was counted.
     let mut sets: Vec<(String, &Counters)> = Vec::new();
     for (i, s) in g.rules.sites.iter().enumerate() {
-        sets.push((format!("site=\"{}\"", s.name), &g.sites[i]));
+        sets.push((format!("site=\"{}\"", Label(&s.name)), &g.sites[i]));
         for (j, r) in s.routes.iter().enumerate() {
             sets.push((
-                format!("site=\"{}\",route=\"{}\"", s.name, r.name),
+                format!("site=\"{}\",route=\"{}\"", Label(&s.name), Label(&r.name)),
                 &g.routes[i][j],
             ));
         }
     }
     let fronts = tcp_fronts(v);
     for f in &fronts {
-        sets.push((format!("listener=\"{}\"", f.name), &f.counters));
+        sets.push((format!("listener=\"{}\"", Label(&f.name)), &f.counters));
     }
     for (i, s) in g.rules.services.iter().enumerate() {
-        sets.push((format!("service=\"{}\"", s.name), &g.services[i]));
+        sets.push((format!("service=\"{}\"", Label(&s.name)), &g.services[i]));
     }
     for (svc, colour, s) in g.rules.all_servers() {
         sets.push((
             format!(
                 "service=\"{}\",colour=\"{}\",server=\"{}\"",
-                svc.name,
+                Label(&svc.name),
                 colour.as_str(),
-                s.name
+                Label(&s.name)
             ),
             &g.servers[s.id],
         ));
@@ -182,9 +182,9 @@ pub fn prometheus(v: &View<'_>) -> String {
             let _ = writeln!(
                 o,
                 "{name}{{service=\"{}\",colour=\"{}\",server=\"{}\"}} {}",
-                svc.name,
+                Label(&svc.name),
                 colour.as_str(),
-                s.name,
+                Label(&s.name),
                 get(&g.health[s.id])
             );
         }
@@ -201,7 +201,7 @@ pub fn prometheus(v: &View<'_>) -> String {
                 o,
                 "{}{{service=\"{}\",colour=\"{}\"}} {}",
                 names::LIVE_COLOUR,
-                s.name,
+                Label(&s.name),
                 c.as_str(),
                 u8::from(s.live == c)
             );
@@ -244,7 +244,7 @@ pub fn prometheus(v: &View<'_>) -> String {
     ] {
         head(&mut o, name, kind, help);
         for p in &g.pools {
-            let _ = writeln!(o, "{name}{{pool=\"{}\"}} {}", p.name, get(p));
+            let _ = writeln!(o, "{name}{{pool=\"{}\"}} {}", Label(&p.name), get(p));
         }
     }
     let st = v.stats;
@@ -328,4 +328,33 @@ pub fn prometheus(v: &View<'_>) -> String {
     );
     let _ = writeln!(o, "{} {}", names::PROCESS_START, v.stats.started_unix);
     o
+}
+
+/// A label value as the exposition format wants it: `\`, `"` and newlines escaped, so a
+/// name with a quote cannot end its label early or forge another.
+struct Label<'a>(&'a str);
+
+impl std::fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                '"' => f.write_str("\\\"")?,
+                '\n' => f.write_str("\\n")?,
+                c => std::fmt::Write::write_char(f, c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Label;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let v = Label("a\"b\\c\nd").to_string();
+        assert_eq!(v, "a\\\"b\\\\c\\nd");
+    }
 }

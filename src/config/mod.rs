@@ -310,6 +310,15 @@ impl Check<'_> {
         for t in raw {
             let f = &t.value;
             let name = f.name.value.trim();
+            if !name.is_empty() && !crate::rules::compile::good_name(name) {
+                self.error(
+                    Pos::of(&f.name.referenced),
+                    format!(
+                        "tcp listener name `{name}` has a character names cannot have \
+                         (letters, digits, `-`, `_`, `.` and `:` only)"
+                    ),
+                );
+            }
             if name.is_empty() || tcp.iter().any(|l| &*l.name == name) {
                 self.error(
                     Pos::of(&f.name.referenced),

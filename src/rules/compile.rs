@@ -147,7 +147,29 @@ fn at<T>(s: &Spanned<T>) -> Pos {
     Pos::of(&s.referenced)
 }
 
+/// Whether `name` can be a name in the rules: letters, digits, `-`, `_`, `.`, `:` (as
+/// HAProxy's proxy and server names), so it is one CSV cell, one Prometheus label value
+/// and one word in the access log, whatever renders it.
+pub fn good_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
 impl Compiler {
+    /// Reports `name` (a `what`) unless it is a [`good_name`].
+    fn name(&mut self, file: &Path, pos: Pos, what: &str, name: &str) {
+        if !good_name(name) {
+            self.err_hint(
+                file,
+                pos,
+                format!("{what} name `{name}` has a character names cannot have"),
+                "letters, digits, `-`, `_`, `.` and `:` only",
+            );
+        }
+    }
+
     fn err(&mut self, file: &Path, pos: Pos, msg: impl Into<String>) {
         self.diags.push(Diagnostic::new(file, pos, msg));
     }
@@ -174,6 +196,7 @@ impl Compiler {
                     ),
                 }
             }
+            self.name(file, at(list), "network", name);
             if self.networks.insert(name.clone(), nets).is_some() {
                 self.err(file, at(list), format!("network `{name}` is defined twice"));
             }
@@ -197,6 +220,7 @@ impl Compiler {
                     Duration::ZERO
                 }),
             };
+            self.name(file, at(pool), "pool", name);
             if self.pool_index.contains_key(name) {
                 self.err(file, at(pool), format!("pool `{name}` is defined twice"));
                 continue;
@@ -328,6 +352,7 @@ impl Compiler {
             let backup_page = s.backup_page.as_ref().and_then(|p| self.page(file, p));
             let mut health = self.health(file, name, s.health.as_ref());
             health.send_proxy = s.send_proxy.is_some() && health.port.is_none();
+            self.name(file, at(svc), "service", name);
             if self.service_index.contains_key(name) {
                 self.err(file, at(svc), format!("service `{name}` is defined twice"));
                 continue;
@@ -358,13 +383,8 @@ impl Compiler {
         let mut out = Vec::new();
         for s in list {
             let name = s.value.name.value.trim();
-            if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == ',') {
-                self.err(
-                    file,
-                    at(&s.value.name),
-                    format!("service `{service}`: server name `{name}` must be one word"),
-                );
-            }
+            let what = format!("service `{service}`: server");
+            self.name(file, at(&s.value.name), &what, name);
             if !self.server_names.insert(name.to_string()) {
                 self.err(
                     file,
@@ -579,6 +599,7 @@ impl Compiler {
     fn site(&mut self, file: &Path, spanned: &Spanned<SiteFile>) {
         let s = &spanned.value;
         let name = s.name.value.clone();
+        self.name(file, at(&s.name), "site", &name);
         if !self.site_names.insert(name.clone()) {
             self.err(file, at(&s.name), format!("site `{name}` is defined twice"));
         }
@@ -657,7 +678,10 @@ impl Compiler {
         let r = &spanned.value;
         let pos = at(spanned);
         let name: Arc<str> = match &r.name {
-            Some(n) => n.value.as_str().into(),
+            Some(n) => {
+                self.name(file, at(n), "route", &n.value);
+                n.value.as_str().into()
+            }
             None => format!("{site}#{}", i + 1).into(),
         };
         // Every part is checked even when an earlier one failed, so one edit's mistakes

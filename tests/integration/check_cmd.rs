@@ -216,3 +216,22 @@ fn two_tier_examples_are_valid() {
         assert!(text.contains("valid"), "{file}: {text}");
     }
 }
+
+/// Item 11 (hostile): a name with a comma or a quote would break the HAProxy CSV row and
+/// the Prometheus label it is written into; the rules refuse it, file:line:column.
+#[test]
+fn names_that_would_break_csv_or_labels_are_refused() {
+    let dir = workdir();
+    edit(dir.path(), "name: api-blue-1,", "name: 'api,blue\"1',");
+    edit(dir.path(), "name: store-deny,", "name: 'store deny',");
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("service `api`: server name `api,blue\"1` has a character names cannot have"),
+        "{err}"
+    );
+    assert!(
+        err.contains("route name `store deny` has a character names cannot have"),
+        "{err}"
+    );
+}

@@ -886,7 +886,9 @@ async fn connection_close_after_an_unread_body_means_close() {
         .connect(Some("store.localhost"), &[b"http/1.1"], None)
         .await
         .unwrap();
-    let mut req = b"POST /not-a-file HTTP/1.1\r\nHost: store.localhost\r\nContent-Length: 100000\r\n\r\n".to_vec();
+    let mut req =
+        b"POST /not-a-file HTTP/1.1\r\nHost: store.localhost\r\nContent-Length: 100000\r\n\r\n"
+            .to_vec();
     req.extend_from_slice(&[b'x'; 1000]);
     tls.write_all(&req).await.unwrap();
     let mut buf = [0u8; 4096];
