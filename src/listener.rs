@@ -366,8 +366,9 @@ async fn first_bytes_h2(tcp: &TcpStream, wait: Duration, stop: &CancellationToke
     }
 }
 
-/// What [`proxy::handle`] gives hyper for a request (it never fails).
-type Answer = Result<Response<ProxyBody>, Infallible>;
+/// What hyper gets for a request: [`proxy::handle`]'s answer (it never fails), or, for a
+/// malformed HTTP/2 request, the reason its stream is reset.
+type Answer = Result<Response<ProxyBody>, h2::Error>;
 
 /// hyper's service for a connection: each request to [`proxy::handle`].
 ///
@@ -380,15 +381,21 @@ fn proxy_service(
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<ProxyBody>,
-    Error = Infallible,
+    Error = h2::Error,
     Future = Pin<Box<impl Future<Output = Answer> + Send>>,
 > + Clone {
     service_fn(move |req: Request<Incoming>| {
-        Box::pin(proxy::handle(
-            shared.clone(),
-            info.clone(),
-            req.map(ClientBody::Hyper),
-        ))
+        // RFC 9113 §8.1.1: a malformed request is a stream error (PROTOCOL_ERROR), and
+        // nothing of it is decided on or forwarded.
+        let malformed =
+            req.version() == http::Version::HTTP_2 && proxy::malformed::h2_malformed(&req);
+        let answer = proxy::handle(shared.clone(), info.clone(), req.map(ClientBody::Hyper));
+        Box::pin(async move {
+            if malformed {
+                return Err(h2::Error::from(h2::Reason::PROTOCOL_ERROR));
+            }
+            answer.await.map_err(|never: Infallible| match never {})
+        })
     })
 }
 

@@ -19,6 +19,7 @@ pub mod exchange;
 pub mod finish;
 pub mod forward;
 pub mod host;
+pub mod malformed;
 pub mod path;
 pub mod reply;
 pub mod tunnel;

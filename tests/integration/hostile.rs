@@ -913,3 +913,51 @@ async fn connection_close_after_an_unread_body_means_close() {
     let rest = String::from_utf8_lossy(&rest);
     assert!(!rest.contains("HTTP/1.1 200"), "served after close: {rest}");
 }
+
+/// Item 12: HTTP/2 requests RFC 9113 §8 calls malformed that the HTTP/2 library lets
+/// through (padded field values, a `host` disagreeing with `:authority`) get a stream
+/// reset and reach no server; a well-formed request on the same connection is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_http2_requests_are_reset() {
+    let s = Stack::start().await;
+    let tls = s
+        .client()
+        .connect(Some("data.localhost"), &[b"h2"], None)
+        .await
+        .expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let before = s.served("api-");
+    let get = |h: (&str, &str)| {
+        http::Request::get("https://data.localhost/api/records")
+            .header(h.0, h.1)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    for h in [
+        ("x-pad", " v"),
+        ("x-pad", "v\t"),
+        ("host", "store.localhost"),
+    ] {
+        let r = send.send_request(get(h)).await;
+        assert!(
+            r.is_err(),
+            "{h:?} was answered: {:?}",
+            r.map(|r| r.status())
+        );
+    }
+    assert_eq!(
+        s.served("api-"),
+        before,
+        "a malformed request reached a server"
+    );
+    let ok = send
+        .send_request(get(("x-fine", "v")))
+        .await
+        .expect("served");
+    assert_eq!(ok.status(), 200);
+}
