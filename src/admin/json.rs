@@ -62,6 +62,7 @@ pub fn json(v: &View<'_>) -> String {
         "last_reload": {"ok": v.reload.error.is_none(), "error": v.reload.error, "generation": v.reload.generation},
         "connections": v.stats.connections.load(Relaxed),
         "connections_parked": v.stats.parked.load(Relaxed),
+        "upstream_stray_retired": crate::upstream::stray_retired(),
         "tls_handshakes": v.stats.tls_handshakes.load(Relaxed),
         "requests": counters(&v.stats.frontend),
         "sites": sites, "services": services, "pools": pools,

@@ -285,6 +285,12 @@ pub fn prometheus(v: &View<'_>) -> String {
             "Rules generation serving.",
             g.number,
         ),
+        (
+            names::UPSTREAM_STRAY,
+            "counter",
+            "Server connections retired: bytes followed a response's end.",
+            crate::upstream::stray_retired(),
+        ),
     ] {
         head(&mut o, name, kind, help);
         let _ = writeln!(o, "{name} {val}");

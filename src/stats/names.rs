@@ -46,6 +46,8 @@ pub const POOL_OVER_SHARE: &str = "gatehouse_pool_over_share_total";
 pub const CONNECTIONS: &str = "gatehouse_connections";
 /// Idle HTTP/1.1 keep-alive connections parked (holding no buffers).
 pub const CONNECTIONS_PARKED: &str = "gatehouse_connections_parked";
+/// Server connections retired for bytes after a response's end.
+pub const UPSTREAM_STRAY: &str = "gatehouse_upstream_stray_retired_total";
 /// Client connections accepted.
 pub const CONNECTIONS_TOTAL: &str = "gatehouse_connections_total";
 /// TLS handshakes completed.

@@ -347,5 +347,21 @@ impl std::error::Error for SendError {
 /// non-blocking read when a connection is reused.
 fn quiet(tcp: &tokio::net::TcpStream) -> bool {
     let mut byte = [0u8; 1];
-    matches!(tcp.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    match tcp.try_read(&mut byte) {
+        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        Ok(0) => false,
+        Ok(_) => {
+            STRAY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// Server connections retired because bytes followed a response's end (process-wide;
+/// a server that sends them has broken framing, and the stats page shows the count).
+static STRAY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many server connections were retired for bytes after a response's end.
+pub fn stray_retired() -> u64 {
+    STRAY.load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -568,6 +568,11 @@ async fn stray_bytes_never_become_another_response() {
         "{second}"
     );
     assert!(second.ends_with("ok"), "{second}");
+    let j = s.stats_json().await;
+    assert!(
+        j["upstream_stray_retired"].as_u64().unwrap_or(0) >= 1,
+        "counted: {j}"
+    );
 }
 
 /// Item 3: connections that never finish their ClientHello cannot take the handshake
