@@ -138,14 +138,30 @@ async fn accept_loop(l: Listening, listener: TcpListener, tls: Option<Arc<Server
         let ctx = l.conn.clone();
         let draining = l.drain.enter();
         let tls = tls.clone();
-        let Some(client_slot) = ctx.per_client.enter(peer.ip()) else {
-            // Over the per-address limit: closed before any byte is read.
-            drop(tcp);
-            continue;
+        // A configured outer proxy speaks for many clients: its connections are counted
+        // for the client its PROXY header conveys (in `serve_connection`), not for it.
+        let outer = match if tls.is_some() {
+            &ctx.proxy_protocol_tls
+        } else {
+            &ctx.proxy_protocol_plain
+        } {
+            Some(from) => from.contains(peer.ip()),
+            None => false,
+        };
+        let client_slot = match outer {
+            true => None,
+            false => match ctx.per_client.enter(peer.ip()) {
+                Some(slot) => Some(slot),
+                // Over the per-address limit: closed before any byte is read.
+                None => {
+                    drop(tcp);
+                    continue;
+                }
+            },
         };
         // Boxed, to keep the task small (see below): what the connection holds until it
         // ends, and what its setup consumes.
-        let held = Box::new((permit, client_slot));
+        let mut held = Box::new((permit, client_slot));
         let setup = Box::new((tcp, peer, tls));
         tokio::spawn(async move {
             let (tcp, peer, tls) = *setup;
@@ -155,7 +171,8 @@ async fn accept_loop(l: Listening, listener: TcpListener, tls: Option<Arc<Server
             // The setup (PROXY header, handshake, sniffing; HTTP/2 and passthrough whole)
             // runs boxed: its states are large and brief. The task itself keeps room
             // only for serving HTTP/1.1, which is what an idle keep-alive client holds.
-            let accepted = Box::pin(serve_connection(&ctx, &draining, tcp, peer, tls)).await;
+            let slot = &mut held.1;
+            let accepted = Box::pin(serve_connection(&ctx, &draining, tcp, peer, tls, slot)).await;
             match accepted {
                 Some(Accepted::Plain(io, info)) => serve_h1(&ctx, &draining, io, info).await,
                 Some(Accepted::Tls(io, info)) => serve_h1(&ctx, &draining, io, info).await,
@@ -191,6 +208,7 @@ async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Option<Arc<ServerConfig>>,
+    client_slot: &mut Option<crate::accept::ClientSlot>,
 ) -> Option<Accepted> {
     let _ = tcp.set_nodelay(true);
     let mut tcp = tcp;
@@ -207,7 +225,13 @@ async fn serve_connection(
                 crate::accept::proxy_header(&mut tcp, peer, from),
             );
             match Box::pin(header).await {
-                Ok(Ok((client, tls))) => (client, (client != peer).then_some(peer), tls),
+                Ok(Ok((client, tls))) => {
+                    if client_slot.is_none() {
+                        // Behind an outer proxy: the conveyed client is the one counted.
+                        *client_slot = Some(l.per_client.enter(client.ip())?);
+                    }
+                    (client, (client != peer).then_some(peer), tls)
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "PROXY protocol: connection refused");
                     return None;

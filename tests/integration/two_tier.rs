@@ -257,3 +257,56 @@ async fn gatehouse_tcp_front_sends_proxy_v2() {
         "127.0.0.3 is outside, though the TCP hop came from 127.0.0.1"
     );
 }
+
+/// One request over a new plain connection that opens with a PROXY v1 header conveying
+/// `client`; the connection is left open. `None`: closed without an answer.
+fn proxied_request(
+    addr: std::net::SocketAddr,
+    client: &str,
+) -> (std::net::TcpStream, Option<String>) {
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let head = format!(
+        "PROXY TCP4 {client} 127.0.0.1 1234 80\r\nGET /records/x/files/1K.bin HTTP/1.1\r\nHost: store.localhost\r\n\r\n"
+    );
+    let _ = tcp.write_all(head.as_bytes());
+    let mut buf = [0u8; 4096];
+    let got = match tcp.read(&mut buf) {
+        Ok(n) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        _ => None,
+    };
+    (tcp, got)
+}
+
+/// Hostile item 11: behind an outer proxy, the per-client connection cap counts the
+/// client each PROXY header conveys, not the outer proxy (which speaks for everyone).
+/// Before, the outer proxy's third connection was closed whoever it carried.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_connection_cap_counts_the_conveyed_client() {
+    let mut o = inner();
+    o.config_edits.push((
+        "  max_connections: 20000".into(),
+        "  max_connections: 20000\n  max_connections_per_client: 2".into(),
+    ));
+    let s = Stack::start_with(o).await;
+    let addr = s.http;
+    tokio::task::spawn_blocking(move || {
+        let mut open = Vec::new();
+        for i in 1..=4 {
+            let (tcp, got) = proxied_request(addr, &format!("192.0.2.{i}"));
+            let got = got.unwrap_or_default();
+            assert!(got.starts_with("HTTP/1.1 200"), "client {i}: {got:?}");
+            open.push(tcp);
+        }
+        for i in 1..=3 {
+            let (tcp, got) = proxied_request(addr, "198.51.100.7");
+            match i {
+                3 => assert!(got.is_none(), "a third connection of one client: {got:?}"),
+                _ => assert!(got.is_some_and(|g| g.starts_with("HTTP/1.1 200"))),
+            }
+            open.push(tcp);
+        }
+    })
+    .await
+    .unwrap();
+}
