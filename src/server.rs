@@ -120,6 +120,11 @@ impl Binder {
                 slots: Arc::new(Semaphore::new(t.max_connections)),
                 idle: t.idle,
                 proxy_protocol: t.proxy_protocol.clone(),
+                allow: t.allow.clone(),
+                per_client: crate::accept::PerClient::new(
+                    t.max_per_client
+                        .unwrap_or(config.limits.max_connections_per_client),
+                ),
                 counters: stats.counters(Kind::Listener, &t.name),
             });
             let mut bound = Vec::new();

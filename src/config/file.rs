@@ -79,6 +79,14 @@ pub struct TcpFile {
     /// Peers that must send a PROXY protocol header (see the HTTPS listener's).
     #[serde(default)]
     pub proxy_protocol_from: Vec<Spanned<String>>,
+    /// Only clients in these networks (CIDRs) are relayed; the rest are closed at once
+    /// (default: everyone). Judged on the client a PROXY header conveys, if one does.
+    #[serde(default)]
+    pub allow_from: Vec<Spanned<String>>,
+    /// Sessions at once from one client address (default: `limits.
+    /// max_connections_per_client`); beyond it the connection is closed at once.
+    #[serde(default)]
+    pub max_connections_per_client: Option<usize>,
 }
 
 /// TLS-terminating listeners.

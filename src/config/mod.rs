@@ -77,6 +77,10 @@ pub struct TcpListen {
     pub idle: Duration,
     /// Peers that must send a PROXY header.
     pub proxy_protocol: Option<AllowList>,
+    /// Clients relayed (`None`: everyone).
+    pub allow: Option<AllowList>,
+    /// Sessions at once from one client address (`None`: `limits`' per-client cap).
+    pub max_per_client: Option<usize>,
 }
 
 /// Where one certificate and its key are, and where the config named them (for errors).
@@ -340,6 +344,8 @@ impl Check<'_> {
                 max_connections: f.max_connections.unwrap_or(10_000).max(1),
                 idle,
                 proxy_protocol: self.cidrs(&f.proxy_protocol_from, "proxy_protocol_from"),
+                allow: self.cidrs(&f.allow_from, "allow_from"),
+                max_per_client: f.max_connections_per_client.map(|n| n.max(1)),
             });
         }
         tcp

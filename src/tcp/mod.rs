@@ -43,6 +43,10 @@ pub struct TcpFront {
     pub idle: Duration,
     /// Peers that must send a PROXY header.
     pub proxy_protocol: Option<crate::rules::matcher::AllowList>,
+    /// Clients relayed (`None`: everyone).
+    pub allow: Option<crate::rules::matcher::AllowList>,
+    /// Sessions open per client address.
+    pub per_client: Arc<crate::accept::PerClient>,
     /// FRONTEND counters.
     pub counters: Arc<Counters>,
 }
@@ -104,6 +108,19 @@ async fn session(shared: &Shared, front: &TcpFront, mut tcp: TcpStream, peer: So
                 }
             }
         }
+    };
+    // Judged on the client the PROXY header conveys, when one does.
+    if front
+        .allow
+        .as_ref()
+        .is_some_and(|a| !a.contains(client.ip()))
+    {
+        tracing::debug!(%client, listener = &*front.name, "not in allow_from: closed");
+        return;
+    }
+    let Some(_slot) = front.per_client.enter(client.ip()) else {
+        tracing::debug!(%client, listener = &*front.name, "over the per-client cap: closed");
+        return;
     };
     let g = shared.state.load_full();
     let Some(service) = g.rules.service_named(&front.service) else {

@@ -4,9 +4,10 @@
 # Usage: tests/conformance/h2.sh [GATEHOUSE_BINARY]   (default target/release/gatehouse)
 # The cases that still fail are HTTP/2 library error codes, listed in README.
 set -euo pipefail
-cd "$(dirname "$0")"
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=$(realpath "${1:-$ROOT/target/release/gatehouse}")
+cd "$ROOT/tests/conformance"
 MIN=${MIN:-86}
-BIN=$(realpath "${1:-../../target/release/gatehouse}")
 HTTPWG=${HTTPWG:-$(command -v httpwg || echo "$HOME/.cargo/bin/httpwg")}
 python3 origin.py 18089 2>/dev/null & ORIGIN=$!
 "$BIN" run -c gatehouse.yaml >/tmp/gatehouse-h2-conformance.log 2>&1 & PROXY=$!

@@ -443,3 +443,52 @@ async fn tls_passthrough_by_sni() {
         "ClientHello counted: {fe:?}"
     );
 }
+
+/// Connects to `addr` from `ip`.
+fn connect_from(ip: &str, addr: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(ip.parse().unwrap(), 0).into())
+        .unwrap();
+    sock.connect(&addr.into()).unwrap();
+    sock.into()
+}
+
+/// Hostile item 11: a TCP listener relays only the networks in its `allow_from`, and one
+/// client address holds at most `max_connections_per_client` sessions (before, anyone
+/// reached the service, as many times as it liked).
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_listener_allow_list_and_per_client_cap() {
+    let port = free_port();
+    let _redis = redis(port);
+    let proxy = Proxy::start(
+        "service: redis, allow_from: [127.0.0.1/32], max_connections_per_client: 2",
+        &format!(
+            "services:\n  redis:\n    mode: tcp\n    blue:\n      - {{ name: node-1, addr: 127.0.0.1:{port} }}\n    health: {{ interval: 300ms, timeout: 200ms, rise: 1, fall: 2 }}\n"
+        ),
+    );
+    let front = proxy.addr("tcp");
+    tokio::task::spawn_blocking(move || {
+        let mut outsider = connect_from("127.0.0.2", front);
+        let _ = outsider.write_all(b"PING\r\n");
+        assert!(
+            closed_within(&mut outsider, Duration::from_secs(2)),
+            "an outsider was relayed"
+        );
+        let mut a = connect_from("127.0.0.1", front);
+        let mut b = connect_from("127.0.0.1", front);
+        ping(&mut a).expect("first session");
+        ping(&mut b).expect("second session");
+        let mut c = connect_from("127.0.0.1", front);
+        let _ = c.write_all(b"PING\r\n");
+        assert!(
+            closed_within(&mut c, Duration::from_secs(2)),
+            "a third session was relayed"
+        );
+        drop(a);
+        std::thread::sleep(Duration::from_millis(300));
+        let mut d = connect_from("127.0.0.1", front);
+        ping(&mut d).expect("a slot given back is taken again");
+    })
+    .await
+    .unwrap();
+}
