@@ -186,6 +186,71 @@ fn defer_accept(socket: &Socket) -> std::io::Result<()> {
     }
 }
 
+/// Peeks at a new connection's first bytes (up to `most`) until `judge` can tell what
+/// they start (`Some`). A connection that sent a prefix and stopped is not polled: the
+/// socket's receive low-water mark is raised to one byte more than it has, so the kernel
+/// reports it readable only once more has come (or it closed).
+pub async fn sniff<T>(
+    tcp: &TcpStream,
+    most: usize,
+    judge: impl Fn(&[u8]) -> Option<T>,
+) -> std::io::Result<T> {
+    let mut buf = [0u8; 24];
+    let most = most.min(buf.len());
+    loop {
+        let n = tcp.peek(&mut buf[..most]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if let Some(t) = judge(&buf[..n]) {
+            return Ok(t);
+        }
+        more_than(tcp, n).await?;
+    }
+}
+
+/// Waits until more than `have` bytes are readable (or the peer closed or failed).
+async fn more_than(tcp: &TcpStream, have: usize) -> std::io::Result<()> {
+    // The bytes already there made the socket ready; that readiness is forgotten first,
+    // so the next wake-up is the kernel's, at the new mark.
+    let _ = tcp.try_io(tokio::io::Interest::READABLE, || {
+        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+    });
+    set_recv_lowat(tcp, have + 1)?;
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 24];
+    let now = socket2::SockRef::from(tcp).peek(&mut probe);
+    let r = match now {
+        Ok(n) if n == 0 || n > have => Ok(()),
+        Ok(_) => tcp.readable().await,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => tcp.readable().await,
+        Err(e) => Err(e),
+    };
+    set_recv_lowat(tcp, 1)?;
+    r
+}
+
+/// SO_RCVLOWAT: the socket is readable only with at least `n` bytes (or at its end).
+#[allow(unsafe_code)]
+fn set_recv_lowat(tcp: &TcpStream, n: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let v = n as libc::c_int;
+    // SAFETY: a valid socket descriptor, and a pointer to a live c_int with its size.
+    let r = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Accepts one connection, then takes a connection permit for it from `slots`; `None`
 /// once `stop` fires. Every worker accepts on its own socket, so the permit comes *after*
 /// the accept: taken before, each idle worker would sit on a permit while a connection
@@ -228,9 +293,9 @@ pub async fn proxy_header(
     peer: SocketAddr,
     from: &crate::rules::matcher::AllowList,
 ) -> std::io::Result<(SocketAddr, bool)> {
-    use crate::proxy_protocol::{Start, peek_start, read_header};
+    use crate::proxy_protocol::{Start, classify, read_header};
     let refuse = |m: &str| std::io::Error::new(std::io::ErrorKind::PermissionDenied, m.to_string());
-    let start = peek_start(tcp).await?;
+    let start = sniff(tcp, 12, classify).await?;
     match (from.contains(peer.ip()), start) {
         (true, Start::Proxy) => {
             let c = read_header(tcp).await?;

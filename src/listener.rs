@@ -373,16 +373,13 @@ where
 async fn first_bytes_h2(tcp: &TcpStream, wait: Duration, stop: &CancellationToken) -> Option<bool> {
     const PREFACE: &[u8] = b"PRI ";
     let sniff = async {
-        loop {
-            park::readable(tcp).await.ok()?;
-            let mut b = [0u8; 4];
-            let n = tcp.peek(&mut b).await.ok()?;
-            if n == 0 || n >= PREFACE.len() || !PREFACE.starts_with(&b[..n]) {
-                return Some(b[..n] == *PREFACE);
-            }
-            // "P", "PR", "PRI": a split first segment; the rest is a moment away.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        park::readable(tcp).await.ok()?;
+        // "P", "PR", "PRI": a split first segment waits for the rest (not polled).
+        let judge = |b: &[u8]| match b.len() >= PREFACE.len() || !PREFACE.starts_with(b) {
+            true => Some(b == PREFACE),
+            false => None,
+        };
+        crate::accept::sniff(tcp, PREFACE.len(), judge).await.ok()
     };
     tokio::select! {
         r = tokio::time::timeout(wait, sniff) => r.ok().flatten(),

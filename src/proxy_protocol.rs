@@ -27,27 +27,23 @@ pub enum Start {
     Other,
 }
 
-/// Peeks at the first bytes to tell whether a PROXY header starts the stream.
-pub async fn peek_start(tcp: &TcpStream) -> io::Result<Start> {
-    let mut buf = [0u8; 12];
-    loop {
-        let n = tcp.peek(&mut buf).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let seen = &buf[..n];
-        let v1 = b"PROXY ";
-        let could_be_v1 = v1.starts_with(&seen[..n.min(6)]) || seen.starts_with(v1);
-        let could_be_v2 = SIG.starts_with(seen);
-        if seen.starts_with(v1) || (n >= 12 && seen == SIG) {
-            return Ok(Start::Proxy);
-        }
-        if !could_be_v1 && !could_be_v2 {
-            return Ok(Start::Other);
-        }
-        // A prefix of a header so far: wait for more bytes.
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+/// What the first bytes of a connection are: the start of a PROXY header, something
+/// else, or (`None`) too few bytes to tell yet.
+pub fn classify(seen: &[u8]) -> Option<Start> {
+    if seen.is_empty() {
+        return None;
     }
+    let v1 = b"PROXY ";
+    let n = seen.len();
+    let could_be_v1 = v1.starts_with(&seen[..n.min(6)]) || seen.starts_with(v1);
+    let could_be_v2 = SIG.starts_with(seen);
+    if seen.starts_with(v1) || (n >= 12 && seen == SIG) {
+        return Some(Start::Proxy);
+    }
+    if !could_be_v1 && !could_be_v2 {
+        return Some(Start::Other);
+    }
+    None
 }
 
 /// What a PROXY header conveys about the client.
@@ -238,7 +234,9 @@ mod tests {
         });
         let (mut s, _) = l.accept().await.unwrap();
         client.await.unwrap();
-        assert_eq!(peek_start(&s).await.unwrap(), Start::Proxy);
+        let mut first = [0u8; 12];
+        let n = s.peek(&mut first).await.unwrap();
+        assert_eq!(classify(&first[..n]), Some(Start::Proxy));
         let got = read_header(&mut s).await.unwrap();
         assert_eq!((got.source, got.tls), (Some(src), true));
         let mut rest = [0u8; 4];
