@@ -211,22 +211,45 @@ pub async fn sniff<T>(
 
 /// Waits until more than `have` bytes are readable (or the peer closed or failed).
 async fn more_than(tcp: &TcpStream, have: usize) -> std::io::Result<()> {
+    at_least(tcp, have + 1).await
+}
+
+/// Waits until `want` bytes are readable (or the peer closed or failed), not polling:
+/// the kernel reports the socket readable only at its receive low-water mark.
+async fn at_least(tcp: &TcpStream, want: usize) -> std::io::Result<()> {
     // The bytes already there made the socket ready; that readiness is forgotten first,
     // so the next wake-up is the kernel's, at the new mark.
     let _ = tcp.try_io(tokio::io::Interest::READABLE, || {
         Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
     });
-    set_recv_lowat(tcp, have + 1)?;
-    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 24];
-    let now = socket2::SockRef::from(tcp).peek(&mut probe);
-    let r = match now {
-        Ok(n) if n == 0 || n > have => Ok(()),
+    set_recv_lowat(tcp, want)?;
+    let mut probe = vec![std::mem::MaybeUninit::<u8>::uninit(); want];
+    let r = match socket2::SockRef::from(tcp).peek(&mut probe) {
+        Ok(n) if n == 0 || n >= want => Ok(()),
         Ok(_) => tcp.readable().await,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => tcp.readable().await,
         Err(e) => Err(e),
     };
     set_recv_lowat(tcp, 1)?;
     r
+}
+
+/// Waits for a TLS connection's first record (its ClientHello) to have arrived whole,
+/// so a handshake slot is taken for a client that has said what it wants, not for one
+/// byte. Anything that does not start like a TLS handshake record is let through at once
+/// (the handshake then fails on it).
+pub async fn first_record(tcp: &TcpStream) -> std::io::Result<()> {
+    let judge = |b: &[u8]| match b {
+        [0x16, 0x03, _, hi, lo, ..] => Some(5 + usize::from(u16::from_be_bytes([*hi, *lo]))),
+        [0x16] | [0x16, 0x03] | [0x16, 0x03, _] | [0x16, 0x03, _, _] => None,
+        _ => Some(0),
+    };
+    let want = sniff(tcp, 5, judge).await?;
+    if want > 5 {
+        // At most one record's worth (16 KiB and its header).
+        at_least(tcp, want.min(16_384 + 5)).await?;
+    }
+    Ok(())
 }
 
 /// SO_RCVLOWAT: the socket is readable only with at least `n` bytes (or at its end).

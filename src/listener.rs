@@ -321,10 +321,14 @@ where
     S: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,
 {
     let handshake = async {
-        // A handshake slot is taken only once the client has sent something (a silent
-        // connection holds none), and one address holds at most its share of them (its
-        // excess waits for its own, within the handshake timeout).
-        park::readable(&tcp).await?;
+        // A handshake slot is taken only once the client's first record (its ClientHello)
+        // has arrived whole (a silent or trickling connection holds none), and one
+        // address holds at most its share of them (its excess waits for its own, within
+        // the handshake timeout).
+        match tcp.as_tcp() {
+            Some(t) => crate::accept::first_record(t).await?,
+            None => park::readable(&tcp).await?,
+        }
         let _mine = l.handshakes_per_client.wait_enter(peer.ip()).await;
         let _slot = l.handshakes.acquire().await;
         crate::tls::stream::accept(tcp, acceptor).await

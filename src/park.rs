@@ -44,6 +44,12 @@ pub trait Readiness {
     /// The connection is about to wait for its client's next request: buffers that hold
     /// nothing are given back (an idle connection keeps only its state).
     fn release_idle(&mut self) {}
+
+    /// The bare TCP socket, when this is one (its first bytes can be waited for by the
+    /// kernel's low-water mark).
+    fn as_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        None
+    }
 }
 
 impl Readiness for tokio::net::TcpStream {
@@ -54,6 +60,10 @@ impl Readiness for tokio::net::TcpStream {
     fn cork_until_close(&self) {
         // A failure only costs the extra segments.
         let _ = socket2::SockRef::from(self).set_tcp_cork(true);
+    }
+
+    fn as_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        Some(self)
     }
 }
 
@@ -68,6 +78,10 @@ impl<S: Readiness + ?Sized> Readiness for Box<S> {
 
     fn release_idle(&mut self) {
         (**self).release_idle()
+    }
+
+    fn as_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        (**self).as_tcp()
     }
 }
 

@@ -1035,3 +1035,37 @@ async fn split_first_bytes_are_waited_for_not_polled() {
         &buf[..n]
     );
 }
+
+/// Item 3 (the rest): a handshake slot is taken only once a ClientHello record has
+/// arrived whole. Forty connections from one address that send a record header and one
+/// byte of it no longer hold that address's 32 handshake slots, so a real client from the
+/// same address (a NAT) completes its handshake at once (before: it waited for the
+/// handshake timeout).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handshake_slot_waits_for_a_whole_client_hello() {
+    let s = Stack::start().await;
+    let mut trickling = Vec::new();
+    for _ in 0..40 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut tcp = sock.connect(s.https).await.unwrap();
+        tcp.write_all(&[0x16, 0x03, 0x01, 0x00, 0xc8, 0x01])
+            .await
+            .unwrap();
+        trickling.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let from = crate::harness::Req {
+        from: Some("127.0.0.2".parse().unwrap()),
+        ..Default::default()
+    };
+    let got = tokio::time::timeout(
+        Duration::from_secs(4),
+        s.client()
+            .get_with("store.localhost", "/records/x/files/1K.bin", &from),
+    )
+    .await
+    .expect("a whole ClientHello from the same address is handled within 4 s");
+    assert_eq!(got.status, 200);
+    drop(trickling);
+}
