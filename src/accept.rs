@@ -165,17 +165,34 @@ const DEFER_ACCEPT_SECS: libc::c_int = 1;
 /// that never speaks costs a kernel request slot for a second, not a task (nginx's
 /// `deferred`, HAProxy's `defer-accept`). Silent connections are still handed over after
 /// [`DEFER_ACCEPT_SECS`] and meet the request header timeout as before.
-#[allow(unsafe_code)]
 fn defer_accept(socket: &Socket) -> std::io::Result<()> {
     use std::os::fd::AsRawFd as _;
-    let secs = DEFER_ACCEPT_SECS;
-    // SAFETY: a valid socket descriptor, and a pointer to a live c_int with its size.
+    let fd = socket.as_raw_fd();
+    setsockopt_int(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_DEFER_ACCEPT,
+        DEFER_ACCEPT_SECS,
+    )
+}
+
+/// Sets one integer socket option: the only `setsockopt` the proxy makes itself, for the
+/// two options neither tokio nor socket2 offers (`TCP_DEFER_ACCEPT`, `SO_RCVLOWAT`).
+#[allow(unsafe_code)]
+fn setsockopt_int(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    // SAFETY: `fd` is a socket the caller holds open, and the pointer is to a live c_int
+    // with its size.
     let r = unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&secs as *const libc::c_int).cast(),
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -253,25 +270,10 @@ pub async fn first_record(tcp: &TcpStream) -> std::io::Result<()> {
 }
 
 /// SO_RCVLOWAT: the socket is readable only with at least `n` bytes (or at its end).
-#[allow(unsafe_code)]
 fn set_recv_lowat(tcp: &TcpStream, n: usize) -> std::io::Result<()> {
     use std::os::fd::AsRawFd as _;
-    let v = n as libc::c_int;
-    // SAFETY: a valid socket descriptor, and a pointer to a live c_int with its size.
-    let r = unsafe {
-        libc::setsockopt(
-            tcp.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    let n = libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
+    setsockopt_int(tcp.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, n)
 }
 
 /// Accepts one connection, then takes a connection permit for it from `slots`; `None`

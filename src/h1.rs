@@ -133,7 +133,7 @@ where
             Ok(resp) => resp,
             Err(never) => match never {},
         };
-        let close = close || draining.is_cancelled() || closes(&resp);
+        let close = close || draining.is_cancelled() || proxy::closes(&resp);
         if close {
             io.cork_until_close();
         }
@@ -146,13 +146,6 @@ where
             return Outcome::Close;
         }
     }
-}
-
-/// Whether the response says the connection closes after it.
-fn closes(resp: &Response<ProxyBody>) -> bool {
-    resp.headers()
-        .get(header::CONNECTION)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
 /// Waits for the client's next bytes (true) or a quiet tick (false).

@@ -407,21 +407,45 @@ fn proxy_service(
     Request<Incoming>,
     Response = Response<ProxyBody>,
     Error = h2::Error,
-    Future = Pin<Box<impl Future<Output = Answer> + Send>>,
+    Future = Answering<impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>,
 > + Clone {
     service_fn(move |req: Request<Incoming>| {
         // RFC 9113 §8.1.1: a malformed request is a stream error (PROTOCOL_ERROR), and
         // nothing of it is decided on or forwarded.
-        let malformed =
-            req.version() == http::Version::HTTP_2 && proxy::malformed::h2_malformed(&req);
-        let answer = proxy::handle(shared.clone(), info.clone(), req.map(ClientBody::Hyper));
-        Box::pin(async move {
-            if malformed {
-                return Err(h2::Error::from(h2::Reason::PROTOCOL_ERROR));
-            }
-            answer.await.map_err(|never: Infallible| match never {})
-        })
+        if req.version() == http::Version::HTTP_2 && proxy::malformed::h2_malformed(&req) {
+            return Answering::Reset;
+        }
+        let req = req.map(ClientBody::Hyper);
+        Answering::Handle(Box::pin(proxy::handle(shared.clone(), info.clone(), req)))
     })
+}
+
+/// The service's future: a stream reset, or the request path boxed once. An enum rather
+/// than an `async` wrapper, which would move the large request future one more time.
+enum Answering<F> {
+    /// The request is malformed: reset its stream.
+    Reset,
+    /// The request path at work.
+    Handle(Pin<Box<F>>),
+}
+
+impl<F> Future for Answering<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, Infallible>>,
+{
+    type Output = Answer;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Answer> {
+        match self.get_mut() {
+            Answering::Reset => {
+                std::task::Poll::Ready(Err(h2::Error::from(h2::Reason::PROTOCOL_ERROR)))
+            }
+            Answering::Handle(f) => f
+                .as_mut()
+                .poll(cx)
+                .map(|r| r.map_err(|never: Infallible| match never {})),
+        }
+    }
 }
 
 /// Serves HTTP/2 until the client leaves or the drain has let its streams finish.

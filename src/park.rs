@@ -214,6 +214,28 @@ impl<I, A: std::ops::Deref<Target = Activity>> Watched<I, A> {
             activity,
         }
     }
+
+    /// The connection's activity.
+    fn activity(&self) -> &Activity {
+        &self.activity
+    }
+}
+
+impl<I, A> Watched<I, A> {
+    /// The socket.
+    pub fn get_ref(&self) -> &I {
+        &self.io
+    }
+
+    /// The socket, to read and write past the watch.
+    pub fn get_mut(&mut self) -> &mut I {
+        &mut self.io
+    }
+
+    /// The socket, owned.
+    pub fn into_inner(self) -> I {
+        self.io
+    }
 }
 
 impl<I: AsyncRead + Unpin, A: Unpin> AsyncRead for Watched<I, A> {
@@ -269,11 +291,8 @@ where
 /// The socket under hyper, watching for an idle gap long enough to park in, and for a
 /// client that stops taking what is written to it.
 pub struct ParkIo<I> {
-    io: TokioIo<I>,
-    /// Requests of this connection whose response is not finished yet.
-    in_flight: Arc<Activity>,
-    /// Writes waiting on the client.
-    stall: Stall,
+    /// The socket; its activity counts the requests whose response is not finished.
+    io: TokioIo<Watched<I, Arc<Activity>>>,
     tick: Tick,
     /// Bytes already read from the socket (by `h1.rs`) that hyper reads first.
     unread: bytes::Bytes,
@@ -287,9 +306,7 @@ impl<I> ParkIo<I> {
     /// waits on the client for `client_timeout` fails.
     pub fn new(io: I, in_flight: Arc<Activity>, client_timeout: Duration) -> Self {
         ParkIo {
-            io: TokioIo::new(io),
-            in_flight,
-            stall: Stall::new(client_timeout),
+            io: TokioIo::new(Watched::new(io, client_timeout, in_flight)),
             tick: Tick::default(),
             unread: bytes::Bytes::new(),
             dirty: false,
@@ -311,12 +328,12 @@ impl<I> ParkIo<I> {
 
     /// The socket.
     pub fn get_ref(&self) -> &I {
-        self.io.inner()
+        self.io.inner().get_ref()
     }
 
     /// The socket, to read and write past hyper (`h1.rs`).
     pub fn get_mut(&mut self) -> &mut I {
-        self.io.inner_mut()
+        self.io.inner_mut().get_mut()
     }
 
     /// About to wait for the client's next request: the tick's timer and the socket's
@@ -326,7 +343,7 @@ impl<I> ParkIo<I> {
         I: Readiness,
     {
         self.tick.release();
-        self.io.inner_mut().release_idle();
+        self.io.inner_mut().get_mut().release_idle();
     }
 
     /// Gives hyper `bytes` to read before the socket's.
@@ -341,13 +358,19 @@ impl<I> ParkIo<I> {
 
     /// The socket, owned (an upgraded connection's tunnel takes it).
     pub fn into_inner(self) -> I {
-        self.io.into_inner()
+        self.io.into_inner().into_inner()
+    }
+
+    /// Bytes are going out: not idle, and not flushed yet.
+    fn wrote(&mut self) {
+        self.dirty = true;
+        self.tick.touch();
     }
 
     /// Called when a read would block: parks (returns true) once a whole [`Tick`] has
     /// passed with no bytes moved, no request in flight and nothing unflushed.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let (in_flight, dirty) = (&self.in_flight, self.dirty);
+        let (in_flight, dirty) = (self.io.inner().activity(), self.dirty);
         self.tick.quiet(cx, || in_flight.idle() && !dirty)
     }
 }
@@ -391,10 +414,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Write for ParkIo<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.dirty = true;
-        this.tick.touch();
-        let r = Pin::new(&mut this.io).poll_write(cx, buf);
-        watched(r, &mut this.stall, &this.in_flight, cx)
+        this.wrote();
+        Pin::new(&mut this.io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -403,10 +424,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Write for ParkIo<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.dirty = true;
-        this.tick.touch();
-        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        watched(r, &mut this.stall, &this.in_flight, cx)
+        this.wrote();
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -419,7 +438,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Write for ParkIo<I> {
         if let Poll::Ready(Ok(())) = r {
             this.dirty = false;
         }
-        watched(r, &mut this.stall, &this.in_flight, cx)
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

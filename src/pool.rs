@@ -129,7 +129,14 @@ impl Pool {
     ) -> Result<PoolPermit, Refused> {
         let share = match share {
             None => None,
-            Some((client, n)) => Some(self.take_share(client, n).await?),
+            Some((client, n)) => {
+                let cells = self.shares.cells(client);
+                match self.shares.try_take(cells, n) {
+                    Some(g) => Some(g),
+                    // Boxed, like the slot's wait below: the common case stays small.
+                    None => Some(Box::pin(self.wait_share(cells, n)).await?),
+                }
+            }
         };
         match self.slots.try_acquire() {
             Ok(p) => p.forget(),
@@ -143,22 +150,14 @@ impl Pool {
         })
     }
 
-    /// The client's share: at once while it holds fewer than `n` slots, else after one of
-    /// its own requests ends (within the queue timeout).
-    async fn take_share(&self, client: IpAddr, n: u32) -> Result<ShareGuard<'_>, Refused> {
-        let cells = self.shares.cells(client);
-        if let Some(g) = self.shares.try_take(cells, n) {
-            return Ok(g);
-        }
+    /// The client's share once one of its own requests ends (within the queue timeout).
+    async fn wait_share(&self, cells: Cells, n: u32) -> Result<ShareGuard<'_>, Refused> {
         let timeout = Duration::from_millis(self.queue_timeout_ms.load(Ordering::Relaxed));
         let deadline = tokio::time::Instant::now() + timeout;
-        match Box::pin(self.shares.wait(cells, n, deadline)).await {
-            Ok(g) => Ok(g),
-            Err(_) => {
-                self.over_share.fetch_add(1, Ordering::Relaxed);
-                Err(Refused::OverShare)
-            }
-        }
+        self.shares.wait(cells, n, deadline).await.map_err(|_| {
+            self.over_share.fetch_add(1, Ordering::Relaxed);
+            Refused::OverShare
+        })
     }
 
     /// Queues for a slot (bounded, with the pool's timeout).

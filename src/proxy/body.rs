@@ -4,6 +4,7 @@
 //! Nothing here buffers a body: frames pass through one at a time, and hyper's
 //! back-pressure (a frame is only polled when the other side can take it) bounds memory.
 
+use super::finish::Record;
 use crate::body::BoxError;
 use crate::upstream::direct::DirectBody;
 use bytes::Bytes;
@@ -58,7 +59,8 @@ pin_project! {
         #[pin]
         kind: Kind,
         sent: u64,
-        hold: Option<Box<dyn Hold>>,
+        // The one holder, named rather than `dyn`: its calls on every frame inline.
+        hold: Option<Box<Record>>,
     }
 
     impl PinnedDrop for ProxyBody {
@@ -125,7 +127,7 @@ impl ProxyBody {
 
     /// Attaches what must be released or recorded when the body ends.
     #[inline]
-    pub fn hold(mut self, hold: Box<dyn Hold>) -> Self {
+    pub fn hold(mut self, hold: Box<Record>) -> Self {
         self.hold = Some(hold);
         self
     }

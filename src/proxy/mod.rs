@@ -123,8 +123,8 @@ pub async fn handle(
     Ok(resp.map(|b| b.hold(rec)))
 }
 
-/// Whether an answer of our own closes the connection.
-fn closes(resp: &Response<ProxyBody>) -> bool {
+/// Whether a response says the connection closes after it.
+pub fn closes(resp: &Response<ProxyBody>) -> bool {
     resp.headers()
         .get(header::CONNECTION)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))

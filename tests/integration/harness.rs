@@ -413,6 +413,33 @@ impl Client {
         TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await
     }
 
+    /// An HTTP/2 connection over TLS to `sni` from `from`, with the stream window
+    /// `window` (hyper's default when `None`): the request sender and the task driving
+    /// the connection (it ends when the connection does).
+    pub async fn h2(
+        &self,
+        sni: &str,
+        from: Option<IpAddr>,
+        window: Option<u32>,
+    ) -> (
+        hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+    ) {
+        let tls = self
+            .connect(Some(sni), &[b"h2"], from)
+            .await
+            .expect("connect");
+        let mut b = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        if let Some(w) = window {
+            b.initial_stream_window_size(w);
+        }
+        let (send, conn) = b
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
+        (send, tokio::spawn(conn))
+    }
+
     /// A TLS client config trusting the demo CA, for tests that keep one across
     /// connections (session resumption).
     pub fn tls_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
