@@ -107,9 +107,9 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Server's first response byte.
     pub response: Duration,
-    /// A client taking no byte written to it.
+    /// A client taking no byte written to it, or sending no byte of its upload.
     pub client: Duration,
-    /// A server sending no byte of a response body.
+    /// A server sending no byte of a response body, or taking no byte of an upload.
     pub server: Duration,
     /// Idle upstream keep-alive.
     pub upstream_idle: Duration,

@@ -52,7 +52,7 @@ pub enum ProxyError {
     /// mid-upload): 400, the connection closes, and nothing counts against the server.
     #[error("bad request body from the client")]
     ClientBody,
-    /// The client stopped sending its request body for a whole response timeout: 408,
+    /// The client stopped sending its request body for a whole `timeouts.client`: 408,
     /// the connection closes, and nothing counts against the server.
     #[error("client stalled sending its request body")]
     ClientTimeout,

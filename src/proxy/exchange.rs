@@ -11,6 +11,7 @@ use super::finish::Record;
 use super::forward::{self, ClientAddr};
 use super::{Shared, tunnel};
 use crate::body::{BodyProgress, ClientBody, LimitedBody};
+use crate::config::Timeouts;
 use crate::generation::Generation;
 use crate::rules::{Server, Site};
 use http::header::{self, HeaderValue};
@@ -122,8 +123,7 @@ pub async fn exchange(
                     conn.upstream.send(server.addr, request).await
                 }
             });
-            let timeout = shared.timeouts.response;
-            await_head(sending, &progress, bodyless, respond_by, timeout)
+            await_head(sending, &progress, bodyless, sent, &shared.timeouts)
                 .await
                 .map(|r| r.map(|resp| resp.map(ProxyBody::upstream)))
         };
@@ -278,29 +278,36 @@ fn respond_headers(resp: &mut Response<ProxyBody>, conn: &ConnInfo, site: &Site)
 }
 
 /// Waits for the response head of a request sent through hyper's client. The response
-/// timeout counts from the end of the upload, so a steady upload may take hours: while
-/// the body is still on its way, every timeout window must see bytes move, or the client
-/// stalled (408, not the server's doing; a server that stops reading the upload is the
-/// server's: 504); once it has ended, the server has the timeout to answer (504). The first deadline is `first` (the send time plus the timeout).
+/// timeout counts from the end of the upload, so a steady upload may take hours. While
+/// the body is on its way it must move: waiting on the client, every `timeouts.client`
+/// (else the client stalled: 408, not the server's doing); waiting on the server to take
+/// it, every `timeouts.server` (a server that stops reading the upload: 504). Once the
+/// body has ended, the server has `timeouts.response` to answer (504).
 async fn await_head<F: std::future::Future>(
     fut: F,
     progress: &BodyProgress,
     bodyless: bool,
-    first: Instant,
-    timeout: std::time::Duration,
+    sent: Instant,
+    t: &Timeouts,
 ) -> Result<F::Output, ProxyError> {
     let mut fut = std::pin::pin!(fut);
-    let mut deadline = first;
+    if bodyless {
+        let out = crate::deadline::within(sent + t.response, fut.as_mut()).await;
+        return out.map_err(|_| ProxyError::Timeout);
+    }
+    // The window of whoever the upload waits on now.
+    let window = || match progress.waiting_on_client.load(Ordering::Relaxed) {
+        true => t.client,
+        false => t.server,
+    };
+    let mut deadline = sent + window();
     let mut seen = progress.bytes.load(Ordering::Relaxed);
     loop {
         if let Ok(out) = crate::deadline::within(deadline, fut.as_mut()).await {
             return Ok(out);
         }
-        if bodyless {
-            return Err(ProxyError::Timeout);
-        }
         if let Some(ended) = progress.ended() {
-            match ended + timeout {
+            match ended + t.response {
                 by if by > deadline => deadline = by,
                 _ => return Err(ProxyError::Timeout),
             }
@@ -308,14 +315,14 @@ async fn await_head<F: std::future::Future>(
         }
         let now = progress.bytes.load(Ordering::Relaxed);
         if now == seen {
-            // Nothing moved for a whole timeout: whoever the upload was waiting for.
+            // Nothing moved for a whole window: whoever the upload was waiting for.
             return Err(match progress.waiting_on_client.load(Ordering::Relaxed) {
                 true => ProxyError::ClientTimeout,
                 false => ProxyError::Timeout,
             });
         }
         seen = now;
-        deadline += timeout;
+        deadline += window();
     }
 }
 
