@@ -332,7 +332,9 @@ async fn await_head<F: std::future::Future>(
 /// is dropped and the request goes on as a plain one. The tunnel opens only after the
 /// server's 101 for the same protocol ([`open_tunnel`]).
 fn upgrade_protocol(req: &Request<ClientBody>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 {
+    // The own HTTP/1.1 path (an empty body) hands every request naming an upgrade to
+    // hyper, so only hyper's requests can carry one.
+    if req.version() != Version::HTTP_11 || matches!(req.body(), ClientBody::Empty) {
         return None;
     }
     // `Upgrade` first: nearly every request has none, and then `Connection` is not read.

@@ -215,8 +215,9 @@ impl Upstream {
         let q = map.get_mut(&addr)?;
         let mut now = None;
         while let Some(i) = q.pop() {
-            let now = *now.get_or_insert_with(Instant::now);
-            if now.duration_since(i.since) <= self.idle_timeout && quiet(&i.tcp) {
+            // Coarse (the worker's sweep): an idle timeout of seconds needs no clock read.
+            let now = *now.get_or_insert_with(crate::deadline::coarse_now);
+            if now.saturating_duration_since(i.since) <= self.idle_timeout && quiet(&i.tcp) {
                 return Some(i.tcp);
             }
         }
@@ -231,7 +232,7 @@ impl Upstream {
         if q.len() < self.max_per_server {
             q.push(Idle {
                 tcp,
-                since: Instant::now(),
+                since: crate::deadline::coarse_now(),
             });
         }
     }
