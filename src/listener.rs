@@ -284,6 +284,11 @@ async fn serve_connection(
     let chosen = crate::tcp::sni::server_name(&hello)
         .and_then(|name| g.rules.passthrough_for(&name).map(|p| (p, name)));
     if let Some(((ix, p), name)) = chosen {
+        // Judged on the client a PROXY header conveys, when one does.
+        if p.allow.as_ref().is_some_and(|a| !a.contains(peer.ip())) {
+            tracing::debug!(%peer, sni = %name, passthrough = &*p.name, "not in allow_from: closed");
+            return None;
+        }
         tracing::debug!(%peer, sni = %name, passthrough = &*p.name, "TLS passed through");
         let origin = crate::tcp::Origin {
             client: peer,

@@ -866,10 +866,12 @@ impl Compiler {
                 );
             }
         };
+        let allow = p.allow_from.as_ref().map(|l| self.allow_list(file, l));
         self.set.passthrough.push(Passthrough {
             name: name.into(),
             hosts,
             service,
+            allow,
         });
     }
 

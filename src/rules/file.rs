@@ -48,6 +48,9 @@ pub struct PassthroughFile {
     pub hosts: Vec<Spanned<String>>,
     /// The `mode: tcp` service whose servers terminate the TLS themselves.
     pub service: Spanned<String>,
+    /// Only clients from these named networks; others' connections are closed.
+    #[serde(default)]
+    pub allow_from: Option<Vec<Spanned<String>>>,
 }
 
 /// What a service speaks.

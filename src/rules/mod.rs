@@ -50,6 +50,8 @@ pub struct Passthrough {
     pub hosts: Vec<HostPattern>,
     /// Index into `RuleSet::services` (a `mode: tcp` service).
     pub service: usize,
+    /// The clients allowed (`None`: everyone).
+    pub allow: Option<Arc<AllowList>>,
 }
 
 /// Host name → index, exact names first, then `first.*`, then `*.suffix` (longest first).

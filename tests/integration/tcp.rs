@@ -378,13 +378,13 @@ fn s_client(addr: SocketAddr, sni: &str, input: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tls_passthrough_by_sni() {
+/// A TLS server (`openssl s_server`) whose certificate Gatehouse does not hold, and a
+/// proxy passing `pass.localhost` through to it (`extra`: more keys of that passthrough).
+async fn passthrough_stack(extra: &str, networks: &str) -> (Kill, tempfile::TempDir, Proxy) {
     let port = free_port();
     let certs = tempfile::tempdir().unwrap();
     cert(certs.path(), "pass", "pass.localhost");
-    // A TLS server whose certificate Gatehouse does not hold.
-    let _server = Kill(
+    let server = Kill(
         Command::new("openssl")
             .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
             .args(["-cert", "pass.pem", "-key", "pass.key", "-www", "-quiet"])
@@ -398,15 +398,21 @@ async fn tls_passthrough_by_sni() {
     let proxy = Proxy::start(
         "service: other",
         &format!(
-            "services:\n  pass:\n    mode: tcp\n    blue:\n      - {{ name: pass-1, addr: 127.0.0.1:{port} }}\n  other:\n    mode: tcp\n    blue:\n      - {{ name: other-1, addr: 127.0.0.1:9 }}\n\
-             passthrough:\n  - {{ name: pass, hosts: [pass.localhost], service: pass }}\n"
+            "{networks}services:\n  pass:\n    mode: tcp\n    blue:\n      - {{ name: pass-1, addr: 127.0.0.1:{port} }}\n  other:\n    mode: tcp\n    blue:\n      - {{ name: other-1, addr: 127.0.0.1:9 }}\n\
+             passthrough:\n  - {{ name: pass, hosts: [pass.localhost], service: pass{extra} }}\n"
         ),
     );
-    let https = proxy.addr("https");
     wait_until("s_server listening", Duration::from_secs(5), async || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     })
     .await;
+    (server, certs, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_passthrough_by_sni() {
+    let (_server, _certs, proxy) = passthrough_stack("", "").await;
+    let https = proxy.addr("https");
 
     let out = s_client(https, "pass.localhost", "GET / HTTP/1.0\r\n\r\n");
     assert!(
@@ -441,6 +447,53 @@ async fn tls_passthrough_by_sni() {
     assert!(
         fe["bin"].parse::<u64>().unwrap_or(0) > 100,
         "ClientHello counted: {fe:?}"
+    );
+}
+
+/// What a server answers to a ClientHello for `sni` sent from `ip` (empty: closed first).
+fn hello_answer(ip: &str, addr: SocketAddr, sni: &str) -> Vec<u8> {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    let mut tcp = connect_from(ip, addr);
+    tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    tcp.write_all(&hello).unwrap();
+    let mut got = vec![0u8; 5];
+    match tcp.read(&mut got) {
+        Ok(n) => got.truncate(n),
+        Err(_) => got.clear(),
+    }
+    got
+}
+
+/// Hostile item 11: a passthrough name relays only the networks in its `allow_from`
+/// (judged on the client, as routes are); before, anyone reached the server behind it.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_passthrough_allow_list() {
+    let networks = "networks:\n  inside: [127.0.0.1/32]\n";
+    let (_server, _certs, proxy) = passthrough_stack(", allow_from: [inside]", networks).await;
+    let https = proxy.addr("https");
+    let inside = hello_answer("127.0.0.1", https, "pass.localhost");
+    assert_eq!(
+        inside.first(),
+        Some(&0x16),
+        "the server's handshake: {inside:?}"
+    );
+    let outside = hello_answer("127.0.0.2", https, "pass.localhost");
+    assert!(outside.is_empty(), "an outsider was relayed: {outside:?}");
+    // Names that are not passed through are still served to everyone.
+    let other = hello_answer("127.0.0.2", https, "x.localhost");
+    assert_eq!(
+        other.first(),
+        Some(&0x16),
+        "Gatehouse's own handshake: {other:?}"
     );
 }
 
