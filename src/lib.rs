@@ -32,7 +32,8 @@
 //! **Edge** (connections from clients):
 //! - `accept`: binding, connection slots, per-client caps, the drain, PROXY headers.
 //! - `park`: idle HTTP/1.1 connections without buffers. `tls/`: certificates by SNI and
-//!   the TLS stream. `h1`: the own HTTP/1.1 path for bodyless GET/HEAD.
+//!   the TLS stream. `h1`: the own HTTP/1.1 path for bodyless GET/HEAD. `h2stream`:
+//!   hyper's HTTP/2 stream tasks, each cut when its client window stays shut.
 //! - `tcp/`: TCP fronts and TLS passthrough. `listener`: the HTTP(S) accept loops and
 //!   serving HTTP/1.1 and HTTP/2.
 //!
@@ -57,6 +58,7 @@ pub mod diag;
 pub mod fallback;
 pub mod generation;
 pub mod h1;
+pub mod h2stream;
 pub mod handover;
 pub mod health;
 pub mod listener;

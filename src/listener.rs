@@ -14,6 +14,7 @@
 use crate::accept::{Drain, Draining, PerClient};
 use crate::body::ClientBody;
 use crate::config::Config;
+use crate::h2stream::StreamExec;
 use crate::park::{self, ParkIo, Readiness};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::{self, ConnInfo, Shared};
@@ -22,7 +23,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{Service, service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use std::convert::Infallible;
 use std::future::Future;
@@ -54,7 +55,7 @@ pub struct ConnCtx {
     /// Shared request state.
     pub shared: Arc<Shared>,
     /// HTTP/2 server settings.
-    pub http: http2::Builder<TokioExecutor>,
+    pub http: http2::Builder<StreamExec>,
     /// HTTP/1.1 server settings for the connections driven here.
     pub http1: http1::Builder,
     /// What the listener's own HTTP/1.1 path takes (less than hyper takes).
@@ -107,8 +108,8 @@ pub fn http1_builder(config: &Config) -> http1::Builder {
 
 /// The HTTP/2 server settings every client connection uses (HTTP/1.1 is `http1_builder`:
 /// the listener sorts connections by ALPN or preface, so hyper never has to).
-pub fn http_builder(config: &Config) -> http2::Builder<TokioExecutor> {
-    let mut b = http2::Builder::new(TokioExecutor::new());
+pub fn http_builder(config: &Config) -> http2::Builder<StreamExec> {
+    let mut b = http2::Builder::new(StreamExec::new(config.timeouts.client));
     b.timer(TokioTimer::new())
         .max_header_list_size(config.limits.max_header_bytes as u32)
         .max_concurrent_streams(256)

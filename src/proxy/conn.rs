@@ -153,3 +153,44 @@ impl Drop for InFlight {
         self.0.requests.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// HTTP/2: what a stream's response body did during one poll of the task that carries
+/// the stream (`h2stream`), so a stream whose client window stays shut is cut even while
+/// other streams of its connection move (the connection's watchdog sees only the whole).
+/// The body is only ever polled inside its stream's task, so a thread-local carries the
+/// news from one to the other: no allocation or shared count per stream.
+pub mod stream {
+    use std::cell::Cell;
+
+    /// The writer came back for a frame: the stream moved.
+    pub const MOVED: u8 = 1;
+    /// A frame went to the writer, which owes a poll for the next one.
+    pub const OWED: u8 = 2;
+    /// The task is cutting the stream: its client took nothing for `timeouts.client`.
+    pub const CUT: u8 = 4;
+
+    thread_local! {
+        static EVENTS: Cell<u8> = const { Cell::new(0) };
+    }
+
+    /// Notes `e` for the task being polled. `MOVED` clears `OWED`: what the task reads
+    /// is whether a frame is owed *now*, after everything that happened in its poll.
+    #[inline]
+    pub fn note(e: u8) {
+        EVENTS.with(|c| {
+            let was = if e == MOVED { c.get() & !OWED } else { c.get() };
+            c.set(was | e)
+        });
+    }
+
+    /// What was noted since the last take, cleared.
+    #[inline]
+    pub fn take() -> u8 {
+        EVENTS.with(|c| c.replace(0))
+    }
+
+    /// Whether the task being polled is cutting its stream.
+    pub fn cutting() -> bool {
+        EVENTS.with(|c| c.get() & CUT != 0)
+    }
+}

@@ -2,7 +2,7 @@
 //! server, count the request once and write its one access-log line.
 
 use super::body::End;
-use super::conn::{ConnInfo, InFlight};
+use super::conn::{ConnInfo, InFlight, stream};
 use super::decide::Decision;
 use super::error::ProxyError;
 use super::{Hold, Shared};
@@ -141,6 +141,7 @@ impl Hold for Record {
     fn polled(&mut self) {
         if self.version == Version::HTTP_2 {
             self._in_flight.polled(std::mem::take(&mut self.owed));
+            stream::note(stream::MOVED);
         }
     }
 
@@ -149,6 +150,7 @@ impl Hold for Record {
         if self.version == Version::HTTP_2 && !self.owed {
             self.owed = true;
             self._in_flight.handed();
+            stream::note(stream::OWED);
         }
     }
 
@@ -250,13 +252,18 @@ impl Hold for Record {
 }
 
 impl Record {
+    /// Whether the client stalled: its connection, or (HTTP/2) this stream alone.
+    fn client_stalled(&self) -> bool {
+        self._in_flight.client_stalled() || (self.version == Version::HTTP_2 && stream::cutting())
+    }
+
     /// A response cut short: who cut it goes to the log and to the abort counters of
     /// the service and server (HAProxy's `cli_abrt` / `srv_abrt`).
     fn note_cut(&mut self, end: End) {
         let by_client = end == End::Dropped;
         if self.termination == "-" {
             self.termination = match end {
-                End::Dropped if self._in_flight.client_stalled() => "client_timeout",
+                End::Dropped if self.client_stalled() => "client_timeout",
                 End::Dropped => "client_aborted",
                 End::ServerStalled => "server_timeout",
                 _ => "server_aborted",

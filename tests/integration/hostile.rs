@@ -767,6 +767,70 @@ async fn a_client_that_stops_reading_loses_its_slot() {
     drop((held, tls, h2));
 }
 
+/// Item 1 (progress), HTTP/2: one stream whose window stays shut loses its slot after
+/// `timeouts.client` even while another stream of the same connection keeps moving (the
+/// connection's watchdog alone never fired: something moved all along). The stalled
+/// stream is reset, logged `client_timeout`; the connection and its other stream go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_stalled_http2_stream_beside_a_moving_one_loses_its_slot() {
+    let s = progress_stack(Vec::new()).await;
+    let (mut send, _driver, stalled) = {
+        let (mut send, driver) = s
+            .client()
+            .h2(
+                "store.localhost",
+                Some("127.0.0.5".parse().unwrap()),
+                Some(65_535),
+            )
+            .await;
+        let req = http::Request::get("https://store.localhost/records/h2/files/1G.bin")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.expect("response head");
+        assert_eq!(resp.status(), 200);
+        (send, driver, resp)
+    };
+    // The other stream: small downloads, one every 200 ms, for up to 6 s.
+    let t = std::time::Instant::now();
+    let mut freed = None;
+    while t.elapsed() < Duration::from_secs(6) {
+        let req = http::Request::get("https://store.localhost/records/m/files/4K.bin")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.expect("the moving stream");
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+        assert_eq!(body.to_bytes().len(), 4096);
+        if files_pool(&s).await["in_use"] == 0 {
+            freed = Some(t.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let freed = freed.expect("the stalled stream still held its slot after 6 s");
+    assert!(
+        freed >= Duration::from_millis(1500),
+        "cut before the timeout: {freed:?}"
+    );
+    // The stalled stream was reset, not the connection: one more request is served.
+    let mut body = stalled.into_body();
+    let mut broke = false;
+    while let Some(f) = http_body_util::BodyExt::frame(&mut body).await {
+        if f.is_err() {
+            broke = true;
+            break;
+        }
+    }
+    assert!(broke, "the stalled stream ended cleanly");
+    let req = http::Request::get("https://store.localhost/records/m/files/4K.bin")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.expect("after").status(), 200);
+    assert!(s.log().contains("client_timeout"), "{}", s.log());
+}
+
 /// A server that answers with a long body, sends ten bytes of it and stops.
 async fn stalling_server() -> std::net::SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();

@@ -34,6 +34,7 @@ const ORDER: &[&str] = &[
     "park",
     "tls",
     "h1",
+    "h2stream",
     "tcp",
     "listener",
     // admin and ops
