@@ -272,6 +272,17 @@ fn describe(
             format!("{} ({})", route.name, route.path.describe()),
         );
         e.line("allow_from", allow_line(route, d.client.ip));
+        if let Some(m) = route.methods {
+            let method = http::Method::from_bytes(ask.method.as_bytes()).unwrap_or_default();
+            let verdict = match m.contains(&method) {
+                true => "taken",
+                false => "405 Method Not Allowed",
+            };
+            e.line(
+                "methods",
+                format!("{} -> {} is {verdict}", m.allow(), ask.method),
+            );
+        }
     }
     match &d.verdict {
         Verdict::RedirectHttps => {

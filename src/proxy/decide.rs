@@ -173,6 +173,11 @@ fn walk<'r>(
     if !RuleSet::allows(found.route, d.client.ip) {
         return Err(ProxyError::Forbidden);
     }
+    if let Some(m) = found.route.methods
+        && !m.contains(facts.method)
+    {
+        return Err(ProxyError::MethodNotAllowed(m));
+    }
     let (pool, service) = match found.route.action {
         Action::Deny(status) => return Err(ProxyError::Denied(status)),
         Action::Forward { pool, service } => (pool, service),

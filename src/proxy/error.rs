@@ -20,6 +20,9 @@ pub enum ProxyError {
     /// The client address is not in the route's allow-list: 403.
     #[error("client not allowed")]
     Forbidden,
+    /// Routes take the path but not the method: 405, with `Allow` naming what they take.
+    #[error("method not allowed (Allow: {})", .0.allow())]
+    MethodNotAllowed(crate::rules::methods::Methods),
     /// A deny route answered.
     #[error("denied by route")]
     Denied(StatusCode),
@@ -72,6 +75,7 @@ impl ProxyError {
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NotFound => StatusCode::NOT_FOUND,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Denied(s) => *s,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::OverShare => StatusCode::TOO_MANY_REQUESTS,
@@ -114,6 +118,7 @@ impl ProxyError {
             ProxyError::Misdirected => "misdirected",
             ProxyError::NotFound => "not_found",
             ProxyError::Forbidden => "forbidden",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::Denied(_) => "denied",
             ProxyError::BodyTooLarge => "body_too_large",
             ProxyError::NoServer => "no_server",

@@ -29,14 +29,19 @@ const HOP_BY_HOP: ManuallyDrop<[HeaderName; 7]> = ManuallyDrop::new([
 const PROTECTED: ManuallyDrop<[HeaderName; 3]> =
     ManuallyDrop::new([header::HOST, header::CONTENT_LENGTH, header::FORWARDED]);
 
-/// Headers a client may send to claim another address or path than the one the proxy
-/// judged; dropped from every request (the trusted proxy's channel is `X-Forwarded-For`).
-const SPOOFED: ManuallyDrop<[HeaderName; 5]> = ManuallyDrop::new([
+/// Headers a client may send to claim another address, path or method than the one the
+/// proxy judged; dropped from every request (the trusted proxy's channel is
+/// `X-Forwarded-For`; a method override would turn a GET a route allows into a DELETE
+/// it refuses, in frameworks that honour one).
+const SPOOFED: ManuallyDrop<[HeaderName; 8]> = ManuallyDrop::new([
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
     HeaderName::from_static("true-client-ip"),
     HeaderName::from_static("x-client-ip"),
     HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
 ]);
 
 /// Whether a request header is dropped as a spoofing vector: one of [`SPOOFED`], or any

@@ -74,6 +74,11 @@ pub(super) fn error_response(
     } else if status == StatusCode::TOO_MANY_REQUESTS {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }
+    if let ProxyError::MethodNotAllowed(allow) = e
+        && let Ok(v) = HeaderValue::from_str(&allow.allow())
+    {
+        h.insert(header::ALLOW, v);
+    }
     if body_pending || e.closes_connection() {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

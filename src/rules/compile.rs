@@ -8,6 +8,7 @@ use super::file::{
     SiteFile,
 };
 use super::matcher::{AllowList, HostPattern, PathPattern};
+use super::methods::Methods;
 use super::{
     Action, Colour, Group, HealthSpec, HostIndex, NetworkShare, Passthrough, PoolSpec, Route,
     RuleSet, Server, Service, Site,
@@ -797,13 +798,43 @@ impl Compiler {
         let max_body = self
             .size(file, &format!("route `{name}`: max_body"), &r.max_body)
             .or(site_max_body);
+        let methods = r.methods.as_ref().map(|m| self.methods(file, &name, m));
         Some(Route {
             name,
             path: path?,
             action,
             allow,
             max_body,
+            methods,
         })
+    }
+
+    fn methods(
+        &mut self,
+        file: &Path,
+        route: &str,
+        list: &Spanned<Vec<Spanned<String>>>,
+    ) -> Methods {
+        if list.value.is_empty() {
+            self.err(
+                file,
+                at(list),
+                format!("route `{route}`: `methods` is empty"),
+            );
+        }
+        let mut set = Methods::default();
+        for m in &list.value {
+            match Methods::parse(m.value.trim()) {
+                Some(one) => set = set.union(one),
+                None => self.err_hint(
+                    file,
+                    at(m),
+                    format!("route `{route}`: unknown method `{}`", m.value),
+                    format!("one of {}", Methods::known()),
+                ),
+            }
+        }
+        set
     }
 
     fn passthrough(&mut self, file: &Path, spanned: &Spanned<PassthroughFile>) {

@@ -279,4 +279,8 @@ pub struct RouteFile {
     /// Largest request body for this route (413 beyond it).
     #[serde(default)]
     pub max_body: Option<Spanned<Scalar>>,
+    /// The methods the route takes (`GET` brings `HEAD`); without it, every method.
+    /// Others get 405 with `Allow` (judged after `allow_from`: an outsider gets 403).
+    #[serde(default)]
+    pub methods: Option<Spanned<Vec<Spanned<String>>>>,
 }

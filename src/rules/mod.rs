@@ -9,10 +9,11 @@ pub mod compile;
 pub mod fasthash;
 pub mod file;
 pub mod matcher;
+pub mod methods;
 pub mod select;
 
 use bytes::Bytes;
-use http::StatusCode;
+use http::{Method, StatusCode};
 use matcher::{AllowList, HostPattern, PathPattern};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -126,6 +127,8 @@ pub struct Route {
     pub allow: Option<Arc<AllowList>>,
     /// Largest request body in bytes; `None` = unlimited.
     pub max_body: Option<u64>,
+    /// The methods it takes; `None` = every method.
+    pub methods: Option<methods::Methods>,
 }
 
 /// What a route does with a request.
@@ -343,6 +346,12 @@ impl RuleSet {
         let site = &self.sites[self.site_index(host)?];
         let route = site.routes.iter().find(|r| r.path.matches(path))?;
         Some(Decision { site, route })
+    }
+
+    /// Whether `route` takes `method` (no list means every method).
+    #[inline]
+    pub fn takes(route: &Route, method: &Method) -> bool {
+        route.methods.is_none_or(|m| m.contains(method))
     }
 
     fn site_index(&self, host: &str) -> Option<usize> {

@@ -66,14 +66,15 @@ fn every_semantic_error_at_once() {
     edit(dir.path(), "allow_from: [campus]", "allow_from: [campuss]");
     edit(
         dir.path(),
-        "service: api, max_body: 1TiB",
-        "service: apii, max_body: 1TiB",
+        "service: api, max_body: 50GiB",
+        "service: apii, max_body: 50GiB",
     );
     edit(
         dir.path(),
-        "regex: '/records/[^/]+/files/[^/]+' }, pool: files, service: api",
-        "regex: '/records/[^/+/files' }, pool: files, service: api",
+        "regex: '/records/[^/]+/files/[^/]+' }, methods: [GET, HEAD], pool: files, service: api",
+        "regex: '/records/[^/+/files' }, methods: [GET, HEAD], pool: files, service: api",
     );
+    edit(dir.path(), "methods: [GET, HEAD]", "methods: [GET, HED]");
     edit(
         dir.path(),
         "backup_page: pages/maintenance.html",
@@ -112,7 +113,17 @@ fn every_semantic_error_at_once() {
             "rules/repository.yaml:{}:116: unknown network `campos`",
             line("per_client: 0")
         ),
-        "7 error(s)".to_string(),
+        format!(
+            "rules/repository.yaml:{}:{}: route `store-files`: unknown method `HED`",
+            line("HED"),
+            text.lines()
+                .find(|l| l.contains("HED"))
+                .unwrap()
+                .find("HED")
+                .unwrap()
+                + 1
+        ),
+        "8 error(s)".to_string(),
     ] {
         assert!(err.contains(&want), "missing {want:?} in:\n{err}");
     }

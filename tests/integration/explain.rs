@@ -290,6 +290,35 @@ async fn explain_predicts_what_the_proxy_does() {
         "https://data.localhost/api/records/1",
         inside,
     ));
+    for (method, url, from) in [
+        (
+            "PUT",
+            "https://store.localhost/records/a/files/1K.bin",
+            outside,
+        ),
+        (
+            "POST",
+            "https://store-dev.localhost/records/a/files/1K.bin",
+            inside,
+        ),
+        (
+            "PUT",
+            "https://data.localhost/api/records/a/draft/files/x/content",
+            inside,
+        ),
+        (
+            "POST",
+            "https://data.localhost/api/records/a/draft/files/x/content",
+            inside,
+        ),
+        (
+            "PUT",
+            "https://data.localhost/api/records/a/draft/files/x/content",
+            outside,
+        ),
+    ] {
+        cases.push(case(method, url, from));
+    }
     cases.push(case("GET", "https://unknown.localhost/", inside));
     let mut wrong_sni = case("GET", "https://data.localhost/", inside);
     wrong_sni.sni = Some("store.localhost");

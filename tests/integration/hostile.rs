@@ -312,14 +312,14 @@ async fn a_bad_request_body_is_the_clients_fault() {
 async fn stalled_uploads_are_the_clients_and_leave_servers_up() {
     let s = progress_stack(Vec::new()).await;
     let c = s.client();
-    let req = "PUT /records/a/files/up.bin HTTP/1.1\r\nHost: store.localhost\r\nContent-Length: 100000\r\n\r\nonly ten b";
+    let req = "PUT /api/records/a/draft/files/up.bin/content HTTP/1.1\r\nHost: data.localhost\r\nContent-Length: 100000\r\n\r\nonly ten b";
     let stalled: Vec<_> = (0..4)
         .map(|_| {
             let c = c.clone();
             tokio::spawn(async move {
                 crate::harness::raw_tls(
                     &c,
-                    "store.localhost",
+                    "data.localhost",
                     req.as_bytes(),
                     Duration::from_secs(8),
                 )
@@ -344,13 +344,13 @@ async fn a_steady_upload_longer_than_the_response_timeout_succeeds() {
     let s = short_timeout_stack().await;
     let c = s.client();
     let mut tls = c
-        .connect(Some("store.localhost"), &[b"http/1.1"], None)
+        .connect(Some("data.localhost"), &[b"http/1.1"], None)
         .await
         .unwrap();
     let chunk = vec![b'x'; 1000];
     let n = 20;
     let head = format!(
-        "PUT /records/a/files/up.bin HTTP/1.1\r\nHost: store.localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "PUT /api/records/a/draft/files/up.bin/content HTTP/1.1\r\nHost: data.localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         n * chunk.len()
     );
     tls.write_all(head.as_bytes()).await.unwrap();
@@ -373,7 +373,7 @@ async fn a_steady_upload_longer_than_the_response_timeout_succeeds() {
 async fn spoofing_headers_are_dropped() {
     let s = Stack::start().await;
     let c = s.client();
-    let req = "GET /api/records HTTP/1.1\r\nHost: data.localhost\r\nX_Forwarded_For: 10.9.9.9\r\nTrue-Client-IP: 10.9.9.9\r\nX-Client-IP: 10.9.9.9\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\nX-Custom: kept\r\nConnection: close\r\n\r\n";
+    let req = "GET /api/records HTTP/1.1\r\nHost: data.localhost\r\nX_Forwarded_For: 10.9.9.9\r\nTrue-Client-IP: 10.9.9.9\r\nX-Client-IP: 10.9.9.9\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\nX-HTTP-Method-Override: DELETE\r\nX-Method-Override: DELETE\r\nX-HTTP-Method: DELETE\r\nX-Custom: kept\r\nConnection: close\r\n\r\n";
     let (out, _) =
         crate::harness::raw_tls(&c, "data.localhost", req.as_bytes(), Duration::from_secs(3)).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
@@ -387,6 +387,9 @@ async fn spoofing_headers_are_dropped() {
         "x-client-ip",
         "x-original-url",
         "x-rewrite-url",
+        "x-http-method-override",
+        "x-method-override",
+        "x-http-method",
     ] {
         assert!(!seen.contains_key(name), "{name} reached the server: {j}");
     }

@@ -12,6 +12,7 @@ mod harness;
 mod hostile;
 mod layers;
 mod monitoring;
+mod policy;
 mod reload;
 mod resilience;
 mod resumption;

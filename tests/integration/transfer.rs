@@ -39,7 +39,8 @@ async fn one_gib_download_and_two_gib_upload_in_bounded_memory() {
     assert_eq!(n, GIB);
     let after_download = s.peak_rss();
 
-    // Upload: a generated 2 GiB stream to the files route (1 TiB limit), counted by the stand-in.
+    // Upload: a generated 2 GiB stream to the deposit route (50 GiB limit), counted by the
+    // stand-in.
     let sent = Arc::new(AtomicU64::new(0));
     let counter = sent.clone();
     let chunk = Bytes::from(vec![7u8; 256 * 1024]);
@@ -47,8 +48,8 @@ async fn one_gib_download_and_two_gib_upload_in_bounded_memory() {
         counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         Ok::<_, std::convert::Infallible>(http_body::Frame::data(chunk.clone()))
     }));
-    let req = http::Request::put("/records/big/files/upload.bin")
-        .header("host", "store.localhost")
+    let req = http::Request::put("/api/records/big/draft/files/upload.bin/content")
+        .header("host", "data.localhost")
         .body(StreamBody::new(chunks))
         .unwrap();
     let resp = c.send_streaming(&Req::default(), req).await.unwrap();
