@@ -187,6 +187,25 @@ impl Stack {
         serde_json::from_str(&self.stats_get("/stats?format=json").await.1).expect("json")
     }
 
+    /// One service's entry in the stats JSON.
+    pub async fn service_json(&self, name: &str) -> serde_json::Value {
+        let j = self.stats_json().await;
+        let services = j["services"].as_array().expect("services");
+        let found = services.iter().find(|v| v["name"] == name);
+        found
+            .cloned()
+            .unwrap_or_else(|| panic!("no service {name}"))
+    }
+
+    /// Asserts that no server of `service` counted a response error (nothing the test's
+    /// clients did was blamed on a server).
+    pub async fn assert_no_server_blamed(&self, service: &str) {
+        let svc = self.service_json(service).await;
+        for srv in svc["servers"].as_array().expect("servers") {
+            assert_eq!(srv["counters"]["response_errors"], 0, "{srv}");
+        }
+    }
+
     /// A server's status word from the stats JSON.
     pub async fn server_status(&self, name: &str) -> String {
         let j = self.stats_json().await;

@@ -293,16 +293,7 @@ async fn a_bad_request_body_is_the_clients_fault() {
     let log = s.log();
     assert!(log.contains("client_body_error"), "{log}");
     assert!(!log.contains("upstream_error"), "{log}");
-    let j = s.stats_json().await;
-    let api = j["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "api")
-        .unwrap();
-    for srv in api["servers"].as_array().unwrap() {
-        assert_eq!(srv["counters"]["response_errors"], 0, "{srv}");
-    }
+    s.assert_no_server_blamed("api").await;
 }
 
 /// Items 7 and 2: uploads that stall are the client's (408 after `timeouts.client`, here
@@ -698,14 +689,7 @@ async fn progress_stack(rules_edits: Vec<(String, String)>) -> Stack {
 
 /// The `api` service's counters as the stats listener reports them.
 async fn api_counters(s: &Stack) -> serde_json::Value {
-    let j = s.stats_json().await;
-    j["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "api")
-        .unwrap()["counters"]
-        .clone()
+    s.service_json("api").await["counters"].clone()
 }
 
 /// An HTTP/2 download whose stream window stays shut: the response head is read, the
