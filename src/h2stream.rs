@@ -6,8 +6,8 @@
 //! the next) and has not moved for `timeouts.client` is dropped, which resets it and
 //! frees its slot, while the connection and its other streams go on. The body reports
 //! through [`stream`] (a thread-local: it is only polled inside this task), and the watch
-//! is armed only when the task has to wait, on the coarse sweep ([`Stall`]): no timer,
-//! allocation or shared count per stream.
+//! is armed only when the task has to wait, on the coarse sweep ([`Stall`]): no timer or
+//! shared count per stream (the one allocation is the stream future's box, below).
 
 use crate::deadline::Stall;
 use crate::proxy::conn::stream;

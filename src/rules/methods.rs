@@ -39,11 +39,10 @@ impl Methods {
     /// The set as an `Allow` value: `GET, HEAD`.
     pub fn allow(self) -> String {
         let names = NAMES.iter().enumerate();
-        let mut v: Vec<&str> = names
+        let v: Vec<&str> = names
             .filter(|(i, _)| self.0 & (1 << i) != 0)
             .map(|(_, n)| *n)
             .collect();
-        v.dedup();
         v.join(", ")
     }
 }

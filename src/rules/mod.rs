@@ -13,7 +13,7 @@ pub mod methods;
 pub mod select;
 
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use matcher::{AllowList, HostPattern, PathPattern};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -346,12 +346,6 @@ impl RuleSet {
         let site = &self.sites[self.site_index(host)?];
         let route = site.routes.iter().find(|r| r.path.matches(path))?;
         Some(Decision { site, route })
-    }
-
-    /// Whether `route` takes `method` (no list means every method).
-    #[inline]
-    pub fn takes(route: &Route, method: &Method) -> bool {
-        route.methods.is_none_or(|m| m.contains(method))
     }
 
     fn site_index(&self, host: &str) -> Option<usize> {
