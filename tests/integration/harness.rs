@@ -55,6 +55,16 @@ impl Stack {
         Stack::start_with(Options::default()).await
     }
 
+    /// The stack with the config edited: each `(from, to)` replaces `from` once.
+    pub async fn with_config(edits: &[(&str, &str)]) -> Stack {
+        let config_edits = edits.iter().map(|(a, b)| (a.to_string(), b.to_string()));
+        Stack::start_with(Options {
+            config_edits: config_edits.collect(),
+            ..Options::default()
+        })
+        .await
+    }
+
     pub async fn start_with(opts: Options) -> Stack {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut rules =

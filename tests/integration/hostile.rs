@@ -271,11 +271,7 @@ async fn failing_checks_take_a_busy_server_down() {
 
 /// The stack with a short response timeout (2 s), for the tests of who stalled.
 async fn short_timeout_stack() -> Stack {
-    Stack::start_with(crate::harness::Options {
-        config_edits: vec![("response: 60s".into(), "response: 2s".into())],
-        ..Default::default()
-    })
-    .await
+    Stack::with_config(&[("response: 60s", "response: 2s")]).await
 }
 
 /// Item 7: a malformed chunked request body is the client's fault: 400, logged as the
@@ -395,14 +391,7 @@ async fn spoofing_headers_are_dropped() {
 /// judging the request on the proxy's own address (here inside the campus network).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_malformed_forwarded_for_from_a_trusted_proxy_fails_closed() {
-    let s = Stack::start_with(crate::harness::Options {
-        config_edits: vec![(
-            "trusted_proxies: []".into(),
-            "trusted_proxies: [127.0.0.1/32]".into(),
-        )],
-        ..Default::default()
-    })
-    .await;
+    let s = Stack::with_config(&[("trusted_proxies: []", "trusted_proxies: [127.0.0.1/32]")]).await;
     let c = s.client();
     let wait = Duration::from_secs(3);
     let ask = |xff: &str| {
@@ -426,11 +415,7 @@ async fn a_malformed_forwarded_for_from_a_trusted_proxy_fails_closed() {
 /// hold: idle connections are closed after the header timeout.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_stats_listener_is_hardened() {
-    let s = Stack::start_with(crate::harness::Options {
-        config_edits: vec![("request_header: 10s".into(), "request_header: 1s".into())],
-        ..Default::default()
-    })
-    .await;
+    let s = Stack::with_config(&[("request_header: 10s", "request_header: 1s")]).await;
     let wait = Duration::from_secs(5);
     let out = raw_plain(
         s.stats,
@@ -577,13 +562,10 @@ async fn stray_bytes_never_become_another_response() {
 /// from accept for the handshake timeout).
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_client_hellos_cannot_take_every_handshake_slot() {
-    let s = Stack::start_with(crate::harness::Options {
-        config_edits: vec![(
-            "  max_connections: 20000\n".into(),
-            "  max_connections: 20000\n  max_connections_per_client: 5000\n".into(),
-        )],
-        ..Default::default()
-    })
+    let s = Stack::with_config(&[(
+        "  max_connections: 20000\n",
+        "  max_connections: 20000\n  max_connections_per_client: 5000\n",
+    )])
     .await;
     let mut idle = Vec::new();
     for _ in 0..2000 {
@@ -892,11 +874,7 @@ async fn a_server_that_stalls_mid_body_is_cut_and_blamed() {
 /// idle HTTP/1.1 one is; before, it stayed open for as long as the client liked.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_http2_connection_is_closed() {
-    let s = Stack::start_with(crate::harness::Options {
-        config_edits: vec![("idle: 60s".into(), "idle: 2s".into())],
-        ..Default::default()
-    })
-    .await;
+    let s = Stack::with_config(&[("idle: 60s", "idle: 2s")]).await;
     let (mut send, driver) = s.client().h2("data.localhost", None, None).await;
     let req = http::Request::get("https://data.localhost/api/records")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
@@ -1011,13 +989,10 @@ fn cpu_time(pid: u32) -> Duration {
 /// and a preface or request split across segments is still served.
 #[tokio::test(flavor = "multi_thread")]
 async fn split_first_bytes_are_waited_for_not_polled() {
-    let s = Stack::start_with(crate::harness::Options {
-        config_edits: vec![(
-            "    redirect_port: 8443".into(),
-            "    redirect_port: 8443\n    redirect: false".into(),
-        )],
-        ..Default::default()
-    })
+    let s = Stack::with_config(&[(
+        "    redirect_port: 8443",
+        "    redirect_port: 8443\n    redirect: false",
+    )])
     .await;
     let mut idle = Vec::new();
     for _ in 0..1000 {
