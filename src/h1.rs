@@ -22,6 +22,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
+use smallvec::SmallVec;
 use std::io::{IoSlice, Write as _};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -215,9 +216,9 @@ fn parse(buf: &mut BytesMut, limits: Limits) -> Head {
     let at = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
     let path = at(path.as_bytes());
     let mut close = false;
-    let mut spans = [((0u32, 0u32), (0u32, 0u32)); MAX_HEADERS];
-    let count = req.headers.len();
-    for (h, span) in req.headers.iter().zip(spans.iter_mut()) {
+    // Not a zeroed array: clearing 2 KiB per request cost ~80 instructions.
+    let mut spans = SmallVec::<[((u32, u32), (u32, u32)); MAX_HEADERS]>::new();
+    for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length")
             || name.eq_ignore_ascii_case(b"transfer-encoding")
@@ -235,7 +236,7 @@ fn parse(buf: &mut BytesMut, limits: Limits) -> Head {
                 close |= token.eq_ignore_ascii_case(b"close");
             }
         }
-        *span = (at(name), at(h.value));
+        spans.push((at(name), at(h.value)));
     }
     let head = buf.split_to(len).freeze();
     let slice = |(start, len): (u32, u32)| head.slice(start as usize..(start + len) as usize);
@@ -247,8 +248,8 @@ fn parse(buf: &mut BytesMut, limits: Limits) -> Head {
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     let map = request.headers_mut();
-    map.reserve(count);
-    for &(name, value) in &spans[..count] {
+    map.reserve(spans.len());
+    for &(name, value) in &spans {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&slice(name)),
             HeaderValue::from_maybe_shared(slice(value)),

@@ -17,6 +17,7 @@ use super::{SendError, Upstream, dial};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
+use smallvec::SmallVec;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -45,6 +46,9 @@ pub enum DirectError {
     #[error("server connection: {0}")]
     Io(#[from] std::io::Error),
 }
+
+/// Where a header's name and value sit in the head: (offset, length) of each.
+type Span = ((u32, u32), (u32, u32));
 
 /// How the rest of a response body is delimited, as it is read.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -226,8 +230,8 @@ fn parse_head(
         let base = buf.as_ptr() as usize;
         // u32: a head is at most MAX_RESPONSE_HEAD bytes.
         let at = |b: &[u8]| ((b.as_ptr() as usize - base) as u32, b.len() as u32);
-        let mut spans = [((0u32, 0u32), (0u32, 0u32)); MAX_HEADERS];
-        let mut count = 0;
+        // Not a zeroed array: clearing 2 KiB per response cost ~130 instructions.
+        let mut spans = SmallVec::<[Span; MAX_HEADERS]>::new();
         for h in r.headers.iter() {
             let name = h.name.as_bytes();
             if name.eq_ignore_ascii_case(b"content-length") {
@@ -262,14 +266,12 @@ fn parse_head(
                     continue;
                 }
             }
-            if let Some(span) = spans.get_mut(count) {
-                *span = (at(name), at(h.value));
-                count += 1;
-            }
+            // httparse gave at most MAX_HEADERS: the vector never leaves the stack.
+            spans.push((at(name), at(h.value)));
         }
         let head = buf.split_to(used).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
-        for &((name, name_len), (value, value_len)) in &spans[..count] {
+        let mut headers = HeaderMap::with_capacity(spans.len());
+        for &((name, name_len), (value, value_len)) in &spans {
             let (name, name_len) = (name as usize, name_len as usize);
             let (value, value_len) = (value as usize, value_len as usize);
             let name = HeaderName::from_bytes(&head[name..name + name_len])
