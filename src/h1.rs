@@ -251,7 +251,7 @@ fn parse(buf: &mut BytesMut, limits: Limits) -> Head {
     map.reserve(spans.len());
     for &(name, value) in &spans {
         let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&slice(name)),
+            crate::wire::header_name(&head[name.0 as usize..(name.0 + name.1) as usize]),
             HeaderValue::from_maybe_shared(slice(value)),
         ) else {
             // Not expected for what httparse accepted; hyper answers it if it happens.

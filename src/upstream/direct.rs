@@ -15,7 +15,7 @@
 
 use super::{SendError, Upstream, dial};
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use smallvec::SmallVec;
 use std::net::SocketAddr;
@@ -274,7 +274,7 @@ fn parse_head(
         for &((name, name_len), (value, value_len)) in &spans {
             let (name, name_len) = (name as usize, name_len as usize);
             let (value, value_len) = (value as usize, value_len as usize);
-            let name = HeaderName::from_bytes(&head[name..name + name_len])
+            let name = crate::wire::header_name(&head[name..name + name_len])
                 .map_err(|_| DirectError::Bad("bad header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
                 .map_err(|_| DirectError::Bad("bad header value"))?;
