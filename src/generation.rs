@@ -5,12 +5,14 @@
 //! a reload keeps slots in use, queue contents and every counter.
 
 use crate::health::{CheckTargets, HealthTable, ServerState};
+use crate::limit::Limiter;
 use crate::pool::Pool;
 use crate::rules::RuleSet;
 use crate::rules::{HealthSpec, Server};
 use crate::stats::{Counters, Kind, Stats};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::SystemTime;
 
 /// One installed rule set and the state indexed by it.
@@ -36,6 +38,12 @@ pub struct Generation {
     pub health: Vec<Arc<ServerState>>,
     /// Passthrough frontend counters, by passthrough index.
     pub passthrough: Vec<Arc<Counters>>,
+    /// Rate limiters, by limit index (kept by name while the spec is unchanged).
+    pub limiters: Vec<Arc<Limiter>>,
+    /// Requests each deny rule refused, by deny index (kept by name).
+    pub deny_hits: Vec<Arc<AtomicU64>>,
+    /// Requests each rate limit refused, by limit index (kept by name).
+    pub limit_hits: Vec<Arc<AtomicU64>>,
 }
 
 impl Generation {
@@ -91,7 +99,34 @@ impl Generation {
             .iter()
             .map(|p| stats.counters(Kind::Listener, &p.name))
             .collect();
+        let old: HashMap<&str, &Arc<Limiter>> = prev
+            .map(|g| g.limiters.iter().map(|l| (&*l.spec.name, l)).collect())
+            .unwrap_or_default();
+        let limiters = rules
+            .limits
+            .iter()
+            .map(|spec| match old.get(&*spec.name) {
+                Some(l) if l.spec == *spec => Arc::clone(l),
+                _ => Arc::new(Limiter::new(spec)),
+            })
+            .collect();
+        let mut deny_hits = vec![Arc::default(); rules.deny_count];
+        for rule in rules
+            .deny
+            .iter()
+            .chain(rules.sites.iter().flat_map(|s| &s.deny))
+        {
+            deny_hits[rule.index] = stats.denial_counter("deny", &rule.name);
+        }
+        let limit_hits = rules
+            .limits
+            .iter()
+            .map(|l| stats.denial_counter("limit", &l.name))
+            .collect();
         Generation {
+            limit_hits,
+            limiters,
+            deny_hits,
             passthrough,
             health,
             number: prev.map_or(1, |g| g.number + 1),

@@ -17,6 +17,7 @@
 //! **Runtime state** (shared, swapped, counted):
 //! - `stats/`: counters and histograms (a leaf: imports nothing of the crate).
 //! - `share`: slots held per client address (a fixed-size sketch), for `pool`.
+//! - `limit`: rate limiters (GCRA in a fixed table), by limit, for `proxy::admit`.
 //! - `pool`: traffic-class slots and queues. `health`: server health, admin states,
 //!   active checks. `generation`: a live rule set plus the state indexed by it.
 //! - `deadline`: coarse response deadlines. `memory`: returning freed memory.
@@ -61,6 +62,7 @@ pub mod h1;
 pub mod h2stream;
 pub mod handover;
 pub mod health;
+pub mod limit;
 pub mod listener;
 pub mod memory;
 pub mod ops;

@@ -13,6 +13,7 @@ use crate::proxy::decide::{self, Decision, Facts, Forward, Settings, Verdict, Vi
 use crate::proxy::error::ProxyError;
 use crate::proxy::forward::AddrSource;
 use crate::proxy::host::request_host;
+use crate::rules::policy::LimitKey;
 use crate::rules::{self, Colour, ColourChoice, RuleSet, Service};
 use anyhow::{Context, anyhow};
 use http::header::{HeaderName, HeaderValue};
@@ -259,6 +260,7 @@ fn describe(
         ),
     );
     e.line("client", client_line(config, ask, d));
+    deny_lines(set, d, &mut e);
     if let Some(site) = d.site {
         let colour = match site.colour {
             ColourChoice::Live => "live",
@@ -294,11 +296,28 @@ fn describe(
             e.line("decision", format!("308 Permanent Redirect to {location}"));
             e.location = Some(location);
         }
+        Verdict::Redirect(status, location) => {
+            e.decision = "redirect";
+            e.reason = "the route redirects".into();
+            e.line(
+                "decision",
+                format!(
+                    "{} {} to {location}",
+                    status.as_u16(),
+                    status.canonical_reason().unwrap_or("")
+                ),
+            );
+            e.location = Some(location.clone());
+        }
         Verdict::Refuse(err) => {
             e.reason = err.to_string();
             let status = err.status();
             let why = match err {
                 ProxyError::Denied(_) => "deny route".to_string(),
+                ProxyError::DeniedBy(_, i) => format!(
+                    "deny rule `{}`",
+                    set.deny_rule(*i).map_or("?", |r| &*r.name)
+                ),
                 other => other.to_string(),
             };
             e.line(
@@ -345,6 +364,38 @@ fn allow_line(route: &rules::Route, client: IpAddr) -> String {
 
 /// The admission a forwarded request would meet now: the route's service and colour, its
 /// backups, then its backup service, then the backup page.
+/// The deny rules in force for the request (global, then its site's), each with whether
+/// it matched; and the route's header conditions.
+fn deny_lines(set: &RuleSet, d: &Decision<'_>, e: &mut Explanation) {
+    let site_rules = d.site.map(|s| s.deny.as_slice()).unwrap_or_default();
+    for r in set.deny.iter().chain(site_rules) {
+        let hit =
+            matches!(&d.verdict, Verdict::Refuse(ProxyError::DeniedBy(_, i)) if *i == r.index);
+        e.line(
+            "deny",
+            format!(
+                "{} ({}) -> {}",
+                r.name,
+                r.when.describe(),
+                if hit {
+                    format!("matched: {}", r.status.as_u16())
+                } else {
+                    "no match".to_string()
+                }
+            ),
+        );
+    }
+    if let Some((_, route)) = d.route
+        && !route.conditions.is_empty()
+    {
+        let all: Vec<String> = route.conditions.iter().map(|c| c.describe()).collect();
+        e.line(
+            "match_headers",
+            format!("{} -> all hold", all.join(" and ")),
+        );
+    }
+}
+
 fn admission(
     set: &RuleSet,
     f: &Forward,
@@ -360,6 +411,22 @@ fn admission(
             route
                 .max_body
                 .map_or("unlimited".into(), |b| format!("{b} bytes (413 beyond)")),
+        );
+    }
+    if let Some((i, _)) = f.limit {
+        let l = &set.limits[i];
+        e.line(
+            "limit",
+            format!(
+                "{} ({}, burst {}, by {}) -> 429 with Retry-After beyond it",
+                l.name,
+                l.text,
+                l.burst,
+                match &l.key {
+                    LimitKey::Client { v4, v6 } => format!("client /{v4} /{v6}"),
+                    LimitKey::Header(h) => format!("header {h}"),
+                }
+            ),
         );
     }
     e.line(

@@ -2,10 +2,11 @@
 //! primaries, its backups, then the backup service), waiting at most the queue timeout.
 
 use super::decide::Forward;
-use super::error::ProxyError;
+use super::error::{ProxyError, RateLimited};
 use super::finish::Record;
 use crate::generation::Generation;
 use crate::health::ServerGuard;
+use crate::limit;
 use crate::rules::{Balance, Colour, RuleSet, Server, Service};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -38,6 +39,9 @@ pub async fn admit<'r>(
     fwd: &Forward,
     rec: &mut Record,
 ) -> Result<Admitted<'r>, ProxyError> {
+    if let Some((limit, key)) = fwd.limit {
+        rate_limit(g, limit, key, rec)?;
+    }
     let service: &Service = g.rules.service(fwd.service);
     rec.service_index = Some(fwd.service);
     rec.log(|n| n.service = Some(service.name.clone()));
@@ -80,6 +84,24 @@ pub async fn admit<'r>(
         server,
         deadline,
     })
+}
+
+/// Counts the request against its route's rate limit; over it, the refusal and when to
+/// come back. Judged before a pool slot is taken, so refused requests cost no slot.
+fn rate_limit(g: &Generation, limit: usize, key: u64, rec: &mut Record) -> Result<(), ProxyError> {
+    let limiter = &g.limiters[limit];
+    match limiter.check(key, rec.start) {
+        limit::Verdict::Pass { remaining } => {
+            rec.rate = Some((limit as u32, remaining));
+            Ok(())
+        }
+        limit::Verdict::Deny { retry_after } => Err(ProxyError::RateLimited(RateLimited {
+            limit,
+            quota: limiter.spec.rate,
+            retry_after: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+            reset: limiter.reset_after(0).as_secs_f64().ceil() as u64,
+        })),
+    }
 }
 
 /// Picks a usable server of `service`'s `colour` (health UP, admin READY) with room below

@@ -10,12 +10,13 @@ use super::error::ProxyError;
 use super::forward::{self, AddrSource, ClientAddr};
 use super::path;
 use crate::rules::matcher::AllowList;
+use crate::rules::policy::{DenyRule, LimitKey};
 use crate::rules::select::stable_hash;
 use crate::rules::{Action, Balance, Colour, Route, RuleSet, Site};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Uri};
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// Where ACME HTTP-01 challenges are served over plain HTTP (never redirected).
 pub const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -84,6 +85,8 @@ pub enum Verdict {
     Forward(Forward),
     /// Answer 308 to the same URL on HTTPS.
     RedirectHttps,
+    /// A route's redirect: this status and `Location`.
+    Redirect(http::StatusCode, String),
     /// Answer with the error's status and page.
     Refuse(ProxyError),
 }
@@ -103,6 +106,8 @@ pub struct Forward {
     pub key: u64,
     /// Largest request body, bytes (`u64::MAX`: unlimited).
     pub max_body: u64,
+    /// The route's rate limit (index into `RuleSet::limits`) and the key counted.
+    pub limit: Option<(usize, u64)>,
 }
 
 impl Decision<'_> {
@@ -111,13 +116,15 @@ impl Decision<'_> {
         match &self.verdict {
             Verdict::Forward(_) => http::StatusCode::OK,
             Verdict::RedirectHttps => http::StatusCode::PERMANENT_REDIRECT,
+            Verdict::Redirect(s, _) => *s,
             Verdict::Refuse(e) => e.status(),
         }
     }
 }
 
 /// Decides what the rules say about a request. Pure; the order of the checks is the
-/// order of the answers a client can get (414, 400, 308, 421, 400, 404, 403, deny, 413).
+/// order of the answers a client can get (414, 400, 308, 421, 400, deny rules, 404, 403,
+/// 405, a route's deny or redirect, 413); a rate limit is judged later, in `admit`.
 #[inline(always)]
 pub fn decide<'r>(rules: &'r RuleSet, settings: Settings<'_>, facts: Facts<'_>) -> Decision<'r> {
     let mut d = Decision {
@@ -161,28 +168,35 @@ fn walk<'r>(
             "malformed X-Forwarded-For from a trusted proxy",
         ));
     }
-    let found = rules.route(host, path.path()).ok_or(ProxyError::NotFound)?;
-    let index = found
-        .site
+    let (ip, headers) = (d.client.ip, facts.headers);
+    deny(&rules.deny, ip, headers)?;
+    let site = rules.site(host).ok_or(ProxyError::NotFound)?;
+    d.site = Some(site);
+    deny(&site.deny, ip, headers)?;
+    let (index, route) = site
         .routes
         .iter()
-        .position(|r| std::ptr::eq(r, found.route))
-        .unwrap_or(0);
-    d.site = Some(found.site);
-    d.route = Some((index, found.route));
-    if !RuleSet::allows(found.route, d.client.ip) {
+        .enumerate()
+        .find(|(_, r)| r.path.matches(path.path()) && r.conditions.iter().all(|c| c.holds(headers)))
+        .ok_or(ProxyError::NotFound)?;
+    d.route = Some((index, route));
+    if !RuleSet::allows(route, ip) {
         return Err(ProxyError::Forbidden);
     }
-    if let Some(m) = found.route.methods
+    if let Some(m) = route.methods
         && !m.contains(facts.method)
     {
         return Err(ProxyError::MethodNotAllowed(m));
     }
-    let (pool, service) = match found.route.action {
-        Action::Deny(status) => return Err(ProxyError::Denied(status)),
-        Action::Forward { pool, service } => (pool, service),
+    let (pool, service) = match &route.action {
+        Action::Deny(status) => return Err(ProxyError::Denied(*status)),
+        Action::Redirect(r) => {
+            let location = r.location(host, path.path(), path.query());
+            return Ok(Verdict::Redirect(r.status, location));
+        }
+        Action::Forward { pool, service } => (*pool, *service),
     };
-    let max_body = found.route.max_body.unwrap_or(u64::MAX);
+    let max_body = route.max_body.unwrap_or(u64::MAX);
     if facts.body_len > max_body {
         return Err(ProxyError::BodyTooLarge);
     }
@@ -196,11 +210,45 @@ fn walk<'r>(
     Ok(Verdict::Forward(Forward {
         pool,
         service,
-        colour: svc.colour_for(found.site.colour),
+        colour: svc.colour_for(site.colour),
         balance,
         key,
         max_body,
+        limit: route
+            .limit
+            .map(|i| (i, limit_key(&rules.limits[i].key, ip, headers))),
     }))
+}
+
+/// The first deny rule whose conditions the request meets, as its refusal.
+#[inline]
+fn deny(rules: &[DenyRule], ip: IpAddr, headers: &HeaderMap) -> Result<(), ProxyError> {
+    match rules.iter().find(|r| r.when.hold(ip, headers)) {
+        Some(r) => Err(ProxyError::DeniedBy(r.status, r.index)),
+        None => Ok(()),
+    }
+}
+
+/// What a rate limit counts this request as: a hash of the client's prefix, or of a
+/// header's value (requests without it by client address).
+fn limit_key(key: &LimitKey, ip: IpAddr, headers: &HeaderMap) -> u64 {
+    let by_ip = |v4: u8, v6: u8| match ip {
+        IpAddr::V4(a) => stable_hash((4u8, a.to_bits() & (u32::MAX << (32 - u32::from(v4))))),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(m) => stable_hash((4u8, m.to_bits() & (u32::MAX << (32 - u32::from(v4))))),
+            None => stable_hash((
+                6u8,
+                a.to_bits() & (u128::MAX.checked_shl(128 - u32::from(v6)).unwrap_or(0)),
+            )),
+        },
+    };
+    match key {
+        LimitKey::Client { v4, v6 } => by_ip(*v4, *v6),
+        LimitKey::Header(name) => match headers.get(name) {
+            Some(v) => stable_hash((1u8, v.as_bytes())),
+            None => by_ip(32, 64),
+        },
+    }
 }
 
 /// Whether a plain-HTTP request is an ACME HTTP-01 challenge, judged on the normalized

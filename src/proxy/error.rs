@@ -26,6 +26,12 @@ pub enum ProxyError {
     /// A deny route answered.
     #[error("denied by route")]
     Denied(StatusCode),
+    /// A deny rule answered (its status, its index among the rule set's deny rules).
+    #[error("denied by rule")]
+    DeniedBy(StatusCode, usize),
+    /// Over a rate limit: 429 with `Retry-After` and the `RateLimit-*` headers.
+    #[error("over the rate limit")]
+    RateLimited(RateLimited),
     /// The body is larger than the route allows: 413.
     #[error("request body too large")]
     BodyTooLarge,
@@ -76,7 +82,8 @@ impl ProxyError {
             ProxyError::NotFound => StatusCode::NOT_FOUND,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::Denied(s) => *s,
+            ProxyError::Denied(s) | ProxyError::DeniedBy(s, _) => *s,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::OverShare => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::NoServer | ProxyError::QueueFull | ProxyError::QueueTimeout => {
@@ -120,6 +127,8 @@ impl ProxyError {
             ProxyError::Forbidden => "forbidden",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::Denied(_) => "denied",
+            ProxyError::DeniedBy(..) => "deny_rule",
+            ProxyError::RateLimited(_) => "rate_limited",
             ProxyError::BodyTooLarge => "body_too_large",
             ProxyError::NoServer => "no_server",
             ProxyError::QueueFull => "queue_full",
@@ -133,6 +142,19 @@ impl ProxyError {
             ProxyError::ClientTimeout => "client_timeout",
         }
     }
+}
+
+/// A refusal by a rate limit, with what its headers tell the client.
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimited {
+    /// The limit's index in `RuleSet::limits`.
+    pub limit: usize,
+    /// Its requests per period (`RateLimit-Limit`).
+    pub quota: u32,
+    /// Seconds until a request would pass (`Retry-After`, at least 1).
+    pub retry_after: u64,
+    /// Seconds until the full burst is back (`RateLimit-Reset`).
+    pub reset: u64,
 }
 
 impl From<crate::pool::Refused> for ProxyError {

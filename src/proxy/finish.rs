@@ -13,7 +13,7 @@ use crate::deadline::Stall;
 use crate::generation::Generation;
 use crate::health::ServerGuard;
 use crate::pool::PoolPermit;
-use crate::stats::{Histogram, Stats};
+use crate::stats::{Counters, Histogram, Stats};
 use bytes::Bytes;
 use http::{Request, Version};
 use std::sync::Arc;
@@ -52,6 +52,8 @@ pub struct Record {
     pub(super) stall: Option<Box<Stall>>,
     /// HTTP/2: a frame went to the writer, which has not come back for the next.
     pub(super) owed: bool,
+    /// A rate limit passed: its index and the requests left in its burst (for headers).
+    pub(super) rate: Option<(u32, u32)>,
 }
 
 /// What the access log names a request by (`-` for what it never reached).
@@ -101,6 +103,7 @@ impl Record {
             first_byte: Duration::ZERO,
             termination: "-",
             backup: None,
+            rate: None,
             progress: None,
             permit: None,
             server_guard: None,
@@ -288,6 +291,12 @@ impl Record {
 
 /// Counts a request that ended in `e` against the server or service it reached.
 pub(super) fn count_error(g: &Generation, rec: &Record, e: &ProxyError) {
+    if matches!(
+        e,
+        ProxyError::DeniedBy(..) | ProxyError::RateLimited(_) | ProxyError::Forbidden
+    ) {
+        count_denied(g, rec, e);
+    }
     let counters = match (rec.server_id, rec.service_index) {
         (Some(id), _) => g.servers.get(id),
         (None, Some(i)) => g.services.get(i),
@@ -303,4 +312,26 @@ pub(super) fn count_error(g: &Generation, rec: &Record, e: &ProxyError) {
             _ => 0,
         };
     }
+}
+
+/// A request refused by policy: the site's and route's `dreq`, and the rule's or limit's
+/// own counter.
+fn count_denied(g: &Generation, rec: &Record, e: &ProxyError) {
+    let one = |c: Option<&Arc<Counters>>| {
+        if let Some(c) = c {
+            c.denied.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    let site = rec.site_index;
+    one(site.and_then(|s| g.sites.get(s)));
+    one(site.and_then(|s| g.routes.get(s)?.get(rec.route_index?)));
+    let hits = match e {
+        ProxyError::DeniedBy(_, i) => g.deny_hits.get(*i),
+        ProxyError::RateLimited(r) => g.limit_hits.get(r.limit),
+        _ => None,
+    };
+    if let Some(h) = hits {
+        h.fetch_add(1, Ordering::Relaxed);
+    }
+    rec.stats.frontend.denied.fetch_add(1, Ordering::Relaxed);
 }

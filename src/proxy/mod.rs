@@ -108,7 +108,7 @@ pub async fn handle(
             }
             rec.termination = e.code();
             finish::count_error(&generation, &rec, &e);
-            reply::error_response(&generation.rules, &e, rec.backup.as_ref(), body_pending)
+            reply::error_response(&generation, &e, rec.backup.as_ref(), body_pending)
         }
     };
     let mut resp = resp;
@@ -119,8 +119,22 @@ pub async fn handle(
     if close_after || (rec.termination != "-" && closes(&resp)) {
         conn.in_flight.closing.store(true, Ordering::Relaxed);
     }
+    if let Some((i, remaining)) = rec.rate {
+        rate_headers(&generation, i as usize, remaining, resp.headers_mut());
+    }
     rec.status = resp.status().as_u16();
     Ok(resp.map(|b| b.hold(rec)))
+}
+
+/// A passing request's rate-limit headers (API clients pace themselves by them).
+#[cold]
+fn rate_headers(g: &Generation, limit: usize, remaining: u32, h: &mut http::HeaderMap) {
+    let spec = &g.rules.limits[limit];
+    let reset = g.limiters[limit]
+        .reset_after(remaining)
+        .as_secs_f64()
+        .ceil() as u64;
+    reply::rate_limit_headers(h, spec.rate, remaining, reset, spec);
 }
 
 /// Whether a response says the connection closes after it.
@@ -157,6 +171,9 @@ async fn serve(
         Verdict::RedirectHttps => {
             let host = host.unwrap_or_default();
             return Ok(reply::redirect_to_https(req, host, shared.redirect_port));
+        }
+        Verdict::Redirect(status, location) => {
+            return Ok(reply::redirect(req, status, &location));
         }
         Verdict::Refuse(e) => return Err(e),
     };

@@ -6,7 +6,8 @@ use super::decide::https_location;
 use super::error::ProxyError;
 use crate::body::ClientBody;
 use crate::fallback;
-use crate::rules::RuleSet;
+use crate::generation::Generation;
+use crate::rules::policy::LimitSpec;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -33,6 +34,24 @@ pub(super) fn drain(mut body: ClientBody) {
     });
 }
 
+/// A route's redirect. Closes the connection when a body was announced.
+pub(super) fn redirect(
+    req: &Request<ClientBody>,
+    status: StatusCode,
+    location: &str,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::empty());
+    *resp.status_mut() = status;
+    if let Ok(v) = HeaderValue::try_from(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    if !req.body().is_end_stream() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
 /// 308 to the same URL on HTTPS. Closes the connection when a body was announced.
 pub(super) fn redirect_to_https(
     req: &Request<ClientBody>,
@@ -54,13 +73,17 @@ pub(super) fn redirect_to_https(
 /// The page the proxy answers with for `e`. Closes the connection when the request body
 /// was not read (so unread bytes can never be taken as the next request) or framing is suspect.
 pub(super) fn error_response(
-    rules: &RuleSet,
+    g: &Generation,
     e: &ProxyError,
     backup: Option<&Bytes>,
     body_pending: bool,
 ) -> Response<ProxyBody> {
     let status = e.status();
-    let page = fallback::page(rules, status, backup.filter(|_| e.wants_backup_page()));
+    let page = match e {
+        ProxyError::DeniedBy(_, i) => g.rules.deny_rule(*i).and_then(|r| r.page.as_ref()),
+        _ => backup.filter(|_| e.wants_backup_page()),
+    };
+    let page = fallback::page(&g.rules, status, page);
     let mut resp = Response::new(ProxyBody::full(page));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -69,7 +92,10 @@ pub(super) fn error_response(
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    if let ProxyError::RateLimited(r) = e {
+        rate_limit_headers(h, r.quota, 0, r.reset, &g.rules.limits[r.limit]);
+        h.insert(header::RETRY_AFTER, HeaderValue::from(r.retry_after));
+    } else if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
     } else if status == StatusCode::TOO_MANY_REQUESTS {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
@@ -83,4 +109,32 @@ pub(super) fn error_response(
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// The rate-limit headers: the IETF draft's `RateLimit-Limit`/`-Remaining`/`-Reset` and
+/// the `X-RateLimit-*` trio that InvenioRDM's (and GitHub's) API clients read; `Reset` is
+/// in seconds from now in both (the draft's form).
+pub(super) fn rate_limit_headers(
+    h: &mut http::HeaderMap,
+    quota: u32,
+    remaining: u32,
+    reset: u64,
+    spec: &LimitSpec,
+) {
+    let policy = format!("{quota};w={}", spec.per.as_secs().max(1));
+    for (limit, left, when) in [
+        ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"),
+        (
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ),
+    ] {
+        h.insert(limit, HeaderValue::from(quota));
+        h.insert(left, HeaderValue::from(remaining));
+        h.insert(when, HeaderValue::from(reset));
+    }
+    if let Ok(v) = HeaderValue::try_from(policy) {
+        h.insert("ratelimit-policy", v);
+    }
 }

@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod policy;
+
 /// Largest page the proxy keeps in memory for a backup or error page.
 const MAX_PAGE_BYTES: u64 = 1 << 20;
 
@@ -87,6 +89,12 @@ pub fn compile(files: &[(PathBuf, String)]) -> Result<RuleSet, Diagnostics> {
     }
     for (path, f) in &parsed {
         c.networks(path, f);
+        c.lists(path, f);
+    }
+    for (path, f) in &parsed {
+        c.limits(path, f);
+        let deny = c.deny_rules(path, &f.deny);
+        c.set.deny.extend(deny);
     }
     for (path, f) in &parsed {
         c.pools(path, f);
@@ -119,11 +127,23 @@ impl RuleSet {
             pools: Vec::new(),
             error_pages: HashMap::new(),
             passthrough: Vec::new(),
+            deny: Vec::new(),
+            deny_count: 0,
+            limits: Vec::new(),
+            list_files: Vec::new(),
             passthrough_hosts: HostIndex::default(),
             hosts: HostIndex::default(),
             default_site: None,
         }
     }
+}
+
+/// What a site gives each of its routes unless the route says otherwise.
+struct SiteDefaults {
+    allow: Option<Arc<AllowList>>,
+    max_body: Option<u64>,
+    limit: Option<usize>,
+    headers: Option<Arc<super::policy::HeaderRules>>,
 }
 
 #[derive(Default)]
@@ -136,6 +156,9 @@ struct Compiler {
     server_names: HashSet<String>,
     server_count: usize,
     site_names: HashSet<String>,
+    agents: HashMap<String, Arc<super::policy::AgentList>>,
+    deny_names: HashSet<String>,
+    limit_index: HashMap<String, usize>,
 }
 
 impl Default for RuleSet {
@@ -632,13 +655,24 @@ impl Compiler {
         if s.hosts.is_empty() {
             self.err(file, at(spanned), format!("site `{name}` has no hosts"));
         }
-        let site_allow = s.allow_from.as_ref().map(|l| self.allow_list(file, l));
-        let site_max_body = self.size(file, &format!("site `{name}`: max_body"), &s.max_body);
+        let defaults = SiteDefaults {
+            allow: s.allow_from.as_ref().map(|l| self.allow_list(file, l)),
+            max_body: self.size(file, &format!("site `{name}`: max_body"), &s.max_body),
+            limit: s.limit.as_ref().and_then(|l| self.limit_ref(file, l)),
+            headers: s
+                .headers
+                .as_ref()
+                .map(|h| Arc::new(self.header_rules(file, &format!("site {name}"), h))),
+        };
+        let deny = self.deny_rules(file, &s.deny);
         let hsts = s.hosts_hsts(file, self);
         let mut routes: Vec<Route> = Vec::new();
         for (i, r) in s.routes.iter().enumerate() {
-            if let Some(route) = self.route(file, &name, i, r, &site_allow, site_max_body) {
-                if let Some(earlier) = routes.iter().find(|e| route.path.is_shadowed_by(&e.path)) {
+            if let Some(route) = self.route(file, &name, i, r, &defaults) {
+                if let Some(earlier) = routes
+                    .iter()
+                    .find(|e| e.conditions.is_empty() && route.path.is_shadowed_by(&e.path))
+                {
                     self.err_hint(
                         file,
                         at(r),
@@ -664,6 +698,7 @@ impl Compiler {
             colour: s.colour,
             hsts,
             routes,
+            deny,
         });
     }
 
@@ -673,8 +708,7 @@ impl Compiler {
         site: &str,
         i: usize,
         spanned: &Spanned<RouteFile>,
-        site_allow: &Option<Arc<AllowList>>,
-        site_max_body: Option<u64>,
+        defaults: &SiteDefaults,
     ) -> Option<Route> {
         let r = &spanned.value;
         let pos = at(spanned);
@@ -721,6 +755,18 @@ impl Compiler {
             },
         };
         let action = match (&r.deny, &r.service, &r.pool) {
+            (None, None, None) if r.redirect.is_some() => {
+                Action::Redirect(self.redirect(file, &name, r.redirect.as_ref()?)?)
+            }
+            _ if r.redirect.is_some() => {
+                self.err_hint(
+                    file,
+                    pos,
+                    format!("route `{name}` both redirects and denies or forwards"),
+                    "one of `redirect:`, `deny:`, or `service:` with `pool:`",
+                );
+                return None;
+            }
             (Some(status), None, None) => match StatusCode::from_u16(status.value) {
                 Ok(s) if (400..600).contains(&status.value) => Action::Deny(s),
                 _ => {
@@ -785,20 +831,33 @@ impl Compiler {
                 self.err_hint(
                     file,
                     pos,
-                    format!("route `{name}` must either deny or forward"),
-                    "`deny: <status>`, or both `service:` and `pool:`",
+                    format!("route `{name}` must deny, redirect or forward"),
+                    "`deny: <status>`, `redirect:`, or both `service:` and `pool:`",
                 );
                 return None;
             }
         };
         let allow = match &r.allow_from {
             Some(l) => Some(self.allow_list(file, l)),
-            None => site_allow.clone(),
+            None => defaults.allow.clone(),
         };
         let max_body = self
             .size(file, &format!("route `{name}`: max_body"), &r.max_body)
-            .or(site_max_body);
+            .or(defaults.max_body);
         let methods = r.methods.as_ref().map(|m| self.methods(file, &name, m));
+        let conditions = self.header_conds(file, &format!("route {name}"), &r.match_headers);
+        let limit = match &r.limit {
+            Some(l) => self.limit_ref(file, l),
+            None => defaults.limit,
+        };
+        let mut headers: Vec<_> = defaults.headers.iter().cloned().collect();
+        if let Some(h) = &r.headers {
+            headers.push(Arc::new(self.header_rules(
+                file,
+                &format!("route {name}"),
+                h,
+            )));
+        }
         Some(Route {
             name,
             path: path?,
@@ -806,6 +865,9 @@ impl Compiler {
             allow,
             max_body,
             methods,
+            conditions,
+            limit,
+            headers,
         })
     }
 

@@ -36,6 +36,132 @@ pub struct RulesFile {
     /// names, relay the bytes instead of terminating.
     #[serde(default)]
     pub passthrough: Vec<Spanned<PassthroughFile>>,
+    /// Named lists read from plain files (one entry a line, `#` starts a comment), reloaded
+    /// with the rules and whenever the list file itself changes.
+    #[serde(default)]
+    pub lists: BTreeMap<String, Spanned<ListFile>>,
+    /// Requests refused on every site before routing, tried in order (first match answers).
+    #[serde(default)]
+    pub deny: Vec<Spanned<DenyFile>>,
+    /// Named rate limits, attached to sites or routes with `limit: NAME`.
+    #[serde(default)]
+    pub limits: BTreeMap<String, Spanned<LimitFile>>,
+}
+
+/// A list kept in a file of its own. Exactly one of the keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListFile {
+    /// Networks (CIDRs or single addresses), one a line: the list's name can be used
+    /// wherever a network's can (`allow_from`, `per_client_in`, `from`).
+    #[serde(default)]
+    pub networks: Option<Spanned<String>>,
+    /// User-agent patterns, one a line, matched as case-insensitive substrings
+    /// (`agents:` in deny rules, `in_list:` in header conditions).
+    #[serde(default)]
+    pub agents: Option<Spanned<String>>,
+}
+
+/// A deny rule: requests meeting every condition get `status` and `page`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyFile {
+    /// Name used in logs, stats and `explain`.
+    pub name: Spanned<String>,
+    /// The client is in one of these networks (or network lists).
+    #[serde(default)]
+    pub from: Option<Vec<Spanned<String>>>,
+    /// The `User-Agent` contains an entry of this agents list.
+    #[serde(default)]
+    pub agents: Option<Spanned<String>>,
+    /// Header conditions, by header name (see [`HeaderTestFile`]).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<HeaderTestFile>>,
+    /// The answer's status (default 403); 429 tells crawlers to slow down.
+    #[serde(default)]
+    pub status: Option<Spanned<u16>>,
+    /// HTML page sent with it (default: the error page for the status).
+    #[serde(default)]
+    pub page: Option<Spanned<String>>,
+}
+
+/// One header condition. Exactly one of the keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderTestFile {
+    /// `true`: the header is sent; `false`: it is not.
+    #[serde(default)]
+    pub present: Option<bool>,
+    /// A value equals this (ASCII case ignored).
+    #[serde(default)]
+    pub equals: Option<String>,
+    /// A value contains this (ASCII case ignored).
+    #[serde(default)]
+    pub contains: Option<String>,
+    /// A value matches this regular expression (unanchored; `(?i)` ignores case).
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// A value contains an entry of this agents list.
+    #[serde(default)]
+    pub in_list: Option<String>,
+}
+
+/// A rate limit (GCRA: a steady rate with a burst, as nginx's `limit_req`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitFile {
+    /// Requests per period: `20/s`, `60/min`, `2000/h`.
+    pub rate: Spanned<String>,
+    /// Requests allowed at once after a quiet spell (default: the rate's count).
+    #[serde(default)]
+    pub burst: Option<Spanned<u32>>,
+    /// What is counted: `client` (the address; IPv6 by its /64), `client/24` (IPv4 /24,
+    /// IPv6 /64), `client/24/48` (and IPv6 /48), or `header:NAME` (its value; requests
+    /// without it by client).
+    #[serde(default)]
+    pub by: Option<Spanned<String>>,
+    /// Distinct clients (keys) tracked at once, 16 bytes each (default 65536); when
+    /// full, the quietest one is forgotten.
+    #[serde(default)]
+    pub tracked: Option<Spanned<u32>>,
+}
+
+/// Header edits for one direction.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEditsFile {
+    /// Headers replaced (any earlier value removed).
+    #[serde(default)]
+    pub set: BTreeMap<String, Spanned<String>>,
+    /// Headers appended.
+    #[serde(default)]
+    pub add: BTreeMap<String, Spanned<String>>,
+    /// Headers removed (e.g. `X-Session-ID` from responses).
+    #[serde(default)]
+    pub remove: Vec<Spanned<String>>,
+}
+
+/// Header rules of a site or route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesFile {
+    /// On requests, before they go to a server.
+    #[serde(default)]
+    pub request: Option<Spanned<HeaderEditsFile>>,
+    /// On responses, before they go to the client.
+    #[serde(default)]
+    pub response: Option<Spanned<HeaderEditsFile>>,
+}
+
+/// A redirect answered by a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectFile {
+    /// The target, with `{host}`, `{path}` and `{query}` (`?` and the query, or nothing).
+    pub to: Spanned<String>,
+    /// 301, 302, 307 or 308 (default 301).
+    #[serde(default)]
+    pub status: Option<Spanned<u16>>,
 }
 
 /// SNI names relayed without terminating TLS.
@@ -240,6 +366,15 @@ pub struct SiteFile {
     pub hsts: Option<Spanned<Scalar>>,
     /// Routes tried in order; the first whose path matches serves the request.
     pub routes: Vec<Spanned<RouteFile>>,
+    /// Requests refused on this site before routing (after the global `deny` rules).
+    #[serde(default)]
+    pub deny: Vec<Spanned<DenyFile>>,
+    /// The rate limit for every route of the site (routes may name their own).
+    #[serde(default)]
+    pub limit: Option<Spanned<String>>,
+    /// Header rules for every route of the site (a route's own come after these).
+    #[serde(default)]
+    pub headers: Option<Spanned<HeaderRulesFile>>,
 }
 
 /// How a route matches the (normalized) request path.
@@ -283,4 +418,17 @@ pub struct RouteFile {
     /// Others get 405 with `Allow` (judged after `allow_from`: an outsider gets 403).
     #[serde(default)]
     pub methods: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Header conditions: the route takes a request only when all hold (otherwise the
+    /// next route is tried), by header name.
+    #[serde(default)]
+    pub match_headers: BTreeMap<String, Spanned<HeaderTestFile>>,
+    /// Answer with a redirect instead of forwarding.
+    #[serde(default)]
+    pub redirect: Option<Spanned<RedirectFile>>,
+    /// The rate limit (replaces the site's).
+    #[serde(default)]
+    pub limit: Option<Spanned<String>>,
+    /// Header rules (after the site's).
+    #[serde(default)]
+    pub headers: Option<Spanned<HeaderRulesFile>>,
 }

@@ -10,6 +10,7 @@ pub mod fasthash;
 pub mod file;
 pub mod matcher;
 pub mod methods;
+pub mod policy;
 pub mod select;
 
 use bytes::Bytes;
@@ -37,6 +38,14 @@ pub struct RuleSet {
     pub error_pages: HashMap<u16, Bytes>,
     /// TLS names relayed without terminating, in file order.
     pub passthrough: Vec<Passthrough>,
+    /// Deny rules of every site, tried before routing.
+    pub deny: Vec<policy::DenyRule>,
+    /// Deny rules in all (global and per site): the number of their counters.
+    pub deny_count: usize,
+    /// Named rate limits, by index.
+    pub limits: Vec<policy::LimitSpec>,
+    /// List files read, so an edit of one alone reloads the rules.
+    pub list_files: Vec<std::path::PathBuf>,
     hosts: HostIndex,
     passthrough_hosts: HostIndex,
     default_site: Option<usize>,
@@ -112,6 +121,8 @@ pub struct Site {
     pub hsts: Option<http::HeaderValue>,
     /// Routes in order.
     pub routes: Vec<Route>,
+    /// Deny rules of this site, after the global ones.
+    pub deny: Vec<policy::DenyRule>,
 }
 
 /// One route of a site.
@@ -129,6 +140,12 @@ pub struct Route {
     pub max_body: Option<u64>,
     /// The methods it takes; `None` = every method.
     pub methods: Option<methods::Methods>,
+    /// Header conditions: the route takes only requests meeting all of them.
+    pub conditions: Vec<policy::HeaderCond>,
+    /// Index of its rate limit in `RuleSet::limits`.
+    pub limit: Option<usize>,
+    /// Header rules, the site's first.
+    pub headers: Vec<Arc<policy::HeaderRules>>,
 }
 
 /// What a route does with a request.
@@ -136,6 +153,8 @@ pub struct Route {
 pub enum Action {
     /// Answer with this status (and its error page).
     Deny(StatusCode),
+    /// Answer with a redirect.
+    Redirect(policy::Redirect),
     /// Forward to a service through a traffic-class pool.
     Forward {
         /// Index into `RuleSet::pools`.
@@ -343,9 +362,14 @@ impl RuleSet {
     ///
     /// `None` for an unknown host without a default site, or a path no route takes.
     pub fn route(&self, host: &str, path: &str) -> Option<Decision<'_>> {
-        let site = &self.sites[self.site_index(host)?];
+        let site = self.site(host)?;
         let route = site.routes.iter().find(|r| r.path.matches(path))?;
         Some(Decision { site, route })
+    }
+
+    /// The site for `host` (lower-case, no port), or the default site.
+    pub fn site(&self, host: &str) -> Option<&Site> {
+        self.sites.get(self.site_index(host)?)
     }
 
     fn site_index(&self, host: &str) -> Option<usize> {
@@ -356,6 +380,14 @@ impl RuleSet {
     pub fn passthrough_for(&self, sni: &str) -> Option<(usize, &Passthrough)> {
         let i = self.passthrough_hosts.lookup(sni)?;
         Some((i, self.passthrough.get(i)?))
+    }
+
+    /// The deny rule numbered `index` (global or a site's).
+    pub fn deny_rule(&self, index: usize) -> Option<&policy::DenyRule> {
+        self.deny
+            .iter()
+            .chain(self.sites.iter().flat_map(|s| &s.deny))
+            .find(|r| r.index == index)
     }
 
     /// Whether any name is passed through (the listeners only peek when one is).

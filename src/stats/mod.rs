@@ -100,6 +100,8 @@ pub struct Counters {
     pub server_aborts: AtomicU64,
     /// Requests that found no usable server.
     pub no_server: AtomicU64,
+    /// Requests refused by policy: deny rules, rate limits, allow-lists (HAProxy `dreq`).
+    pub denied: AtomicU64,
     /// Requests waiting in a pool queue for this service now.
     pub queued: AtomicU64,
     /// Most waiting at once.
@@ -180,6 +182,8 @@ pub struct Stats {
     /// All requests, as a frontend total.
     pub frontend: Counters,
     families: Mutex<Families>,
+    /// Requests refused by policy (deny rules), by (kind, name).
+    denials: Mutex<HashMap<(&'static str, Arc<str>), Arc<AtomicU64>>>,
     fronts: Mutex<Vec<Front>>,
     /// Recent snapshots for rates and "recent" percentiles (see [`Stats::sample`]).
     samples: Mutex<Samples>,
@@ -248,6 +252,7 @@ impl Default for Stats {
             tls_failures: AtomicU64::new(0),
             frontend: Counters::default(),
             families: Mutex::new(HashMap::new()),
+            denials: Mutex::new(HashMap::new()),
             fronts: Mutex::new(Vec::new()),
             samples: Mutex::new(Samples::default()),
         }
@@ -260,6 +265,24 @@ impl Stats {
     pub fn counters(&self, kind: Kind, name: &Arc<str>) -> Arc<Counters> {
         let mut map = self.families.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((kind, name.clone())).or_default().clone()
+    }
+
+    /// The refusal counter of a deny rule (`kind` "deny"), created on first use; kept by
+    /// name across reloads. Called when rules are installed, never per request.
+    pub fn denial_counter(&self, kind: &'static str, name: &Arc<str>) -> Arc<AtomicU64> {
+        let mut map = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((kind, name.clone())).or_default().clone()
+    }
+
+    /// Every refusal counter, sorted by kind and name.
+    pub fn denials(&self) -> Vec<(&'static str, Arc<str>, u64)> {
+        let map = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = map
+            .iter()
+            .map(|((k, n), c)| (*k, n.clone(), c.load(Ordering::Relaxed)))
+            .collect();
+        v.sort();
+        v
     }
 
     /// Records a listener for the stats page (once, at start).

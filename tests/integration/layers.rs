@@ -20,6 +20,7 @@ const ORDER: &[&str] = &[
     // runtime state
     "stats",
     "share",
+    "limit",
     "pool",
     "health",
     "generation",
