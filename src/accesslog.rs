@@ -47,6 +47,8 @@ pub struct Entry<'a> {
     pub total_ms: u64,
     /// How the request ended (`-` for normal).
     pub termination: &'a str,
+    /// `X-Request-ID` (ours, or a trusted proxy's).
+    pub request_id: &'a str,
 }
 
 /// Writes one entry in the configured format.
@@ -57,7 +59,7 @@ pub fn write(format: AccessLog, e: &Entry<'_>) {
             let mut line = String::with_capacity(200);
             let _ = write!(
                 line,
-                "{} {}/{} {} {}/{}/{} {}/{}/{}/{} {} {} {} {} \"{} {}{} {}\"",
+                "{} {}/{} {} {}/{}/{} {}/{}/{}/{} {} {} {} {} \"{} {}{} {}\" {}",
                 e.client,
                 e.site,
                 e.route,
@@ -76,7 +78,8 @@ pub fn write(format: AccessLog, e: &Entry<'_>) {
                 e.method,
                 e.host,
                 e.path,
-                e.version
+                e.version,
+                e.request_id
             );
             tracing::info!(target: "access", "{line}");
         }
@@ -89,6 +92,7 @@ pub fn write(format: AccessLog, e: &Entry<'_>) {
                 "service": e.service, "colour": e.colour, "server": e.server,
                 "tls_ms": e.tls_ms, "wait_ms": e.wait_ms, "first_byte_ms": e.first_byte_ms,
                 "total_ms": e.total_ms, "termination": e.termination,
+                "request_id": e.request_id,
             });
             tracing::info!(target: "access", "{v}");
         }

@@ -59,6 +59,7 @@ impl Row {
         self.set("eresp", c.response_errors.load(Relaxed));
         self.set("wredis", c.redispatches.load(Relaxed));
         self.set("wretr", 0);
+        self.set("dreq", c.denied.load(Relaxed));
         self.set("cli_abrt", c.client_aborts.load(Relaxed));
         self.set("srv_abrt", c.server_aborts.load(Relaxed));
         for (i, col) in [

@@ -120,6 +120,18 @@ pub fn html(v: &View<'_>) -> String {
         );
     }
     o.push_str("</table>");
+    let policy = st.denials();
+    if !policy.is_empty() {
+        o.push_str("<h2>Policy <small>deny rules and rate limits</small></h2><table id=\"policy\"><tr><th>kind</th><th>rule</th><th>refused</th></tr>");
+        for (kind, name, n) in policy {
+            let _ = write!(
+                o,
+                "<tr data-rule=\"{n_}\"><td>{kind}</td><td>{n_}</td><td>{n}</td></tr>",
+                n_ = escape(&name)
+            );
+        }
+        o.push_str("</table>");
+    }
     let fronts = tcp_fronts(v);
     if !fronts.is_empty() {
         o.push_str("<h2>TCP <small>listeners and passthrough names</small></h2><table id=\"tcp\"><tr><th>frontend</th><th>listens</th><th>sessions now</th><th>max</th><th>limit</th><th>total</th><th>bytes in</th><th>bytes out</th><th>no server</th></tr>");

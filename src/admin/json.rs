@@ -21,6 +21,7 @@ pub fn json(v: &View<'_>) -> String {
             "client_aborts": c.client_aborts.load(Relaxed),
             "server_aborts": c.server_aborts.load(Relaxed),
             "no_server": c.no_server.load(Relaxed),
+            "denied": c.denied.load(Relaxed),
             "queued": c.queued.load(Relaxed),
         })
     };
@@ -66,6 +67,8 @@ pub fn json(v: &View<'_>) -> String {
         "tls_handshakes": v.stats.tls_handshakes.load(Relaxed),
         "requests": counters(&v.stats.frontend),
         "sites": sites, "services": services, "pools": pools,
+        "policy": v.stats.denials().into_iter().map(|(kind, name, n)| serde_json::json!({"kind": kind, "name": &*name, "denied": n})).collect::<Vec<_>>(),
+        "limits": g.limiters.iter().map(|l| serde_json::json!({"name": &*l.spec.name, "rate": &l.spec.text, "burst": l.spec.burst, "passed": l.passed.load(Relaxed), "denied": l.denied.load(Relaxed), "memory_bytes": l.memory()})).collect::<Vec<_>>(),
         "tcp_frontends": tcp_fronts(v).into_iter().map(|f| serde_json::json!({"name": &*f.name, "listens": f.listens, "limit": f.limit, "counters": counters(&f.counters)})).collect::<Vec<_>>(),
     })
     .to_string()

@@ -128,6 +128,12 @@ pub fn prometheus(v: &View<'_>) -> String {
             "Requests that found no usable server.",
             |c| c.no_server.load(Relaxed),
         ),
+        (
+            names::DENIED,
+            "counter",
+            "Requests refused by policy: deny rules, rate limits, allow-lists.",
+            |c| c.denied.load(Relaxed),
+        ),
     ] {
         head(&mut o, name, kind, help);
         for (l, c) in &sets {
@@ -248,6 +254,20 @@ pub fn prometheus(v: &View<'_>) -> String {
         }
     }
     let st = v.stats;
+    head(
+        &mut o,
+        names::POLICY_DENIED,
+        "counter",
+        "Requests refused, by deny rule or rate limit.",
+    );
+    for (kind, name, n) in st.denials() {
+        let _ = writeln!(
+            o,
+            "{}{{kind=\"{kind}\",rule=\"{}\"}} {n}",
+            names::POLICY_DENIED,
+            Label(&name)
+        );
+    }
     for (name, kind, help, val) in [
         (
             names::CONNECTIONS,

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 /// The shipped config, rules, page and examples, compiled in so the demo needs nothing on disk.
-const FILES: [(&str, &str); 8] = [
+const FILES: [(&str, &str); 10] = [
     (
         "config/gatehouse.yaml",
         include_str!("../../config/gatehouse.yaml"),
@@ -30,6 +30,14 @@ const FILES: [(&str, &str); 8] = [
     (
         "rules/pages/maintenance.html",
         include_str!("../../rules/pages/maintenance.html"),
+    ),
+    (
+        "rules/pages/too-many-requests.html",
+        include_str!("../../rules/pages/too-many-requests.html"),
+    ),
+    (
+        "lists/deny-agents.txt",
+        include_str!("../../lists/deny-agents.txt"),
     ),
     (
         "config/examples/two-tier/outer.yaml",

@@ -236,6 +236,7 @@ async fn answer(
         tokio::time::sleep(d.min(std::time::Duration::from_secs(120))).await;
     }
     let path = req.uri().path().to_string();
+    let request_id = req.headers().get("x-request-id").cloned();
     let mut resp = if path == "/ws" {
         websocket(req, &me)
     } else if req.method() == http::Method::POST || req.method() == http::Method::PUT {
@@ -250,6 +251,10 @@ async fn answer(
     };
     if let Ok(v) = HeaderValue::from_str(&me.name) {
         resp.headers_mut().insert("x-served-by", v);
+    }
+    // What a real application does with the edge's id: answers with the one it got.
+    if let Some(id) = request_id {
+        resp.headers_mut().insert("x-request-id", id);
     }
     Ok(resp)
 }

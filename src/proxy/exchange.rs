@@ -13,6 +13,7 @@ use super::{Shared, tunnel};
 use crate::body::{BodyProgress, ClientBody, LimitedBody};
 use crate::config::Timeouts;
 use crate::generation::Generation;
+use crate::rules::policy::HeaderRules;
 use crate::rules::{Server, Site};
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -43,6 +44,8 @@ pub struct Target<'a> {
     pub max_body: u64,
     /// The balancing key (hashing balances).
     pub key: u64,
+    /// The route's header rules (the site's first).
+    pub rules: &'a [Arc<HeaderRules>],
 }
 
 /// Sends the request to the admitted server and returns its response.
@@ -63,13 +66,18 @@ pub async fn exchange(
     let (mut parts, body) = req.into_parts();
     // Forwarding headers are kept (and appended to) only from a trusted peer.
     let trusted_peer = shared.trusted.contains(conn.peer.ip());
+    let request_id = rec.request_id.clone();
     let forwarding = forward::prepare_request(
         &mut parts.headers,
         &t.client,
         trusted_peer,
         t.host,
         conn.https(),
+        &request_id,
     );
+    for r in t.rules {
+        r.request.apply(&mut parts.headers);
+    }
     prepare_head(&mut parts, &body, upgrade.as_ref());
     let bodyless = body.is_end_stream();
     let progress = Arc::new(BodyProgress::default());
@@ -135,6 +143,9 @@ pub async fn exchange(
                     return open_tunnel(resp, shared, client_upgrade, upgrade, rec);
                 }
                 respond_headers(&mut resp, conn, t.site);
+                for r in t.rules {
+                    r.response.apply(resp.headers_mut());
+                }
                 return Ok(resp);
             }
             Ok(Err(e)) if progress.too_large.load(Ordering::Relaxed) => {

@@ -60,12 +60,15 @@ fn remove_spoofable(headers: &mut HeaderMap) {
 }
 
 /// Forwarding headers a client may forge; dropped unless the peer is trusted.
-const FORWARDING: ManuallyDrop<[HeaderName; 5]> = ManuallyDrop::new([
+/// (`X-Request-ID` too: the request's own id, a trusted proxy's included, is written
+/// in its place.)
+const FORWARDING: ManuallyDrop<[HeaderName; 6]> = ManuallyDrop::new([
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("x-forwarded-proto"),
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-real-ip"),
     header::FORWARDED,
+    super::request_id::X_REQUEST_ID,
 ]);
 
 /// Where the client address used for decisions came from.
@@ -219,6 +222,7 @@ pub struct Forwarding<'a> {
     peer_ip: IpAddr,
     proto: &'static str,
     host: &'a str,
+    request_id: &'a HeaderValue,
 }
 
 /// Cleans the request headers for the server (hop-by-hop out, forged forwarding headers
@@ -229,6 +233,7 @@ pub fn prepare_request<'a>(
     trusted_peer: bool,
     host: &'a str,
     tls: bool,
+    request_id: &'a HeaderValue,
 ) -> Forwarding<'a> {
     strip_hop_by_hop(headers);
     // One pass finds the forwarding headers and any header that claims a client address
@@ -258,6 +263,7 @@ pub fn prepare_request<'a>(
         peer_ip: canonical(client.peer.ip()),
         proto: if tls { "https" } else { "http" },
         host,
+        request_id,
     }
 }
 
@@ -275,6 +281,8 @@ impl Forwarding<'_> {
         out.extend_from_slice(self.host.as_bytes());
         out.extend_from_slice(b"\r\nforwarded: ");
         self.forwarded(out, ip);
+        out.extend_from_slice(b"\r\nx-request-id: ");
+        out.extend_from_slice(self.request_id.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
 
@@ -298,6 +306,7 @@ impl Forwarding<'_> {
         if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(fwd)) {
             headers.insert(header::FORWARDED, v);
         }
+        headers.insert(FORWARDING[5].clone(), self.request_id.clone());
     }
 
     /// `X-Forwarded-For`'s value: what a trusted peer sent, then the peer.
@@ -369,15 +378,17 @@ fn ip_text(ip: IpAddr) -> ([u8; 48], usize) {
 }
 
 /// Cleans the request headers and inserts the forwarding headers: [`prepare_request`]
-/// then [`Forwarding::insert`].
-pub fn rewrite_request(
+/// then [`Forwarding::insert`] (the unit tests' way in).
+#[cfg(test)]
+fn rewrite_request(
     headers: &mut HeaderMap,
     client: &ClientAddr,
     trusted_peer: bool,
     host: &str,
     tls: bool,
 ) {
-    prepare_request(headers, client, trusted_peer, host, tls).insert(headers);
+    let id = HeaderValue::from_static("test-id");
+    prepare_request(headers, client, trusted_peer, host, tls, &id).insert(headers);
 }
 
 fn join_values(headers: &HeaderMap, name: &str) -> Option<String> {

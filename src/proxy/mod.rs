@@ -22,6 +22,7 @@ pub mod host;
 pub mod malformed;
 pub mod path;
 pub mod reply;
+pub mod request_id;
 pub mod tunnel;
 
 pub use admit::choose_server;
@@ -119,6 +120,8 @@ pub async fn handle(
     if close_after || (rec.termination != "-" && closes(&resp)) {
         conn.in_flight.closing.store(true, Ordering::Relaxed);
     }
+    resp.headers_mut()
+        .insert(request_id::X_REQUEST_ID, rec.request_id.clone());
     if let Some((i, remaining)) = rec.rate {
         rate_headers(&generation, i as usize, remaining, resp.headers_mut());
     }
@@ -164,7 +167,7 @@ async fn serve(
         site,
         client,
         verdict,
-        ..
+        route,
     } = d;
     let fwd = match verdict {
         Verdict::Forward(f) => f,
@@ -188,6 +191,7 @@ async fn serve(
         client,
         max_body: fwd.max_body,
         key: fwd.key,
+        rules: route.map_or(&[], |(_, r)| &r.headers[..]),
     };
     exchange::exchange(shared, conn, g, &target, &admitted, slot, rec).await
 }

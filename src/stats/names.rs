@@ -26,6 +26,10 @@ pub const CLIENT_ABORTS: &str = "gatehouse_client_aborts_total";
 pub const SERVER_ABORTS: &str = "gatehouse_server_aborts_total";
 /// Requests that found no usable server.
 pub const NO_SERVER: &str = "gatehouse_no_server_total";
+/// Requests refused by policy (deny rules, rate limits, allow-lists): HAProxy's `dreq`.
+pub const DENIED: &str = "gatehouse_denied_requests_total";
+/// Requests refused, by deny rule or rate limit (`kind`, `rule`).
+pub const POLICY_DENIED: &str = "gatehouse_policy_denied_total";
 /// Server up (1) or not (0) by health and admin state.
 pub const SERVER_UP: &str = "gatehouse_server_up";
 /// Failed health checks.

@@ -127,11 +127,14 @@ impl Stack {
         std::fs::create_dir_all(dir.path().join("rules/pages")).expect("mkdir");
         std::fs::write(dir.path().join("config/gatehouse.yaml"), config).expect("write");
         std::fs::write(dir.path().join("rules/repository.yaml"), rules).expect("write");
-        std::fs::copy(
-            root().join("rules/pages/maintenance.html"),
-            dir.path().join("rules/pages/maintenance.html"),
-        )
-        .expect("copy");
+        std::fs::create_dir_all(dir.path().join("lists")).expect("mkdir");
+        for f in [
+            "rules/pages/maintenance.html",
+            "rules/pages/too-many-requests.html",
+            "lists/deny-agents.txt",
+        ] {
+            std::fs::copy(root().join(f), dir.path().join(f)).expect("copy");
+        }
         certs::ensure(&dir.path().join("certs")).expect("certs");
         let ca = CertificateDer::pem_file_iter(dir.path().join("certs/ca.pem"))
             .expect("ca")
