@@ -12,7 +12,6 @@ use crate::proxy::Shared;
 use crate::rules::{self, RuleSet};
 use crate::tls::CertStore;
 use arc_swap::ArcSwap;
-use notify::Watcher;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,12 +55,14 @@ pub struct Reloader {
     lock: tokio::sync::Mutex<u64>,
 }
 
-/// A digest of the rules files' text, so a watcher event after a reload that already
-/// applied the same text (an editor's second write, `gatehouse switch`) changes nothing.
-fn rules_digest(path: &Path) -> u64 {
+/// A digest of the rules files' text and of the list files they name, so a watcher event
+/// after a reload that already applied the same text (an editor's second write, `gatehouse
+/// switch`) changes nothing, and an edit of a list file alone does.
+fn rules_digest(path: &Path, lists: &[PathBuf]) -> u64 {
     let files = rules::compile::rule_files(path).unwrap_or_default();
     let texts: Vec<(PathBuf, String)> = files
         .into_iter()
+        .chain(lists.iter().cloned())
         .map(|f| (f.clone(), std::fs::read_to_string(&f).unwrap_or_default()))
         .collect();
     crate::rules::select::stable_hash(&texts)
@@ -75,7 +76,7 @@ impl Reloader {
         certs: Option<Arc<ArcSwap<CertStore>>>,
     ) -> Arc<Self> {
         let generation = shared.state.load().number;
-        let config_rules = config.rules.clone();
+        let digest = rules_digest(&config.rules, &shared.state.load().rules.list_files);
         Arc::new(Reloader {
             shared,
             config,
@@ -86,7 +87,7 @@ impl Reloader {
                 generation,
             })),
             counters: Arc::new(ReloadCounters::default()),
-            lock: tokio::sync::Mutex::new(rules_digest(&config_rules)),
+            lock: tokio::sync::Mutex::new(digest),
         })
     }
 
@@ -94,7 +95,10 @@ impl Reloader {
     /// the new rules were applied.
     pub async fn reload(&self, why: &str) -> bool {
         let mut last_digest = self.lock.lock().await;
-        let digest = rules_digest(&self.config.rules);
+        let digest = rules_digest(
+            &self.config.rules,
+            &self.shared.state.load().rules.list_files,
+        );
         if why == "file change" && digest == *last_digest {
             // The files are back to what is serving (e.g. a broken edit was undone).
             if self.status.load().error.is_some() {
@@ -114,6 +118,8 @@ impl Reloader {
             Ok(set) => {
                 let prev = self.shared.state.load_full();
                 let changes = audit(&prev.rules, &set);
+                // The digest of what is now serving (its list files may differ).
+                let digest = rules_digest(&self.config.rules, &set.list_files);
                 let next =
                     Generation::new(set, Some(&prev), &self.shared.stats, &self.shared.health);
                 let number = next.number;
@@ -174,11 +180,8 @@ impl Reloader {
                 return;
             }
         };
-        for dir in self.watched_dirs() {
-            if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch");
-            }
-        }
+        let mut watched = Vec::new();
+        self.watch_new_dirs(&mut watcher, &mut watched);
         loop {
             tokio::select! {
                 got = rx.recv() => if got.is_none() { return },
@@ -193,6 +196,21 @@ impl Reloader {
                 }
             }
             self.reload("file change").await;
+            // A reload may name list files in folders not watched yet.
+            self.watch_new_dirs(&mut watcher, &mut watched);
+        }
+    }
+
+    /// Watches the folders of the rules, certificates and list files not watched yet.
+    fn watch_new_dirs(&self, watcher: &mut impl notify::Watcher, watched: &mut Vec<PathBuf>) {
+        for dir in self.watched_dirs() {
+            if watched.contains(&dir) {
+                continue;
+            }
+            if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch");
+            }
+            watched.push(dir);
         }
     }
 
@@ -203,12 +221,16 @@ impl Reloader {
         } else {
             parent(rules)
         }];
-        for c in &self.config.certificates {
-            for p in [&c.cert, &c.key] {
-                let d = parent(p);
-                if !dirs.contains(&d) {
-                    dirs.push(d);
-                }
+        let lists = self.shared.state.load().rules.list_files.clone();
+        let certs = self
+            .config
+            .certificates
+            .iter()
+            .flat_map(|c| [&c.cert, &c.key]);
+        for p in certs.chain(lists.iter()) {
+            let d = parent(p);
+            if !dirs.contains(&d) {
+                dirs.push(d);
             }
         }
         dirs

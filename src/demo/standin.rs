@@ -252,6 +252,12 @@ async fn answer(
     if let Ok(v) = HeaderValue::from_str(&me.name) {
         resp.headers_mut().insert("x-served-by", v);
     }
+    // What InvenioRDM's UI and API send for the edge's logs (hidden from clients by the
+    // shipped rules).
+    resp.headers_mut()
+        .insert("x-session-id", HeaderValue::from_static("demo-session"));
+    resp.headers_mut()
+        .insert("x-user-id", HeaderValue::from_static("0"));
     // What a real application does with the edge's id: answers with the one it got.
     if let Some(id) = request_id {
         resp.headers_mut().insert("x-request-id", id);

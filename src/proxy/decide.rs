@@ -169,9 +169,11 @@ fn walk<'r>(
         ));
     }
     let (ip, headers) = (d.client.ip, facts.headers);
+    // The site first (a refusal is counted on the site it was sent to), then the rules
+    // of every site, then the site's own.
+    d.site = rules.site(host);
     deny(&rules.deny, ip, headers)?;
-    let site = rules.site(host).ok_or(ProxyError::NotFound)?;
-    d.site = Some(site);
+    let site = d.site.ok_or(ProxyError::NotFound)?;
     deny(&site.deny, ip, headers)?;
     let (index, route) = site
         .routes

@@ -1,24 +1,27 @@
 //! The policy a repository runs at its edge (issue 18), driven by the real curl binary:
-//! which methods a route takes.
+//! which methods a route takes, deny lists, rate limits, request ids, header rules,
+//! header conditions and redirects.
 
-use crate::harness::Stack;
+use crate::harness::{Options, Stack, wait_until};
 use std::process::Command;
+use std::time::Duration;
 
 /// One curl request from `from`: the status and the response head.
 fn curl(s: &Stack, from: &str, method: &str, url: &str) -> (u16, String) {
+    curl_with(s, from, method, url, &[])
+}
+
+/// [`curl`] with extra arguments (`-A`, `-H`); the response body is printed before the
+/// status when `--output -` is among them.
+fn curl_with(s: &Stack, from: &str, method: &str, url: &str, extra: &[&str]) -> (u16, String) {
     let (host, path) = url.split_once('/').expect("host/path");
     let port = s.https.port();
     let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-k", "--http1.1", "--max-time", "10"]);
+    if !extra.contains(&"--output") {
+        cmd.args(["-o", "/dev/null"]);
+    }
     cmd.args([
-        "-s",
-        "-k",
-        "--http1.1",
-        "--max-time",
-        "10",
-        "-o",
-        "/dev/null",
-    ])
-    .args([
         "-D",
         "-",
         "-w",
@@ -39,6 +42,7 @@ fn curl(s: &Stack, from: &str, method: &str, url: &str) -> (u16, String) {
         _ => {}
     }
     let out = cmd
+        .args(extra)
         .arg(format!("https://{host}:{port}/{path}"))
         .output()
         .expect("curl is installed (.ci/run installs it)");
@@ -90,4 +94,260 @@ async fn store_files_take_only_get_and_head() {
     assert!(log.contains("method_not_allowed"), "{log}");
     assert!(log.contains("data-upload"), "{log}");
     s.assert_no_server_blamed("api").await;
+}
+
+/// The rules with `(from, to)` edits applied.
+async fn stack_with_rules(edits: &[(&str, &str)]) -> Stack {
+    Stack::start_with(Options {
+        rules_edits: edits
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+        ..Options::default()
+    })
+    .await
+}
+
+/// Issue 18, item 2 and the demo contract: the shipped deny rule refuses any `User-Agent`
+/// containing an entry of `lists/deny-agents.txt` with 429 and the demo's page, on every
+/// site, before anything reaches a server; the refusals are counted (rule, site `dreq`).
+/// An edit of the list file alone is picked up, and a broken network list is refused
+/// with the list file's own line while the old rules keep serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn listed_agents_get_429_on_every_site_and_the_list_reloads() {
+    let s = Stack::start().await;
+    let served = s.served("");
+    let page = ["--output", "-"];
+    for url in [
+        "store.localhost/records/a/files/1K.bin",
+        "store-dev.localhost/records/a/files/1K.bin",
+        "data.localhost/api/records",
+        "data.localhost/",
+        "nowhere.localhost/",
+    ] {
+        for agent in ["BadBot/1.0", "Mozilla/5.0 (compatible; badbot/2.1)"] {
+            let (status, out) = curl_with(
+                &s,
+                "127.0.0.1",
+                "GET",
+                url,
+                &[&page[..], &["-A", agent]].concat(),
+            );
+            assert_eq!(status, 429, "{agent} to {url}: {out}");
+            assert!(
+                out.contains("Too many requests</h1>"),
+                "not the 429 page: {out}"
+            );
+            assert!(out.to_ascii_lowercase().contains("x-request-id: "), "{out}");
+        }
+    }
+    assert_eq!(s.served(""), served, "a listed agent reached a server");
+    let (status, _) = curl_with(
+        &s,
+        "127.0.0.1",
+        "GET",
+        "store.localhost/records/a/files/1K.bin",
+        &["-A", "GoodBot/1.0"],
+    );
+    assert_eq!(status, 200);
+    let stats = s.stats_json().await;
+    let rule = stats["policy"]
+        .as_array()
+        .and_then(|p| p.iter().find(|r| r["name"] == "deny-agents"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(rule["denied"], 10, "{stats}");
+    let (_, csv) = s.stats_get("/stats;csv").await;
+    let cols: Vec<&str> = csv
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("# ")
+        .split(',')
+        .collect();
+    let dreq = cols.iter().position(|c| *c == "dreq").expect("dreq column");
+    let store = csv
+        .lines()
+        .find(|l| l.starts_with("store,FRONTEND"))
+        .expect("store frontend");
+    assert_eq!(store.split(',').nth(dreq), Some("2"), "{csv}");
+    let (_, prom) = s.stats_get("/metrics").await;
+    assert!(
+        prom.contains("gatehouse_policy_denied_total{kind=\"deny\",rule=\"deny-agents\"} 10"),
+        "{prom}"
+    );
+
+    // The list file alone changes: a new crawler is refused within the watcher's settle.
+    let list = s.dir.path().join("lists/deny-agents.txt");
+    let text = std::fs::read_to_string(&list).expect("list");
+    std::fs::write(&list, format!("{text}EvilCrawler\n")).expect("write");
+    let url = "store.localhost/records/a/files/1K.bin";
+    wait_until(
+        "the list edit to apply",
+        Duration::from_secs(5),
+        async || curl_with(&s, "127.0.0.1", "GET", url, &["-A", "evilcrawler/1"]).0 == 429,
+    )
+    .await;
+    // A network list with a bad line: refused, pointing into the list file; the old
+    // rules (with EvilCrawler) keep serving.
+    std::fs::write(
+        s.dir.path().join("lists/blocked.txt"),
+        "192.0.2.0/24\n# comment\n198.51.100.300\n",
+    )
+    .expect("write");
+    let rules = std::fs::read_to_string(s.rules_path()).expect("rules");
+    let rules = rules.replace(
+        "lists:                          # plain",
+        "lists:\n  blocked: { networks: ../lists/blocked.txt }\nx-lists:                          # plain",
+    );
+    let bad = rules.replace("x-lists:", "#");
+    std::fs::write(s.rules_path(), bad).expect("write rules");
+    s.hup();
+    wait_until("the refused reload", Duration::from_secs(5), async || {
+        s.stats_json().await["last_reload"]["ok"] == false
+    })
+    .await;
+    let error = s.stats_json().await["last_reload"]["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        error.contains("lists/blocked.txt:3:1: list `blocked`: `198.51.100.300` is not a CIDR"),
+        "{error}"
+    );
+    assert_eq!(
+        curl_with(&s, "127.0.0.1", "GET", url, &["-A", "EvilCrawler"]).0,
+        429
+    );
+    assert_eq!(
+        curl_with(&s, "127.0.0.1", "GET", url, &["-A", "curl"]).0,
+        200
+    );
+}
+
+/// Issue 18, item 3 and the demo contract: `data-api` allows 20 requests/s per client
+/// with a burst of 40. 100 concurrent requests from one address: about 40 pass, the rest
+/// get 429 with `Retry-After` and the `RateLimit-*` headers, without reaching a server;
+/// a second later requests pass again. Passing answers say what is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_limit_answers_429_with_retry_after_then_recovers() {
+    let s = Stack::start().await;
+    let served = s.served("api-");
+    let port = s.https.port();
+    let urls: String = (0..100)
+        .map(|_| {
+            format!("url = \"https://data.localhost:{port}/api/records\"\noutput = \"/dev/null\"\n")
+        })
+        .collect();
+    let cfg = s.dir.path().join("urls.txt");
+    std::fs::write(&cfg, urls).expect("write");
+    let out = Command::new("curl")
+        .args(["-s", "-k", "--parallel", "--parallel-immediate", "--parallel-max", "100"])
+        .args(["--max-time", "20", "-w"])
+        .arg("%{http_code} %header{retry-after} %header{ratelimit-limit} %header{ratelimit-remaining} %header{x-ratelimit-limit}\n")
+        .args(["--resolve", &format!("data.localhost:{port}:127.0.0.1")])
+        .arg("-K")
+        .arg(&cfg)
+        .output()
+        .expect("curl");
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 100, "{out}");
+    let ok = lines.iter().filter(|l| l.starts_with("200 ")).count();
+    let limited: Vec<&&str> = lines.iter().filter(|l| l.starts_with("429 ")).collect();
+    assert_eq!(ok + limited.len(), 100, "{out}");
+    assert!(
+        (40..=45).contains(&ok),
+        "{ok} passed of 100 (burst 40 at 20/s)"
+    );
+    for l in &limited {
+        // status, Retry-After, RateLimit-Limit, RateLimit-Remaining, X-RateLimit-Limit
+        let f: Vec<&str> = l.split(' ').collect();
+        let retry: u64 = f.get(1).and_then(|r| r.parse().ok()).unwrap_or(0);
+        assert!((1..=2).contains(&retry), "Retry-After: {l}");
+        assert_eq!(f.get(2..5), Some(&["20", "0", "20"][..]), "{l}");
+    }
+    assert_eq!(
+        s.served("api-") - served,
+        ok as u64,
+        "a limited request reached a server"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, head) = curl(&s, "127.0.0.1", "GET", "data.localhost/api/records");
+    assert_eq!(status, 200, "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("x-ratelimit-remaining: "), "{head}");
+    let stats = s.stats_json().await;
+    let limit = &stats["limits"][0];
+    assert_eq!(limit["name"], "api");
+    assert_eq!(limit["denied"], limited.len() as u64, "{stats}");
+    let (_, csv) = s.stats_get("/stats;csv").await;
+    let cols: Vec<&str> = csv
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("# ")
+        .split(',')
+        .collect();
+    let dreq = cols.iter().position(|c| *c == "dreq").expect("dreq column");
+    let data = csv
+        .lines()
+        .find(|l| l.starts_with("data,FRONTEND"))
+        .expect("data frontend");
+    assert_eq!(
+        data.split(',').nth(dreq),
+        Some(&*limited.len().to_string()),
+        "{csv}"
+    );
+}
+
+/// Issue 18, item 4 and the demo contract: every answer carries `X-Request-ID`; the
+/// server got the same id; an outside client's own id is replaced (it could pin its
+/// requests on someone else's in the logs); the access log line carries it. The shipped
+/// response rule removes the application's session headers.
+#[tokio::test(flavor = "multi_thread")]
+async fn request_ids_are_made_forwarded_returned_and_logged() {
+    let s = Stack::start().await;
+    let got = s.client().get("data.localhost", "/api/records").await;
+    let id = got
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(id.len(), 32, "{id:?}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    assert_eq!(
+        got.json()["headers"]["x-request-id"],
+        id.as_str(),
+        "the server saw another id"
+    );
+    let (_, head) = curl_with(
+        &s,
+        "127.0.0.1",
+        "GET",
+        "store.localhost/records/a/files/1K.bin",
+        &["-H", "X-Request-ID: forged-by-client"],
+    );
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("x-request-id: "), "{head}");
+    assert!(!head.contains("forged-by-client"), "{head}");
+    // The application's session headers stay in the logs' side of the edge.
+    assert!(
+        got.headers.get("x-session-id").is_none(),
+        "{:?}",
+        got.headers
+    );
+    assert!(!head.contains("x-session-id"), "{head}");
+    wait_until("the access log line", Duration::from_secs(3), async || {
+        s.log().contains(&id)
+    })
+    .await;
+    let line = s
+        .log()
+        .lines()
+        .find(|l| l.contains(&id))
+        .unwrap_or("")
+        .to_string();
+    assert!(line.contains("/api/records"), "{line}");
 }
