@@ -67,8 +67,8 @@ fn route_lookup_hosts(bencher: divan::Bencher, n: usize) {
     bencher.bench(|| black_box(set.route(black_box(&host), black_box("/p0/x")).is_some()));
 }
 
-/// Allow-list membership over `n` CIDRs.
-#[divan::bench(args = [10, 10_000])]
+/// Allow-list membership over `n` CIDRs (100,000: a large network deny list).
+#[divan::bench(args = [10, 10_000, 100_000])]
 fn allow_list(bencher: divan::Bencher, n: usize) {
     let nets: Vec<ipnet::IpNet> = (0..n as u32)
         .map(|i| {
@@ -117,5 +117,38 @@ fn render_100_services(bencher: divan::Bencher, what: &str) {
             "csv" => gatehouse::admin::csv::csv(&view),
             _ => gatehouse::admin::prometheus::prometheus(&view),
         })
+    });
+}
+
+/// A deny list of 1,000 user-agent patterns against a browser's `User-Agent` (no match:
+/// the whole header is scanned) and a listed crawler's.
+#[divan::bench(args = ["Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36", "Mozilla/5.0 (compatible; crawler-777/2.1; +http://example.org/bot)"])]
+fn agent_list_1000(bencher: divan::Bencher, agent: &str) {
+    let patterns: Vec<String> = (0..1000).map(|i| format!("crawler-{i}/")).collect();
+    let list = gatehouse::rules::policy::AgentList::new("bench".into(), &patterns).unwrap();
+    bencher.bench(|| list.matches(black_box(agent.as_bytes())));
+}
+
+/// One request counted by a rate limit (GCRA cell, compare-and-swap) among a million
+/// distinct keys in a 65,536-cell table.
+#[divan::bench]
+fn rate_limit_check(bencher: divan::Bencher) {
+    use gatehouse::rules::policy::{LimitKey, LimitSpec};
+    let spec = LimitSpec {
+        name: "bench".into(),
+        index: 0,
+        rate: 20,
+        per: std::time::Duration::from_secs(1),
+        burst: 40,
+        key: LimitKey::Client { v4: 32, v6: 64 },
+        tracked: 65_536,
+        text: "20/s".into(),
+    };
+    let limiter = gatehouse::limit::Limiter::new(&spec);
+    let now = std::time::Instant::now();
+    let mut key = 0u64;
+    bencher.bench_local(|| {
+        key = (key + 1) % 1_000_000;
+        limiter.check(black_box(key.wrapping_mul(0x9E37_79B9_7F4A_7C15)), now)
     });
 }

@@ -495,7 +495,9 @@ mod tests {
             let peer: SocketAddr = peer.parse().unwrap();
             let trusted = AllowList::new(vec![], &[net.parse().unwrap()]);
             let c = client_addr(&h, peer, &trusted);
-            let fwd = prepare_request(&mut h, &c, trusted_peer, "x.example", true);
+            h.insert("x-request-id", HeaderValue::from_static("client-says"));
+            let id = HeaderValue::from_static("0123abcd");
+            let fwd = prepare_request(&mut h, &c, trusted_peer, "x.example", true, &id);
             let names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
             assert_eq!(names, ["accept"]);
             let mut wire = Vec::new();
@@ -513,7 +515,10 @@ mod tests {
                 String::from_utf8_lossy(&wire),
                 String::from_utf8_lossy(&expect)
             );
-            assert_eq!(map.len(), 4);
+            assert_eq!(map.len(), 5);
+            // The request's own id replaces whatever the client sent, trusted or not
+            // (a trusted proxy's id was already taken as the request's id).
+            assert_eq!(map["x-request-id"], "0123abcd");
             let prior = if trusted_peer { "198.51.100.1, " } else { "" };
             assert_eq!(map["x-forwarded-for"], format!("{prior}{}", peer.ip()));
         }

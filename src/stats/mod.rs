@@ -159,6 +159,9 @@ impl Counters {
     }
 }
 
+/// Refusal counters by kind (`deny`, `limit`) and rule name.
+type Denials = HashMap<(&'static str, Arc<str>), Arc<AtomicU64>>;
+
 /// Counter sets by kind and stable name.
 type Families = HashMap<(Kind, Arc<str>), Arc<Counters>>;
 
@@ -183,7 +186,7 @@ pub struct Stats {
     pub frontend: Counters,
     families: Mutex<Families>,
     /// Requests refused by policy (deny rules), by (kind, name).
-    denials: Mutex<HashMap<(&'static str, Arc<str>), Arc<AtomicU64>>>,
+    denials: Mutex<Denials>,
     fronts: Mutex<Vec<Front>>,
     /// Recent snapshots for rates and "recent" percentiles (see [`Stats::sample`]).
     samples: Mutex<Samples>,

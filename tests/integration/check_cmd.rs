@@ -173,7 +173,7 @@ fn tcp_and_http_services_are_not_mixed_up() {
     // A route forwarding to the TCP service `mq`.
     edit(
         dir.path(),
-        "pool: app,    service: api, max_body: 1MiB }",
+        "pool: app,    service: api, max_body: 1MiB, limit: api }",
         "pool: app,    service: mq, max_body: 1MiB }",
     );
     // Passthrough to an HTTP service.
@@ -245,4 +245,85 @@ fn names_that_would_break_csv_or_labels_are_refused() {
         err.contains("route name `store deny` has a character names cannot have"),
         "{err}"
     );
+}
+
+/// Issue 18: every policy key's mistakes are reported with file:line:column, all at once:
+/// lists, deny rules, limits, header rules, header conditions and redirects.
+#[test]
+fn policy_errors_point_at_their_keys() {
+    let dir = workdir();
+    edit(
+        dir.path(),
+        "agents: deny-agents, status: 429",
+        "agents: deny-agentz, status: 500",
+    );
+    edit(
+        dir.path(),
+        "rate: 20/s, burst: 40",
+        "rate: 20/fortnight, burst: 40",
+    );
+    edit(
+        dir.path(),
+        "max_body: 1MiB, limit: api }",
+        "max_body: 1MiB, limit: apj }",
+    );
+    edit(
+        dir.path(),
+        "remove: [X-Session-ID, X-User-ID]",
+        "remove: [X-Session-ID, Content-Length]",
+    );
+    edit(
+        dir.path(),
+        "      - { name: store-deny,  deny: 403 }",
+        "      - { name: store-old, path: { prefix: /old/ }, redirect: { to: 'https://{hots}{path}' } }\n      \
+         - { name: store-hdr, match_headers: { accept: { present: true, equals: x } }, deny: 406 }\n      \
+         - { name: store-deny,  deny: 403 }",
+    );
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 1, "{err}");
+    let text = std::fs::read_to_string(dir.path().join("rules/repository.yaml")).unwrap();
+    let at = |needle: &str| {
+        let (n, l) = text
+            .lines()
+            .enumerate()
+            .find(|(_, l)| l.contains(needle))
+            .unwrap();
+        format!(
+            "rules/repository.yaml:{}:{}:",
+            n + 1,
+            l.find(needle).unwrap() + 1
+        )
+    };
+    for want in [
+        format!("{} unknown agents list `deny-agentz`", at("deny-agentz")),
+        format!(
+            "{} deny rule `deny-agents`: 500 is not a client error status",
+            at("500")
+        ),
+        format!(
+            "{} limit `api`: `20/fortnight` is not a rate",
+            at("20/fortnight")
+        ),
+        format!("{} unknown limit `apj`", at("apj")),
+        format!(
+            "{} `site data`: `content-length` is the proxy's to write",
+            at("Content-Length")
+        ),
+        format!(
+            "{} route `store-old`: unknown placeholder",
+            at("'https://{hots}")
+        ),
+        format!(
+            "{} `route store-hdr`: header `accept` needs exactly one test",
+            at("{ present: true")
+        ),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    // A list file that is not there.
+    edit(dir.path(), "../lists/deny-agents.txt", "../lists/nope.txt");
+    let (_, _, err) = check(dir.path());
+    assert!(err.contains("cannot read list"), "{err}");
+    assert!(!err.contains("has no condition"), "a cascade: {err}");
+    assert!(!err.contains("unknown limit `api`"), "a cascade: {err}");
 }

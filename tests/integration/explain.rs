@@ -320,6 +320,25 @@ async fn explain_predicts_what_the_proxy_does() {
         cases.push(case(method, url, from));
     }
     cases.push(case("GET", "https://unknown.localhost/", inside));
+    // Deny rules (issue 18): a listed agent on any site, and one that is not listed.
+    for (url, agent) in [
+        (
+            "https://store.localhost/records/a/files/1K.bin",
+            "User-Agent: BadBot/1.0",
+        ),
+        (
+            "https://data.localhost/api/records",
+            "User-Agent: x badbot y",
+        ),
+        (
+            "https://store.localhost/records/a/files/1K.bin",
+            "User-Agent: GoodBot/1.0",
+        ),
+    ] {
+        let mut c = case("GET", url, outside);
+        c.headers.push(agent);
+        cases.push(c);
+    }
     let mut wrong_sni = case("GET", "https://data.localhost/", inside);
     wrong_sni.sni = Some("store.localhost");
     cases.push(wrong_sni);

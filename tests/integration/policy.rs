@@ -17,7 +17,8 @@ fn curl_with(s: &Stack, from: &str, method: &str, url: &str, extra: &[&str]) -> 
     let (host, path) = url.split_once('/').expect("host/path");
     let port = s.https.port();
     let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-k", "--http1.1", "--max-time", "10"]);
+    // -g: `{` and `[` in a URL are sent, not expanded by curl.
+    cmd.args(["-s", "-g", "-k", "--http1.1", "--max-time", "10"]);
     if !extra.contains(&"--output") {
         cmd.args(["-o", "/dev/null"]);
     }
@@ -350,4 +351,78 @@ async fn request_ids_are_made_forwarded_returned_and_logged() {
         .unwrap_or("")
         .to_string();
     assert!(line.contains("/api/records"), "{line}");
+}
+
+/// Issue 18, items 1 and 5: a route taken only when a header condition holds (the next
+/// route otherwise), and redirect routes with `{host}`, `{path}` and `{query}`; `explain`
+/// names both. A client cannot smuggle a placeholder through its path.
+#[tokio::test(flavor = "multi_thread")]
+async fn header_conditions_and_redirects() {
+    let s = stack_with_rules(&[(
+        "      - { name: store-files, path:",
+        "      - { name: store-old, path: { prefix: /old/ }, redirect: { to: 'https://data.{host}{path}{query}', status: 308 } }\n      \
+         - { name: store-bots, path: { prefix: /records/ }, match_headers: { accept: { contains: application/x-bot }, user-agent: { regex: '^bot/[0-9]' } }, deny: 406 }\n      \
+         - { name: store-files, path:",
+    )])
+    .await;
+    let file = "store.localhost/records/a/files/1K.bin";
+    let both = ["-H", "Accept: text/html, APPLICATION/X-BOT", "-A", "bot/1"];
+    assert_eq!(curl_with(&s, "127.0.0.2", "GET", file, &both).0, 406);
+    // One condition missing: the next route takes it.
+    assert_eq!(curl_with(&s, "127.0.0.2", "GET", file, &both[..2]).0, 200);
+    assert_eq!(
+        curl_with(&s, "127.0.0.2", "GET", file, &["-A", "bot/1"]).0,
+        200
+    );
+    let (status, head) = curl(
+        &s,
+        "127.0.0.2",
+        "GET",
+        "store.localhost/old/x/y?a=1&b={path}",
+    );
+    assert_eq!(status, 308, "{head}");
+    assert!(
+        head.contains("location: https://data.store.localhost/old/x/y?a=1&b={path}\r\n"),
+        "{head}"
+    );
+    let (status, head) = curl(&s, "127.0.0.2", "GET", "store.localhost/old/{query}");
+    assert_eq!(status, 308, "{head}");
+    assert!(
+        head.contains("location: https://data.store.localhost/old/"),
+        "{head}"
+    );
+    let cfg = s.config_path();
+    let port = s.https.port();
+    let url = format!("https://store.localhost:{port}/old/x?a=1");
+    let (code, out, err) = s.cli(&[
+        "explain",
+        "-c",
+        cfg.to_str().unwrap_or(""),
+        "--from",
+        "127.0.0.2",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("308 Permanent Redirect to https://data.store.localhost/old/x?a=1"),
+        "{out}"
+    );
+    let url = format!("https://store.localhost:{port}/records/a/files/1K.bin");
+    let (_, out, _) = s.cli(&[
+        "explain",
+        "-c",
+        cfg.to_str().unwrap_or(""),
+        "--from",
+        "127.0.0.2",
+        "-H",
+        "Accept: application/x-bot",
+        "-H",
+        "User-Agent: bot/2",
+        &url,
+    ]);
+    assert!(
+        out.contains("accept contains \"application/x-bot\" and user-agent matches /^bot/[0-9]/"),
+        "{out}"
+    );
+    assert!(out.contains("deny-agents ("), "{out}");
 }

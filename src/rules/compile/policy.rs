@@ -169,7 +169,7 @@ impl Compiler {
                 test: HeaderTest::InList(list),
             });
         }
-        if when.is_empty() {
+        if d.from.is_none() && d.agents.is_none() && d.headers.is_empty() {
             self.err_hint(
                 file,
                 at(spanned),
@@ -315,14 +315,17 @@ impl Compiler {
     pub(super) fn limits(&mut self, file: &Path, f: &RulesFile) {
         for (name, l) in &f.limits {
             self.name(file, at(l), "limit", name);
-            if let Some(spec) = self.limit(file, name, &l.value) {
-                if self.limit_index.contains_key(name) {
-                    self.err(file, at(l), format!("limit `{name}` is defined twice"));
-                    continue;
-                }
-                self.limit_index.insert(name.clone(), spec.index);
-                self.set.limits.push(spec);
+            let Some(spec) = self.limit(file, name, &l.value) else {
+                // Known, so routes naming it are not reported again.
+                self.limit_index.insert(name.clone(), usize::MAX);
+                continue;
+            };
+            if self.limit_index.contains_key(name) {
+                self.err(file, at(l), format!("limit `{name}` is defined twice"));
+                continue;
             }
+            self.limit_index.insert(name.clone(), spec.index);
+            self.set.limits.push(spec);
         }
     }
 
@@ -384,7 +387,7 @@ impl Compiler {
     /// The limit a site or route names.
     pub(super) fn limit_ref(&mut self, file: &Path, name: &Spanned<String>) -> Option<usize> {
         if let Some(i) = self.limit_index.get(&name.value) {
-            return Some(*i);
+            return (*i != usize::MAX).then_some(*i);
         }
         let mut known: Vec<&str> = self.limit_index.keys().map(String::as_str).collect();
         known.sort_unstable();
