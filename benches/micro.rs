@@ -152,3 +152,40 @@ fn rate_limit_check(bencher: divan::Bencher) {
         limiter.check(black_box(key.wrapping_mul(0x9E37_79B9_7F4A_7C15)), now)
     });
 }
+
+/// Resident memory of a rate limit after a million distinct client keys: the table is
+/// allocated whole at the start, so the million add nothing (printed once; the check
+/// cost is `rate_limit_check`).
+#[divan::bench(sample_count = 1, sample_size = 1)]
+fn rate_limit_million_keys_memory() {
+    use gatehouse::rules::policy::{LimitKey, LimitSpec};
+    let rss = || {
+        std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 4
+    };
+    let spec = LimitSpec {
+        name: "bench".into(),
+        index: 0,
+        rate: 60,
+        per: std::time::Duration::from_secs(60),
+        burst: 60,
+        key: LimitKey::Client { v4: 32, v6: 64 },
+        tracked: 65_536,
+        text: "60/min".into(),
+    };
+    let limiter = gatehouse::limit::Limiter::new(&spec);
+    let now = std::time::Instant::now();
+    limiter.check(0, now);
+    let before = rss();
+    for k in 0..1_000_000u64 {
+        black_box(limiter.check(k.wrapping_mul(0x9E37_79B9_7F4A_7C15), now));
+    }
+    eprintln!(
+        "rate limit: {} KiB table; RSS {before} KiB before a million keys, {} KiB after",
+        limiter.memory() / 1024,
+        rss()
+    );
+}

@@ -25,6 +25,11 @@ pub enum AdminState {
     Drain = 2,
 }
 
+/// The ops' admin state in the admin byte's low bits.
+const ADMIN_MASK: u8 = 3;
+/// The admin byte's bit for a drain the health check asked for.
+const CHECK_DRAIN: u8 = 0x10;
+
 /// The runtime state of one server.
 #[derive(Debug)]
 pub struct ServerState {
@@ -104,30 +109,53 @@ impl ServerState {
         self.up.load(Relaxed)
     }
 
-    /// The admin state.
+    /// The admin state ops set.
     pub fn admin(&self) -> AdminState {
-        match self.admin.load(Relaxed) {
+        match self.admin.load(Relaxed) & ADMIN_MASK {
             1 => AdminState::Maint,
             2 => AdminState::Drain,
             _ => AdminState::Ready,
         }
     }
 
-    /// Sets the admin state (ops action).
+    /// Sets the admin state (ops action); a drain the health check asked for stays.
     pub fn set_admin(&self, a: AdminState) {
-        self.admin.store(a as u8, Relaxed);
+        let _ = self
+            .admin
+            .fetch_update(Relaxed, Relaxed, |v| Some(v & CHECK_DRAIN | a as u8));
     }
 
-    /// Whether the server may take a new request.
+    /// Drains (or stops draining) the server because its check said so (`on_404: drain`,
+    /// HAProxy's `disable-on-404`): kept apart from the ops' state, which it never changes.
+    pub fn set_check_drain(&self, drain: bool) {
+        let was = if drain {
+            self.admin.fetch_or(CHECK_DRAIN, Relaxed)
+        } else {
+            self.admin.fetch_and(!CHECK_DRAIN, Relaxed)
+        };
+        if (was & CHECK_DRAIN != 0) != drain {
+            tracing::warn!(drain, "server's check asks to drain: {drain}");
+        }
+    }
+
+    /// Whether the server's check asked it to be drained.
+    pub fn check_drained(&self) -> bool {
+        self.admin.load(Relaxed) & CHECK_DRAIN != 0
+    }
+
+    /// Whether the server may take a new request: UP, READY and not drained by its check
+    /// (one load of the admin byte covers both).
     pub fn usable(&self) -> bool {
-        self.is_up() && self.admin() == AdminState::Ready
+        self.is_up() && self.admin.load(Relaxed) == 0
     }
 
-    /// Status word for stats: UP, DOWN, MAINT, DRAIN.
+    /// Status word for stats: UP, DOWN, MAINT, DRAIN (set by ops, or by a check answering
+    /// 404 under `on_404: drain`).
     pub fn status(&self) -> &'static str {
         match (self.admin(), self.is_up()) {
             (AdminState::Maint, _) => "MAINT",
             (AdminState::Drain, _) => "DRAIN",
+            (_, true) if self.check_drained() => "DRAIN",
             (_, true) => "UP",
             (_, false) => "DOWN",
         }
@@ -309,8 +337,10 @@ pub async fn check(server: &Server, spec: &HealthSpec) -> (bool, u32) {
         let Some(path) = &spec.path else {
             return Some((true, 0));
         };
+        let host = spec.host.clone().unwrap_or_else(|| addr.to_string());
         let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: gatehouse-health-check\r\nConnection: close\r\n\r\n"
+            "{} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gatehouse-health-check\r\nConnection: close\r\n\r\n",
+            spec.method
         );
         tcp.write_all(req.as_bytes()).await.ok()?;
         let mut buf = [0u8; 64];
@@ -324,8 +354,8 @@ pub async fn check(server: &Server, spec: &HealthSpec) -> (bool, u32) {
         }
         let line = std::str::from_utf8(&buf[..n]).ok()?;
         let code: u32 = line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()?;
-        let ok = match spec.expect {
-            Some(e) => code == u32::from(e),
+        let ok = match &spec.expect {
+            Some(e) => e.iter().any(|e| u32::from(*e) == code),
             None => (200..400).contains(&code),
         };
         Some((ok, code))
@@ -369,7 +399,16 @@ pub async fn run_checks<G: CheckTargets>(
             let (server, state) = (server.clone(), state.clone());
             tokio::spawn(async move {
                 let start = std::time::Instant::now();
-                let (ok, code) = check(&server, &spec).await;
+                let (mut ok, code) = check(&server, &spec).await;
+                if spec.on_404_drain {
+                    // 404: the server asks to be drained, and is healthy; a pass ends it.
+                    if code == 404 {
+                        ok = true;
+                        state.set_check_drain(true);
+                    } else if ok {
+                        state.set_check_drain(false);
+                    }
+                }
                 state.last_check_code.store(code, Relaxed);
                 state
                     .last_check_ms

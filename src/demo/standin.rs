@@ -44,6 +44,10 @@ pub struct StandIn {
     pub served: AtomicU64,
     /// Health checks (`/ping`) answered.
     pub pings: AtomicU64,
+    /// The status `/ping` answers (200; 404 asks a checker with `on_404: drain` to drain it).
+    pub ping_status: std::sync::atomic::AtomicU16,
+    /// The last health check's method and `Host`.
+    pub last_ping: std::sync::Mutex<(String, String)>,
     /// In flight across every stand-in of the same service (both colours).
     pub service: Arc<Concurrency>,
     /// While stopped: the port, bound but not listening, so connects are refused and no
@@ -126,6 +130,8 @@ pub async fn serve(
         max_in_flight: 0.into(),
         served: 0.into(),
         pings: 0.into(),
+        ping_status: 200.into(),
+        last_ping: Default::default(),
         service,
         port_hold: Default::default(),
         stopped: Default::default(),
@@ -212,8 +218,13 @@ async fn answer(
     // (HAProxy does not count them against maxconn either).
     if matches!(req.uri().path(), "/ping" | "/_cluster/health") {
         me.pings.fetch_add(1, Ordering::Relaxed);
+        let host = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("");
+        *me.last_ping.lock().unwrap_or_else(|p| p.into_inner()) =
+            (req.method().to_string(), host.to_string());
+        let status = StatusCode::from_u16(me.ping_status.load(Ordering::Relaxed))
+            .unwrap_or(StatusCode::OK);
         let mut r = if req.uri().path() == "/ping" {
-            text(StatusCode::OK, "text/plain", "pong\n".to_string())
+            text(status, "text/plain", "pong\n".to_string())
         } else {
             let body = r#"{"cluster_name":"demo","status":"green","number_of_nodes":2}"#;
             text(StatusCode::OK, "application/json", format!("{body}\n"))

@@ -452,6 +452,9 @@ impl Compiler {
         let mut spec = HealthSpec {
             path: None,
             expect: None,
+            method: "GET",
+            host: None,
+            on_404_drain: false,
             port: None,
             send_proxy: false,
             interval: Duration::from_secs(2),
@@ -470,7 +473,43 @@ impl Compiler {
             }
             spec.path = Some(p.value.clone());
         }
-        spec.expect = h.expect;
+        spec.expect = h.expect.as_ref().map(|e| match &e.value {
+            super::file::Expect::One(code) => vec![*code],
+            super::file::Expect::Any(codes) => codes.clone(),
+        });
+        if let Some(e) = &h.expect
+            && spec.expect.as_ref().is_some_and(|c| c.is_empty() || c.iter().any(|c| !(100..600).contains(c)))
+        {
+            self.err(file, at(e), format!("service `{service}`: health expect needs statuses from 100 to 599"));
+        }
+        if let Some(m) = &h.method {
+            match m.value.to_ascii_uppercase().as_str() {
+                "GET" => spec.method = "GET",
+                "HEAD" => spec.method = "HEAD",
+                "OPTIONS" => spec.method = "OPTIONS",
+                _ => self.err_hint(
+                    file,
+                    at(m),
+                    format!("service `{service}`: health method `{}`", m.value),
+                    "GET, HEAD or OPTIONS",
+                ),
+            }
+        }
+        if let Some(host) = &h.host {
+            if HostPattern::parse(&host.value).is_ok_and(|p| matches!(p, HostPattern::Exact(_)))
+                || host.value.parse::<SocketAddr>().is_ok()
+            {
+                spec.host = Some(host.value.clone());
+            } else {
+                self.err(file, at(host), format!("service `{service}`: health host `{}` is not a host name", host.value));
+            }
+        }
+        spec.on_404_drain = h.on_404.is_some();
+        if let Some(o) = &h.on_404
+            && spec.path.is_none()
+        {
+            self.err(file, at(o), format!("service `{service}`: on_404 needs an HTTP check (`path`)"));
+        }
         if let Some(p) = &h.port {
             if p.value == 0 {
                 self.err(file, at(p), format!("service `{service}`: health port 0"));

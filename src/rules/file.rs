@@ -242,9 +242,21 @@ pub struct HealthFile {
     /// `/_cluster/health`, RabbitMQ's management port 15672 for an AMQP node).
     #[serde(default)]
     pub port: Option<Spanned<u16>>,
-    /// Status that counts as healthy (default: any 2xx or 3xx).
+    /// Status, or list of statuses, that count as healthy (default: any 2xx or 3xx).
     #[serde(default)]
-    pub expect: Option<u16>,
+    pub expect: Option<Spanned<Expect>>,
+    /// `GET` (default), `HEAD` or `OPTIONS` (InvenioRDM's `HEAD /ping`).
+    #[serde(default)]
+    pub method: Option<Spanned<String>>,
+    /// The `Host` header the check sends (default: the server's address), for servers
+    /// that route by name.
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    /// `drain`: a check answering 404 drains the server (no new requests, in-flight ones
+    /// finish) until a check passes again; HAProxy's `http-check disable-on-404`, for
+    /// taking a server out from the server itself during a deploy.
+    #[serde(default)]
+    pub on_404: Option<Spanned<On404>>,
     /// Time between checks (default 2s; ±10 % jitter so checks never march in step).
     #[serde(default)]
     pub interval: Option<Spanned<Scalar>>,
@@ -257,6 +269,24 @@ pub struct HealthFile {
     /// Failing checks (or failed connects) in a row that take an UP server DOWN (default 3).
     #[serde(default)]
     pub fall: Option<u32>,
+}
+
+/// Healthy statuses: one, or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Expect {
+    /// One status.
+    One(u16),
+    /// Any of these.
+    Any(Vec<u16>),
+}
+
+/// What a 404 from a health check means.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum On404 {
+    /// Drain the server.
+    Drain,
 }
 
 /// The two colours of a blue/green deployment.

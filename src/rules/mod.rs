@@ -226,8 +226,14 @@ impl PoolSpec {
 pub struct HealthSpec {
     /// HTTP path to GET, or `None` for a TCP connect check.
     pub path: Option<String>,
-    /// Healthy status, or `None` for any 2xx/3xx.
-    pub expect: Option<u16>,
+    /// Healthy statuses, or `None` for any 2xx/3xx.
+    pub expect: Option<Vec<u16>>,
+    /// `GET`, `HEAD` or `OPTIONS`.
+    pub method: &'static str,
+    /// The `Host` the check sends (default: the server's address).
+    pub host: Option<String>,
+    /// A 404 drains the server (healthy, but no new requests) until a check passes.
+    pub on_404_drain: bool,
     /// Port to check instead of the server's own.
     pub port: Option<u16>,
     /// Whether a check on the server's own port starts with a PROXY v2 `LOCAL` header
