@@ -202,6 +202,7 @@ fn shared_state(config: &Config) -> anyhow::Result<Arc<Shared>> {
         trusted: config.trusted_proxies.clone(),
         timeouts: config.timeouts,
         access_log: config.access_log,
+        request_id: config.request_id,
         redirect_port: config.redirect_port,
         max_uri_bytes: config.limits.max_uri_bytes,
         stats,

@@ -33,6 +33,11 @@ pub struct ConfigFile {
     /// The access log: `text` (default), `json` or `off`.
     #[serde(default)]
     pub access_log: Option<Spanned<String>>,
+    /// `X-Request-ID` on every request (made here unless a trusted proxy sent one), sent
+    /// to the server, returned to the client and logged (default: false, as nginx and
+    /// HAProxy add one only when told; the shipped config turns it on).
+    #[serde(default)]
+    pub request_id: bool,
     /// Worker threads (default: one per core).
     #[serde(default)]
     pub workers: Option<usize>,

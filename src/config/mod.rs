@@ -54,6 +54,8 @@ pub struct Config {
     pub limits: Limits,
     /// Access log format.
     pub access_log: AccessLog,
+    /// Whether requests get an `X-Request-ID`.
+    pub request_id: bool,
     /// Worker threads.
     pub workers: usize,
     /// Where listening sockets are offered to a successor process.
@@ -216,6 +218,7 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         timeouts,
         limits,
         access_log,
+        request_id: raw.request_id,
         workers,
         upgrade_socket: raw.upgrade_socket.as_deref().map(resolve),
     })

@@ -73,7 +73,7 @@ pub async fn exchange(
         trusted_peer,
         t.host,
         conn.https(),
-        &request_id,
+        request_id.as_ref(),
     );
     for r in t.rules {
         r.request.apply(&mut parts.headers);

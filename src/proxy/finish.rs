@@ -54,8 +54,8 @@ pub struct Record {
     pub(super) owed: bool,
     /// A rate limit passed: its index and the requests left in its burst (for headers).
     pub(super) rate: Option<(u32, u32)>,
-    /// `X-Request-ID`: sent to the server, returned to the client, logged.
-    pub(super) request_id: http::HeaderValue,
+    /// `X-Request-ID` (when on): sent to the server, returned to the client, logged.
+    pub(super) request_id: Option<http::HeaderValue>,
 }
 
 /// What the access log names a request by (`-` for what it never reached).
@@ -106,10 +106,9 @@ impl Record {
             termination: "-",
             backup: None,
             rate: None,
-            request_id: super::request_id::for_request(
-                req.headers(),
-                shared.trusted.contains(conn.peer.ip()),
-            ),
+            request_id: shared.request_id.then(|| {
+                super::request_id::for_request(req.headers(), shared.trusted.contains(conn.peer.ip()))
+            }),
             progress: None,
             permit: None,
             server_guard: None,
@@ -255,7 +254,11 @@ impl Hold for Record {
                 first_byte_ms: self.first_byte.as_millis() as u64,
                 total_ms: total.as_millis() as u64,
                 termination: self.termination,
-                request_id: std::str::from_utf8(self.request_id.as_bytes()).unwrap_or("-"),
+                request_id: self
+                    .request_id
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-"),
             },
         );
     }

@@ -222,7 +222,7 @@ pub struct Forwarding<'a> {
     peer_ip: IpAddr,
     proto: &'static str,
     host: &'a str,
-    request_id: &'a HeaderValue,
+    request_id: Option<&'a HeaderValue>,
 }
 
 /// Cleans the request headers for the server (hop-by-hop out, forged forwarding headers
@@ -233,7 +233,7 @@ pub fn prepare_request<'a>(
     trusted_peer: bool,
     host: &'a str,
     tls: bool,
-    request_id: &'a HeaderValue,
+    request_id: Option<&'a HeaderValue>,
 ) -> Forwarding<'a> {
     strip_hop_by_hop(headers);
     // One pass finds the forwarding headers and any header that claims a client address
@@ -256,7 +256,9 @@ pub fn prepare_request<'a>(
     } else {
         (None, None)
     };
-    remove_present(headers, &FORWARDING[..], present);
+    // A client's `X-Request-ID` is replaced only when ids are on (else it passes).
+    let ours = if request_id.is_some() { !0 } else { !(1 << 5) };
+    remove_present(headers, &FORWARDING[..], present & ours);
     Forwarding {
         prior_xff,
         prior_fwd,
@@ -281,9 +283,12 @@ impl Forwarding<'_> {
         out.extend_from_slice(self.host.as_bytes());
         out.extend_from_slice(b"\r\nforwarded: ");
         self.forwarded(out, ip);
-        out.extend_from_slice(b"\r\nx-request-id: ");
-        out.extend_from_slice(self.request_id.as_bytes());
         out.extend_from_slice(b"\r\n");
+        if let Some(id) = self.request_id {
+            out.extend_from_slice(b"x-request-id: ");
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
     }
 
     /// Inserts the same headers into `headers` (the hyper client's path).
@@ -306,7 +311,9 @@ impl Forwarding<'_> {
         if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(fwd)) {
             headers.insert(header::FORWARDED, v);
         }
-        headers.insert(FORWARDING[5].clone(), self.request_id.clone());
+        if let Some(id) = self.request_id {
+            headers.insert(FORWARDING[5].clone(), id.clone());
+        }
     }
 
     /// `X-Forwarded-For`'s value: what a trusted peer sent, then the peer.
@@ -388,7 +395,7 @@ fn rewrite_request(
     tls: bool,
 ) {
     let id = HeaderValue::from_static("test-id");
-    prepare_request(headers, client, trusted_peer, host, tls, &id).insert(headers);
+    prepare_request(headers, client, trusted_peer, host, tls, Some(&id)).insert(headers);
 }
 
 fn join_values(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -497,7 +504,7 @@ mod tests {
             let c = client_addr(&h, peer, &trusted);
             h.insert("x-request-id", HeaderValue::from_static("client-says"));
             let id = HeaderValue::from_static("0123abcd");
-            let fwd = prepare_request(&mut h, &c, trusted_peer, "x.example", true, &id);
+            let fwd = prepare_request(&mut h, &c, trusted_peer, "x.example", true, Some(&id));
             let names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
             assert_eq!(names, ["accept"]);
             let mut wire = Vec::new();

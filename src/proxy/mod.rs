@@ -57,6 +57,8 @@ pub struct Shared {
     pub timeouts: Timeouts,
     /// Access log format.
     pub access_log: AccessLog,
+    /// Whether requests get an `X-Request-ID`.
+    pub request_id: bool,
     /// Port written into HTTPS redirects (443 is left out).
     pub redirect_port: u16,
     /// Longest request URI accepted (414 beyond).
@@ -120,8 +122,10 @@ pub async fn handle(
     if close_after || (rec.termination != "-" && closes(&resp)) {
         conn.in_flight.closing.store(true, Ordering::Relaxed);
     }
-    resp.headers_mut()
-        .insert(request_id::X_REQUEST_ID, rec.request_id.clone());
+    if let Some(id) = &rec.request_id {
+        resp.headers_mut()
+            .insert(request_id::X_REQUEST_ID, id.clone());
+    }
     if let Some((i, remaining)) = rec.rate {
         rate_headers(&generation, i as usize, remaining, resp.headers_mut());
     }
