@@ -218,11 +218,15 @@ async fn answer(
     // (HAProxy does not count them against maxconn either).
     if matches!(req.uri().path(), "/ping" | "/_cluster/health") {
         me.pings.fetch_add(1, Ordering::Relaxed);
-        let host = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("");
+        let host = req
+            .headers()
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
         *me.last_ping.lock().unwrap_or_else(|p| p.into_inner()) =
             (req.method().to_string(), host.to_string());
-        let status = StatusCode::from_u16(me.ping_status.load(Ordering::Relaxed))
-            .unwrap_or(StatusCode::OK);
+        let status =
+            StatusCode::from_u16(me.ping_status.load(Ordering::Relaxed)).unwrap_or(StatusCode::OK);
         let mut r = if req.uri().path() == "/ping" {
             text(status, "text/plain", "pong\n".to_string())
         } else {

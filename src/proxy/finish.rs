@@ -107,7 +107,10 @@ impl Record {
             backup: None,
             rate: None,
             request_id: shared.request_id.then(|| {
-                super::request_id::for_request(req.headers(), shared.trusted.contains(conn.peer.ip()))
+                super::request_id::for_request(
+                    req.headers(),
+                    shared.trusted.contains(conn.peer.ip()),
+                )
             }),
             progress: None,
             permit: None,

@@ -478,9 +478,16 @@ impl Compiler {
             super::file::Expect::Any(codes) => codes.clone(),
         });
         if let Some(e) = &h.expect
-            && spec.expect.as_ref().is_some_and(|c| c.is_empty() || c.iter().any(|c| !(100..600).contains(c)))
+            && spec
+                .expect
+                .as_ref()
+                .is_some_and(|c| c.is_empty() || c.iter().any(|c| !(100..600).contains(c)))
         {
-            self.err(file, at(e), format!("service `{service}`: health expect needs statuses from 100 to 599"));
+            self.err(
+                file,
+                at(e),
+                format!("service `{service}`: health expect needs statuses from 100 to 599"),
+            );
         }
         if let Some(m) = &h.method {
             match m.value.to_ascii_uppercase().as_str() {
@@ -501,14 +508,25 @@ impl Compiler {
             {
                 spec.host = Some(host.value.clone());
             } else {
-                self.err(file, at(host), format!("service `{service}`: health host `{}` is not a host name", host.value));
+                self.err(
+                    file,
+                    at(host),
+                    format!(
+                        "service `{service}`: health host `{}` is not a host name",
+                        host.value
+                    ),
+                );
             }
         }
         spec.on_404_drain = h.on_404.is_some();
         if let Some(o) = &h.on_404
             && spec.path.is_none()
         {
-            self.err(file, at(o), format!("service `{service}`: on_404 needs an HTTP check (`path`)"));
+            self.err(
+                file,
+                at(o),
+                format!("service `{service}`: on_404 needs an HTTP check (`path`)"),
+            );
         }
         if let Some(p) = &h.port {
             if p.value == 0 {

@@ -327,3 +327,29 @@ fn policy_errors_point_at_their_keys() {
     assert!(!err.contains("has no condition"), "a cascade: {err}");
     assert!(!err.contains("unknown limit `api`"), "a cascade: {err}");
 }
+
+/// Issue 18, item 9: the InvenioRDM example (rules, lists and config) is `check`-clean.
+#[test]
+fn invenio_rdm_example_is_valid() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("rules/examples/lists")).unwrap();
+    for f in [
+        "rules/examples/invenio-rdm.yaml",
+        "rules/examples/lists/denylist-ips.txt",
+        "rules/examples/lists/denylist-ua.txt",
+        "rules/examples/lists/crawlers.txt",
+        "config/examples/invenio-rdm.yaml",
+    ] {
+        std::fs::copy(root().join(f), d.join(f)).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["check", "-c", "config/examples/invenio-rdm.yaml"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("valid (2 sites"), "{text}");
+}

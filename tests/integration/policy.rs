@@ -440,26 +440,50 @@ async fn a_check_answering_404_drains_its_server() {
     .await;
     let one = s.standins.get("api-blue-1").expect("stand-in");
     let seen = || one.last_ping.lock().map(|p| p.clone()).unwrap_or_default();
-    wait_until("a HEAD check with its Host", Duration::from_secs(3), async || {
-        seen() == ("HEAD".to_string(), "health.internal".to_string())
-    })
+    wait_until(
+        "a HEAD check with its Host",
+        Duration::from_secs(3),
+        async || seen() == ("HEAD".to_string(), "health.internal".to_string()),
+    )
     .await;
     async fn servers(s: &Stack) -> std::collections::HashMap<String, u32> {
         let mut by = std::collections::HashMap::new();
         for _ in 0..12 {
-            let got = s.client().get("store.localhost", "/records/a/files/1K.bin").await;
+            let got = s
+                .client()
+                .get("store.localhost", "/records/a/files/1K.bin")
+                .await;
             assert_eq!(got.status, 200);
             *by.entry(got.served_by()).or_insert(0) += 1;
         }
         by
     }
-    one.ping_status.store(404, std::sync::atomic::Ordering::Relaxed);
-    wait_until("DRAIN", Duration::from_secs(3), async || s.server_status("api-blue-1").await == "DRAIN").await;
+    one.ping_status
+        .store(404, std::sync::atomic::Ordering::Relaxed);
+    wait_until("DRAIN", Duration::from_secs(3), async || {
+        s.server_status("api-blue-1").await == "DRAIN"
+    })
+    .await;
     let by = servers(&s).await;
-    assert_eq!(by.get("api-blue-1"), None, "a drained server got requests: {by:?}");
-    one.ping_status.store(204, std::sync::atomic::Ordering::Relaxed);
-    wait_until("UP again", Duration::from_secs(3), async || s.server_status("api-blue-1").await == "UP").await;
-    assert!(servers(&s).await.contains_key("api-blue-1"), "not back in rotation");
-    one.ping_status.store(500, std::sync::atomic::Ordering::Relaxed);
-    wait_until("DOWN on a 500", Duration::from_secs(3), async || s.server_status("api-blue-1").await == "DOWN").await;
+    assert_eq!(
+        by.get("api-blue-1"),
+        None,
+        "a drained server got requests: {by:?}"
+    );
+    one.ping_status
+        .store(204, std::sync::atomic::Ordering::Relaxed);
+    wait_until("UP again", Duration::from_secs(3), async || {
+        s.server_status("api-blue-1").await == "UP"
+    })
+    .await;
+    assert!(
+        servers(&s).await.contains_key("api-blue-1"),
+        "not back in rotation"
+    );
+    one.ping_status
+        .store(500, std::sync::atomic::Ordering::Relaxed);
+    wait_until("DOWN on a 500", Duration::from_secs(3), async || {
+        s.server_status("api-blue-1").await == "DOWN"
+    })
+    .await;
 }
