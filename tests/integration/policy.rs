@@ -229,15 +229,21 @@ async fn listed_agents_get_429_on_every_site_and_the_list_reloads() {
 /// Issue 18, item 3 and the demo contract: `data-api` allows 20 requests/s per client
 /// with a burst of 40. 100 concurrent requests from one address: about 40 pass, the rest
 /// get 429 with `Retry-After` and the `RateLimit-*` headers, without reaching a server;
-/// a second later requests pass again. Passing answers say what is left.
+/// a second later requests pass again. Passing answers say what is left. Claiming other
+/// addresses in `X-Forwarded-For` does not spread a client over several budgets.
 #[tokio::test(flavor = "multi_thread")]
 async fn api_limit_answers_429_with_retry_after_then_recovers() {
     let s = Stack::start().await;
     let served = s.served("api-");
     let port = s.https.port();
+    // Each request claims another address in X-Forwarded-For: from an untrusted peer that
+    // is dropped, and the limit counts the peer (an attacker cannot spread itself).
     let urls: String = (0..100)
-        .map(|_| {
-            format!("url = \"https://data.localhost:{port}/api/records\"\noutput = \"/dev/null\"\n")
+        .map(|i| {
+            format!(
+                "url = \"https://data.localhost:{port}/api/records\"\noutput = \"/dev/null\"\n\
+                 header = \"X-Forwarded-For: 10.9.{i}.1\"\n"
+            )
         })
         .collect();
     let cfg = s.dir.path().join("urls.txt");
