@@ -171,6 +171,16 @@ fn at<T>(s: &Spanned<T>) -> Pos {
     Pos::of(&s.referenced)
 }
 
+/// The last line of a regex error (the one that says what is wrong; the others draw it).
+pub(super) fn regex_error(e: &regex::Error) -> String {
+    e.to_string()
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
 /// Whether `name` can be a name in the rules: letters, digits, `-`, `_`, `.`, `:` (as
 /// HAProxy's proxy and server names), so it is one CSV cell, one Prometheus label value
 /// and one word in the access log, whatever renders it.
@@ -794,17 +804,10 @@ impl Compiler {
             Some(PathFile::Regex(p)) => match regex::Regex::new(&format!("^(?:{})$", p.value)) {
                 Ok(re) => Some(PathPattern::Regex(re)),
                 Err(e) => {
-                    let first = e
-                        .to_string()
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                        .trim()
-                        .to_string();
                     self.err_hint(
                         file,
                         at(p),
-                        format!("route `{name}`: bad regex: {first}"),
+                        format!("route `{name}`: bad regex: {}", regex_error(&e)),
                         "a regular expression (Rust regex syntax)",
                     );
                     None

@@ -97,6 +97,15 @@ async fn store_files_take_only_get_and_head() {
     s.assert_no_server_blamed("api").await;
 }
 
+/// One cell of the HAProxy CSV: the row starting with `row`, the column named `col`.
+async fn csv_cell(s: &Stack, row: &str, col: &str) -> String {
+    let (_, csv) = s.stats_get("/stats;csv").await;
+    let head = csv.lines().next().unwrap_or("").trim_start_matches("# ");
+    let at = head.split(',').position(|c| c == col).expect("column");
+    let line = csv.lines().find(|l| l.starts_with(row)).expect("row");
+    line.split(',').nth(at).unwrap_or("").to_string()
+}
+
 /// The rules with `(from, to)` edits applied.
 async fn stack_with_rules(edits: &[(&str, &str)]) -> Stack {
     Stack::start_with(Options {
@@ -158,20 +167,7 @@ async fn listed_agents_get_429_on_every_site_and_the_list_reloads() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(rule["denied"], 10, "{stats}");
-    let (_, csv) = s.stats_get("/stats;csv").await;
-    let cols: Vec<&str> = csv
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim_start_matches("# ")
-        .split(',')
-        .collect();
-    let dreq = cols.iter().position(|c| *c == "dreq").expect("dreq column");
-    let store = csv
-        .lines()
-        .find(|l| l.starts_with("store,FRONTEND"))
-        .expect("store frontend");
-    assert_eq!(store.split(',').nth(dreq), Some("2"), "{csv}");
+    assert_eq!(csv_cell(&s, "store,FRONTEND", "dreq").await, "2");
     let (_, prom) = s.stats_get("/metrics").await;
     assert!(
         prom.contains("gatehouse_policy_denied_total{kind=\"deny\",rule=\"deny-agents\"} 10"),
@@ -288,23 +284,9 @@ async fn api_limit_answers_429_with_retry_after_then_recovers() {
     let limit = &stats["limits"][0];
     assert_eq!(limit["name"], "api");
     assert_eq!(limit["denied"], limited.len() as u64, "{stats}");
-    let (_, csv) = s.stats_get("/stats;csv").await;
-    let cols: Vec<&str> = csv
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim_start_matches("# ")
-        .split(',')
-        .collect();
-    let dreq = cols.iter().position(|c| *c == "dreq").expect("dreq column");
-    let data = csv
-        .lines()
-        .find(|l| l.starts_with("data,FRONTEND"))
-        .expect("data frontend");
     assert_eq!(
-        data.split(',').nth(dreq),
-        Some(&*limited.len().to_string()),
-        "{csv}"
+        csv_cell(&s, "data,FRONTEND", "dreq").await,
+        limited.len().to_string()
     );
 }
 

@@ -289,17 +289,13 @@ impl Compiler {
             HeaderTestFile { regex: Some(r), .. } => match regex::Regex::new(r) {
                 Ok(re) => HeaderTest::Regex(re),
                 Err(e) => {
-                    let first = e
-                        .to_string()
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                        .trim()
-                        .to_string();
                     self.err(
                         file,
                         at(t),
-                        format!("`{what}`: header `{name}`: bad regex: {first}"),
+                        format!(
+                            "`{what}`: header `{name}`: bad regex: {}",
+                            super::regex_error(&e)
+                        ),
                     );
                     return None;
                 }
