@@ -8,7 +8,8 @@
 //! **Pure** (no sockets, no tokio):
 //! - `diag`: `file:line:column` diagnostics. `units`: sizes and durations in config text.
 //! - `rules/`: the rules ops edit, compiled into an immutable `RuleSet` (matchers,
-//!   balancing schedules, the host index).
+//!   balancing schedules, the host index, and the edge policy: deny rules, list files,
+//!   header tests, rate-limit specs, header rules, redirects).
 //! - `config/`: process settings read at start, validated.
 //! - `fallback`: built-in and configured error pages. `cli`: the command line.
 //! - `proxy_protocol`, `rewind`, `body`, `wire`: PROXY header codec, a stream that
