@@ -288,6 +288,13 @@ async fn api_limit_answers_429_with_retry_after_then_recovers() {
         csv_cell(&s, "data,FRONTEND", "dreq").await,
         limited.len().to_string()
     );
+    let cfg = s.config_path();
+    let url = format!("https://data.localhost:{port}/api/records");
+    let (_, out, err) = s.cli(&["explain", "-c", cfg.to_str().unwrap_or(""), &url]);
+    assert!(
+        out.contains("api (20/s, burst 40, by client /32 /64) -> 429 with Retry-After beyond it"),
+        "{out}{err}"
+    );
 }
 
 /// Issue 18, item 4 and the demo contract: every answer carries `X-Request-ID`; the
