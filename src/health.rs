@@ -127,14 +127,20 @@ impl ServerState {
 
     /// Drains (or stops draining) the server because its check said so (`on_404: drain`,
     /// HAProxy's `disable-on-404`): kept apart from the ops' state, which it never changes.
-    pub fn set_check_drain(&self, drain: bool) {
+    pub fn set_check_drain(&self, drain: bool, name: &str) {
         let was = if drain {
             self.admin.fetch_or(CHECK_DRAIN, Relaxed)
         } else {
             self.admin.fetch_and(!CHECK_DRAIN, Relaxed)
         };
         if (was & CHECK_DRAIN != 0) != drain {
-            tracing::warn!(drain, "server's check asks to drain: {drain}");
+            match drain {
+                true => tracing::warn!(server = name, "server is DRAIN: its check answers 404"),
+                false => tracing::warn!(
+                    server = name,
+                    "server's check passes again: no longer drained"
+                ),
+            }
         }
     }
 
@@ -404,9 +410,9 @@ pub async fn run_checks<G: CheckTargets>(
                     // 404: the server asks to be drained, and is healthy; a pass ends it.
                     if code == 404 {
                         ok = true;
-                        state.set_check_drain(true);
+                        state.set_check_drain(true, &server.name);
                     } else if ok {
-                        state.set_check_drain(false);
+                        state.set_check_drain(false, &server.name);
                     }
                 }
                 state.last_check_code.store(code, Relaxed);
