@@ -135,22 +135,26 @@ fn agent_list_1000(bencher: divan::Bencher, agent: &str) {
     bencher.bench(|| list.matches(black_box(agent.as_bytes())));
 }
 
+/// A limiter of `rate` per `per_secs` with `burst`, by client, tracking 65,536 keys.
+fn limiter(rate: u32, per_secs: u64, burst: u32) -> gatehouse::limit::Limiter {
+    use gatehouse::rules::policy::{LimitKey, LimitSpec};
+    gatehouse::limit::Limiter::new(&LimitSpec {
+        name: "bench".into(),
+        index: 0,
+        rate,
+        per: std::time::Duration::from_secs(per_secs),
+        burst,
+        key: LimitKey::Client { v4: 32, v6: 64 },
+        tracked: 65_536,
+        text: format!("{rate}/{per_secs}s"),
+    })
+}
+
 /// One request counted by a rate limit (GCRA cell, compare-and-swap) among a million
 /// distinct keys in a 65,536-cell table.
 #[divan::bench(sample_count = 200, sample_size = 5000)]
 fn rate_limit_check(bencher: divan::Bencher) {
-    use gatehouse::rules::policy::{LimitKey, LimitSpec};
-    let spec = LimitSpec {
-        name: "bench".into(),
-        index: 0,
-        rate: 20,
-        per: std::time::Duration::from_secs(1),
-        burst: 40,
-        key: LimitKey::Client { v4: 32, v6: 64 },
-        tracked: 65_536,
-        text: "20/s".into(),
-    };
-    let limiter = gatehouse::limit::Limiter::new(&spec);
+    let limiter = limiter(20, 1, 40);
     let now = std::time::Instant::now();
     let mut key = 0u64;
     bencher.bench_local(|| {
@@ -164,7 +168,6 @@ fn rate_limit_check(bencher: divan::Bencher) {
 /// cost is `rate_limit_check`).
 #[divan::bench(sample_count = 1, sample_size = 1)]
 fn rate_limit_million_keys_memory() {
-    use gatehouse::rules::policy::{LimitKey, LimitSpec};
     let rss = || {
         std::fs::read_to_string("/proc/self/statm")
             .ok()
@@ -172,17 +175,7 @@ fn rate_limit_million_keys_memory() {
             .unwrap_or(0)
             * 4
     };
-    let spec = LimitSpec {
-        name: "bench".into(),
-        index: 0,
-        rate: 60,
-        per: std::time::Duration::from_secs(60),
-        burst: 60,
-        key: LimitKey::Client { v4: 32, v6: 64 },
-        tracked: 65_536,
-        text: "60/min".into(),
-    };
-    let limiter = gatehouse::limit::Limiter::new(&spec);
+    let limiter = limiter(60, 60, 60);
     let now = std::time::Instant::now();
     limiter.check(0, now);
     let before = rss();

@@ -422,6 +422,16 @@ async fn header_conditions_and_redirects() {
     assert!(out.contains("deny-agents ("), "{out}");
 }
 
+/// Makes `one`'s health checks answer `status`, then waits for its status word `word`.
+async fn answer_pings(s: &Stack, one: &gatehouse::demo::standin::StandIn, status: u16, word: &str) {
+    one.ping_status
+        .store(status, std::sync::atomic::Ordering::Relaxed);
+    wait_until(word, Duration::from_secs(3), async || {
+        s.server_status("api-blue-1").await == word
+    })
+    .await;
+}
+
 /// Issue 18, item 8: checks with a method, a `Host`, a list of healthy statuses, and
 /// `on_404: drain` (HAProxy's `disable-on-404`): a server whose check answers 404 goes
 /// DRAIN (healthy, no new requests) and comes back when its check passes; any other
@@ -453,32 +463,17 @@ async fn a_check_answering_404_drains_its_server() {
         }
         by
     }
-    one.ping_status
-        .store(404, std::sync::atomic::Ordering::Relaxed);
-    wait_until("DRAIN", Duration::from_secs(3), async || {
-        s.server_status("api-blue-1").await == "DRAIN"
-    })
-    .await;
+    answer_pings(&s, &one, 404, "DRAIN").await;
     let by = servers(&s).await;
     assert_eq!(
         by.get("api-blue-1"),
         None,
         "a drained server got requests: {by:?}"
     );
-    one.ping_status
-        .store(204, std::sync::atomic::Ordering::Relaxed);
-    wait_until("UP again", Duration::from_secs(3), async || {
-        s.server_status("api-blue-1").await == "UP"
-    })
-    .await;
+    answer_pings(&s, &one, 204, "UP").await;
     assert!(
         servers(&s).await.contains_key("api-blue-1"),
         "not back in rotation"
     );
-    one.ping_status
-        .store(500, std::sync::atomic::Ordering::Relaxed);
-    wait_until("DOWN on a 500", Duration::from_secs(3), async || {
-        s.server_status("api-blue-1").await == "DOWN"
-    })
-    .await;
+    answer_pings(&s, &one, 500, "DOWN").await;
 }
