@@ -116,6 +116,7 @@ fn render_100_services(bencher: divan::Bencher, what: &str) {
         reloads: (0, 0),
         refresh: None,
         admin_token: None,
+        dns: Vec::new(),
     };
     bencher.bench(|| {
         black_box(match what {

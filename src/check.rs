@@ -9,7 +9,8 @@ use std::path::Path;
 pub fn check(path: &Path) -> Result<String, Diagnostics> {
     let config = Config::load(path)?;
     let mut all = Diagnostics::default();
-    let rules = config.load_rules();
+    // Servers named by DNS are checked as written; they are resolved by `run`.
+    let rules = config.load_rules(&Default::default());
     if let Err(d) = &rules {
         all.0.extend(d.0.iter().cloned());
     }
@@ -32,13 +33,20 @@ pub fn check(path: &Path) -> Result<String, Diagnostics> {
             .join("; ")
     });
     Ok(format!(
-        "{}: valid ({} sites, {} routes, {} services, {} servers, {} pools{})",
+        "{}: valid ({} sites, {} routes, {} services, {} servers, {} pools{}{})",
         path.display(),
         rules.sites.len(),
         rules.sites.iter().map(|s| s.routes.len()).sum::<usize>(),
         rules.services.len(),
         rules.all_servers().count(),
         rules.pools.len(),
+        match rules.dns_names.len() {
+            0 => String::new(),
+            _ => format!(
+                "; servers by DNS name, resolved at run time: {}",
+                rules.dns_names.join(" ")
+            ),
+        },
         names
             .map(|n| format!("; certificates: {n}"))
             .unwrap_or_default()

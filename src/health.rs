@@ -291,11 +291,16 @@ impl ServerState {
     }
 }
 
-/// Every server's state, by name; survives reloads.
+/// Every server's state, by name; survives reloads. A server whose address changed
+/// (a rules edit, or DNS moving `web-ui#1`) starts its health afresh: the old address's
+/// checks say nothing of the new one. Its admin state (an operator's MAINT) stays.
 #[derive(Debug, Default)]
 pub struct HealthTable {
-    servers: Mutex<HashMap<Arc<str>, Arc<ServerState>>>,
+    servers: Mutex<HashMap<Arc<str>, Known>>,
 }
+
+/// A server's state and the address it describes.
+type Known = (std::net::SocketAddr, Arc<ServerState>);
 
 impl HealthTable {
     /// States for every server of `rules`, by server id (created on first sight).
@@ -305,10 +310,15 @@ impl HealthTable {
         let mut out: Vec<(usize, Arc<ServerState>)> = rules
             .all_servers()
             .map(|(_, _, s)| {
-                let st = map
+                let entry = map
                     .entry(s.name.clone())
-                    .or_insert_with(|| Arc::new(ServerState::new()))
-                    .clone();
+                    .or_insert_with(|| (s.addr, Arc::new(ServerState::new())));
+                if entry.0 != s.addr {
+                    let fresh = ServerState::new();
+                    fresh.admin.store(entry.1.admin.load(Relaxed), Relaxed);
+                    *entry = (s.addr, Arc::new(fresh));
+                }
+                let st = entry.1.clone();
                 st.set_maxconn(s.maxconn);
                 (s.id, st)
             })
@@ -323,7 +333,7 @@ impl HealthTable {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
-            .cloned()
+            .map(|e| e.1.clone())
     }
 }
 

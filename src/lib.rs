@@ -20,7 +20,8 @@
 //! - `share`: slots held per client address (a fixed-size sketch), for `pool`.
 //! - `limit`: rate limiters (GCRA in a fixed table), by limit, for `proxy::admit`.
 //! - `pool`: traffic-class slots and queues. `health`: server health, admin states,
-//!   active checks. `generation`: a live rule set plus the state indexed by it.
+//!   active checks. `resolve`: servers' DNS names, re-resolved, last good kept.
+//!   `generation`: a live rule set plus the state indexed by it.
 //! - `deadline`: coarse response deadlines. `memory`: returning freed memory.
 //! - `accesslog`: one line per request.
 //!
@@ -72,6 +73,7 @@ pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
+pub mod resolve;
 pub mod rewind;
 pub mod rules;
 pub mod server;

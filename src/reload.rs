@@ -114,7 +114,7 @@ impl Reloader {
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading, monotonic_now()]);
         self.reload_certs();
-        let applied = match self.config.load_rules() {
+        let applied = match self.shared.resolver.load_rules(&self.config).await {
             Ok(set) => {
                 let prev = self.shared.state.load_full();
                 let changes = audit(&prev.rules, &set);
@@ -152,6 +152,22 @@ impl Reloader {
         };
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         applied
+    }
+
+    /// Asks DNS again for the servers' names as they come due, and rebuilds the rules
+    /// when an answer changed the addresses (servers whose address stayed keep their
+    /// slot, health and counters).
+    pub async fn follow_dns(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                _ = stop.cancelled() => return,
+            }
+            let names = self.shared.state.load().rules.dns_names.clone();
+            if !names.is_empty() && self.shared.resolver.refresh(&names).await {
+                self.reload("dns change").await;
+            }
+        }
     }
 
     fn reload_certs(&self) {

@@ -191,8 +191,12 @@ fn take_over(
 }
 
 /// The request path's shared state, with the first generation of the rules.
-fn shared_state(config: &Config) -> anyhow::Result<Arc<Shared>> {
-    let set = config.load_rules().map_err(|d| anyhow::anyhow!("{d}"))?;
+async fn shared_state(config: &Config) -> anyhow::Result<Arc<Shared>> {
+    let resolver = Arc::new(crate::resolve::Resolver::new(&config.dns)?);
+    let set = resolver
+        .load_rules(config)
+        .await
+        .map_err(|d| anyhow::anyhow!("{d}"))?;
     let stats = Arc::new(Stats::default());
     let health = crate::health::HealthTable::default();
     let generation = Generation::new(set, None, &stats, &health);
@@ -206,6 +210,7 @@ fn shared_state(config: &Config) -> anyhow::Result<Arc<Shared>> {
         redirect_port: config.redirect_port,
         max_uri_bytes: config.limits.max_uri_bytes,
         stats,
+        resolver,
     }))
 }
 
@@ -282,7 +287,7 @@ fn start_admin(
 /// background tasks (memory return, health checks, the reload watcher, the stats listener).
 pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
     let (inherited, old) = take_over(&config, upgrade)?;
-    let shared = shared_state(&config)?;
+    let shared = shared_state(&config).await?;
     let (tls, certs) = tls_setup(&config)?;
     let n = config.workers.max(1);
     let mut binder = Binder {
@@ -306,6 +311,7 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
     let draining = Arc::new(AtomicBool::new(false));
     let reloader = Reloader::new(shared.clone(), config.clone(), certs);
     tokio::spawn(reloader.clone().watch(stop.clone()));
+    tokio::spawn(reloader.clone().follow_dns(stop.clone()));
     let admin = Admin {
         shared: shared.clone(),
         draining: draining.clone(),

@@ -132,6 +132,30 @@ pub fn html(v: &View<'_>) -> String {
         }
         o.push_str("</table>");
     }
+    if !v.dns.is_empty() {
+        o.push_str("<h2>DNS <small>servers named by host</small></h2><table id=\"dns\"><tr><th>name</th><th>addresses</th><th>resolved</th><th>failures</th><th>last error</th></tr>");
+        for (name, st) in &v.dns {
+            let _ = write!(
+                o,
+                "<tr data-dns=\"{n}\"{cls}><td>{n}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&super::view::dns_slots(st)),
+                super::view::secs_since(st.resolved_at)
+                    .map_or("never".into(), |s| format!("{} ago", ago(s))),
+                st.failures,
+                st.error.as_deref().map_or(String::new(), |e| format!(
+                    "failing, last good addresses kept: {}",
+                    escape(e)
+                )),
+                n = escape(name),
+                cls = if st.error.is_some() {
+                    " class=\"down\""
+                } else {
+                    ""
+                },
+            );
+        }
+        o.push_str("</table>");
+    }
     let fronts = tcp_fronts(v);
     if !fronts.is_empty() {
         o.push_str("<h2>TCP <small>listeners and passthrough names</small></h2><table id=\"tcp\"><tr><th>frontend</th><th>listens</th><th>sessions now</th><th>max</th><th>limit</th><th>total</th><th>bytes in</th><th>bytes out</th><th>no server</th></tr>");

@@ -69,6 +69,7 @@ pub fn json(v: &View<'_>) -> String {
         "sites": sites, "services": services, "pools": pools,
         "policy": v.stats.denials().into_iter().map(|(kind, name, n)| serde_json::json!({"kind": kind, "name": &*name, "denied": n})).collect::<Vec<_>>(),
         "limits": g.limiters.iter().map(|l| serde_json::json!({"name": &*l.spec.name, "rate": &l.spec.text, "burst": l.spec.burst, "passed": l.passed.load(Relaxed), "denied": l.denied.load(Relaxed), "memory_bytes": l.memory()})).collect::<Vec<_>>(),
+        "dns": v.dns.iter().map(|(n, st)| serde_json::json!({"name": n, "addresses": st.slots.iter().map(|ip| ip.map(|ip| ip.to_string())).collect::<Vec<_>>(), "resolved_s_ago": super::view::secs_since(st.resolved_at), "failures": st.failures, "error": st.error})).collect::<Vec<_>>(),
         "tcp_frontends": tcp_fronts(v).into_iter().map(|f| serde_json::json!({"name": &*f.name, "listens": f.listens, "limit": f.limit, "counters": counters(&f.counters)})).collect::<Vec<_>>(),
     })
     .to_string()

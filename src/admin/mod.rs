@@ -241,6 +241,7 @@ async fn answer(
             .and_then(|r| r.parse().ok())
             .map(|r: u32| r.clamp(1, 3600)),
         admin_token: admin.admin_token.as_deref(),
+        dns: admin.shared.resolver.status(),
     };
     let resp = match (path.as_str(), param("format").unwrap_or("")) {
         ("/stats;csv", _) | ("/stats", "csv") => {

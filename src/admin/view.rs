@@ -21,6 +21,23 @@ pub struct View<'a> {
     pub refresh: Option<u32>,
     /// CSRF token for admin forms, when admin actions are enabled.
     pub admin_token: Option<&'a str>,
+    /// Servers' DNS names: addresses, last success, last error.
+    pub dns: Vec<(String, crate::resolve::NameState)>,
+}
+
+/// A DNS name's addresses for a page: `1=10.0.0.1 2=10.0.0.2` (slot numbers as in `name#N`).
+pub(super) fn dns_slots(st: &crate::resolve::NameState) -> String {
+    st.slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, ip)| ip.map(|ip| format!("#{}={ip}", i + 1)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Seconds since `t`, if it happened.
+pub(super) fn secs_since(t: Option<std::time::SystemTime>) -> Option<u64> {
+    t.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs())
 }
 
 pub(super) struct TcpRow {

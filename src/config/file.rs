@@ -45,6 +45,26 @@ pub struct ConfigFile {
     /// (`gatehouse run --upgrade`), relative to this file. Without it, no handover.
     #[serde(default)]
     pub upgrade_socket: Option<String>,
+    /// How servers named by DNS (`addr: web-ui:5000` in the rules) are resolved.
+    #[serde(default)]
+    pub dns: Option<DnsFile>,
+}
+
+/// The DNS client for servers named by host.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsFile {
+    /// Name servers to ask, `ip` or `ip:port` (default: the system's, from
+    /// `/etc/resolv.conf`, with `/etc/hosts`).
+    #[serde(default)]
+    pub nameservers: Vec<Spanned<String>>,
+    /// Longest time between two lookups of a name (default 10s); a shorter TTL asks
+    /// sooner (at most once a second).
+    #[serde(default)]
+    pub interval: Option<Spanned<Scalar>>,
+    /// One lookup's timeout (default 2s).
+    #[serde(default)]
+    pub timeout: Option<Spanned<Scalar>>,
 }
 
 /// HTTPS and plain-HTTP listeners.

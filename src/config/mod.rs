@@ -60,6 +60,19 @@ pub struct Config {
     pub workers: usize,
     /// Where listening sockets are offered to a successor process.
     pub upgrade_socket: Option<PathBuf>,
+    /// The DNS client for servers named by host.
+    pub dns: DnsConfig,
+}
+
+/// How servers named by DNS are resolved.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// Name servers to ask (empty: the system's).
+    pub nameservers: Vec<SocketAddr>,
+    /// Longest time between two lookups of a name.
+    pub interval: Duration,
+    /// One lookup's timeout.
+    pub timeout: Duration,
 }
 
 /// One TCP listener: where it binds and which service takes its connections.
@@ -199,6 +212,7 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
                 .unwrap_or(1)
         })
         .max(1);
+    let dns = c.dns(raw.dns.as_ref());
     c.diags.finish(Config {
         path: path.to_path_buf(),
         rules: resolve(&raw.rules.value),
@@ -221,6 +235,7 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         request_id: raw.request_id,
         workers,
         upgrade_socket: raw.upgrade_socket.as_deref().map(resolve),
+        dns,
     })
 }
 
@@ -259,6 +274,47 @@ impl Check<'_> {
             e.set_hint("ip:port such as 0.0.0.0:443 or [::]:443");
         }
         parsed
+    }
+
+    fn dns(&mut self, raw: Option<&file::DnsFile>) -> DnsConfig {
+        let nameservers = raw
+            .map_or(&[][..], |d| &d.nameservers)
+            .iter()
+            .filter_map(|s| {
+                let v = s.value.trim();
+                let parsed = v
+                    .parse::<SocketAddr>()
+                    .ok()
+                    .or_else(|| v.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+                if parsed.is_none() {
+                    self.error(
+                        Pos::of(&s.referenced),
+                        format!("`{v}` is not a name server address"),
+                    )
+                    .set_hint("ip or ip:port such as 10.0.0.2 or 127.0.0.1:5353");
+                }
+                parsed
+            })
+            .collect();
+        let mut dur = |v: Option<&Spanned<Scalar>>, default: u64, name: &str| match v {
+            None => Duration::from_secs(default),
+            Some(s) => match parse_duration(&s.value.0) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) | Err(_) => {
+                    self.error(
+                        Pos::of(&s.referenced),
+                        format!("dns.{name}: not a positive duration"),
+                    )
+                    .set_hint("a duration such as 500ms or 10s");
+                    Duration::from_secs(default)
+                }
+            },
+        };
+        DnsConfig {
+            nameservers,
+            interval: dur(raw.and_then(|d| d.interval.as_ref()), 10, "interval"),
+            timeout: dur(raw.and_then(|d| d.timeout.as_ref()), 2, "timeout"),
+        }
     }
 
     fn addrs<'s>(&mut self, list: impl Iterator<Item = &'s Spanned<String>>) -> Vec<SocketAddr> {
@@ -463,8 +519,12 @@ impl Check<'_> {
 impl Config {
     /// Loads and compiles the rules this config points at, with the cross-checks that
     /// need both (TCP listeners name TCP services).
-    pub fn load_rules(&self) -> Result<crate::rules::RuleSet, Diagnostics> {
-        let set = crate::rules::load(&self.rules)?;
+    /// Servers named by DNS get the addresses in `resolved`.
+    pub fn load_rules(
+        &self,
+        resolved: &crate::rules::Resolved,
+    ) -> Result<crate::rules::RuleSet, Diagnostics> {
+        let set = crate::rules::load_resolved(&self.rules, resolved)?;
         self.check_rules(&set)?;
         Ok(set)
     }

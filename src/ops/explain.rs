@@ -107,7 +107,7 @@ pub struct ServerShown {
 
 /// `gatehouse explain`: the explanation of one request.
 pub fn explain(config: &Config, ask: &Ask) -> anyhow::Result<Explanation> {
-    let set: RuleSet = rules::load(&config.rules).map_err(|d| anyhow!("{d}"))?;
+    let set = resolved_rules(config)?;
     let built = Built::new(config, ask)?;
     let settings = Settings {
         trusted: &config.trusted_proxies,
@@ -118,6 +118,25 @@ pub fn explain(config: &Config, ask: &Ask) -> anyhow::Result<Explanation> {
     let d = decide::decide(&set, settings, built.facts(host));
     let states = live_states(config);
     Ok(describe(config, &set, ask, &d, host.ok(), states.as_ref()))
+}
+
+/// The rules as `run` builds them: servers named by DNS resolved as it resolves them
+/// (slot numbers are those of a fresh start; the running proxy's may differ after changes).
+fn resolved_rules(config: &Config) -> anyhow::Result<RuleSet> {
+    let set = rules::load(&config.rules).map_err(|d| anyhow!("{d}"))?;
+    if set.dns_names.is_empty() {
+        return Ok(set);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let resolver = crate::resolve::Resolver::new(&config.dns)?;
+        resolver
+            .load_rules(config)
+            .await
+            .map_err(|d| anyhow!("{d}"))
+    })
 }
 
 /// The request as a client would send it.

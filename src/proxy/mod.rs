@@ -67,6 +67,8 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     /// Server health and admin states, by name (survives reloads).
     pub health: HealthTable,
+    /// Servers' DNS names and their addresses.
+    pub resolver: Arc<crate::resolve::Resolver>,
 }
 
 impl Shared {

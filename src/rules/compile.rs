@@ -9,6 +9,7 @@ use super::file::{
 };
 use super::matcher::{AllowList, HostPattern, PathPattern};
 use super::methods::Methods;
+use super::resolved::Resolved;
 use super::{
     Action, Colour, Group, HealthSpec, HostIndex, NetworkShare, Passthrough, PoolSpec, Route,
     RuleSet, Server, Service, Site,
@@ -32,6 +33,12 @@ const MAX_PAGE_BYTES: u64 = 1 << 20;
 
 /// Reads the rules at `path` (one file, or every `*.yaml` in a directory) and compiles them.
 pub fn load(path: &Path) -> Result<RuleSet, Diagnostics> {
+    load_resolved(path, &Resolved::default())
+}
+
+/// [`load`], with servers named by DNS given the addresses in `resolved` (a name not
+/// in it stands for no server yet).
+pub fn load_resolved(path: &Path, resolved: &Resolved) -> Result<RuleSet, Diagnostics> {
     let mut diags = Diagnostics::default();
     let mut files = Vec::new();
     for file in rule_files(path).map_err(Diagnostics::from)? {
@@ -43,7 +50,7 @@ pub fn load(path: &Path) -> Result<RuleSet, Diagnostics> {
     if !diags.is_empty() {
         return diags.finish(RuleSet::empty());
     }
-    compile(&files)
+    compile_resolved(&files, resolved)
 }
 
 /// The files a rules path stands for, in name order (dotfiles and non-YAML skipped).
@@ -79,7 +86,18 @@ pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
 
 /// Compiles rules files given as (path, text); relative page paths are taken from each file's folder.
 pub fn compile(files: &[(PathBuf, String)]) -> Result<RuleSet, Diagnostics> {
-    let mut c = Compiler::default();
+    compile_resolved(files, &Resolved::default())
+}
+
+/// [`compile`], with servers named by DNS given the addresses in `resolved`.
+pub fn compile_resolved(
+    files: &[(PathBuf, String)],
+    resolved: &Resolved,
+) -> Result<RuleSet, Diagnostics> {
+    let mut c = Compiler {
+        resolved: resolved.clone(),
+        ..Compiler::default()
+    };
     let mut parsed = Vec::new();
     for (path, text) in files {
         match parse_yaml::<RulesFile>(path, text) {
@@ -114,7 +132,9 @@ pub fn compile(files: &[(PathBuf, String)]) -> Result<RuleSet, Diagnostics> {
             c.passthrough(path, p);
         }
     }
-    let Compiler { diags, set, .. } = c;
+    let Compiler { diags, mut set, .. } = c;
+    set.dns_names.sort();
+    set.dns_names.dedup();
     diags.finish(set)
 }
 
@@ -131,6 +151,7 @@ impl RuleSet {
             deny_count: 0,
             limits: Vec::new(),
             list_files: Vec::new(),
+            dns_names: Vec::new(),
             passthrough_hosts: HostIndex::default(),
             hosts: HostIndex::default(),
             default_site: None,
@@ -159,6 +180,7 @@ struct Compiler {
     agents: HashMap<String, Arc<super::policy::AgentList>>,
     deny_names: HashSet<String>,
     limit_index: HashMap<String, usize>,
+    resolved: Resolved,
 }
 
 impl Default for RuleSet {
@@ -321,12 +343,13 @@ impl Compiler {
             let s = &svc.value;
             let blue = self.servers(file, name, &s.blue);
             let green = self.servers(file, name, &s.green);
-            let has = |list: &[Arc<Server>]| list.iter().any(|s| !s.backup);
+            // Counted as written: a name DNS has not answered yet still counts.
+            let has = |list: &[Spanned<ServerFile>]| list.iter().any(|s| !s.value.backup);
             let live = match &s.live {
                 Some(l) => {
                     let empty = match l.value {
-                        Colour::Blue => !has(&blue),
-                        Colour::Green => !has(&green),
+                        Colour::Blue => !has(&s.blue),
+                        Colour::Green => !has(&s.green),
                     };
                     if empty {
                         self.err_hint(
@@ -341,7 +364,7 @@ impl Compiler {
                     }
                     l.value
                 }
-                None => match (has(&blue), has(&green)) {
+                None => match (has(&s.blue), has(&s.green)) {
                     (true, false) => Colour::Blue,
                     (false, true) => Colour::Green,
                     (both, _) => {
@@ -426,34 +449,48 @@ impl Compiler {
                     format!("server name `{name}` is used twice"),
                 );
             }
-            let addr = match s.value.addr.value.trim().parse::<SocketAddr>() {
-                Ok(a) => a,
-                Err(_) => {
+            let text = s.value.addr.value.trim();
+            let addrs: Vec<(String, SocketAddr, Option<Arc<str>>)> =
+                if let Ok(a) = text.parse::<SocketAddr>() {
+                    vec![(name.to_string(), a, None)]
+                } else if let Some((host, port)) = super::resolved::host_port(text) {
+                    self.set.dns_names.push(host.clone());
+                    let host: Arc<str> = host.into();
+                    self.resolved
+                        .slots(&host)
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, ip)| {
+                            let a = SocketAddr::new((*ip)?, port);
+                            Some((format!("{name}#{}", i + 1), a, Some(host.clone())))
+                        })
+                        .collect()
+                } else {
                     self.err_hint(
                         file,
                         at(&s.value.addr),
-                        format!(
-                            "server `{name}`: `{}` is not an address",
-                            s.value.addr.value
-                        ),
-                        "ip:port such as 10.0.1.11:5000 or [2001:db8::1]:5000",
+                        format!("server `{name}`: `{text}` is not an address or host:port"),
+                        "ip:port such as 10.0.1.11:5000 or [2001:db8::1]:5000, or a DNS name \
+                         and port such as web-ui:5000",
                     );
                     continue;
-                }
-            };
-            let Ok(authority) = addr.to_string().parse::<http::uri::Authority>() else {
-                continue;
-            };
-            self.server_count += 1;
-            out.push(Arc::new(Server {
-                id: self.server_count - 1,
-                name: name.into(),
-                addr,
-                authority,
-                weight: s.value.weight.unwrap_or(1),
-                maxconn: s.value.maxconn.filter(|m| *m > 0),
-                backup: s.value.backup,
-            }));
+                };
+            for (name, addr, host) in addrs {
+                let Ok(authority) = addr.to_string().parse::<http::uri::Authority>() else {
+                    continue;
+                };
+                self.server_count += 1;
+                out.push(Arc::new(Server {
+                    id: self.server_count - 1,
+                    name: name.into(),
+                    addr,
+                    authority,
+                    host,
+                    weight: s.value.weight.unwrap_or(1),
+                    maxconn: s.value.maxconn.filter(|m| *m > 0),
+                    backup: s.value.backup,
+                }));
+            }
         }
         out
     }

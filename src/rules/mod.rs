@@ -11,6 +11,7 @@ pub mod file;
 pub mod matcher;
 pub mod methods;
 pub mod policy;
+pub mod resolved;
 pub mod select;
 
 use bytes::Bytes;
@@ -21,8 +22,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use compile::{compile, load};
+pub use compile::{compile, compile_resolved, load, load_resolved};
 pub use file::{Balance, Colour, ColourChoice, Mode};
+pub use resolved::Resolved;
 pub use select::Group;
 
 /// A compiled, immutable generation of the rules.
@@ -46,6 +48,8 @@ pub struct RuleSet {
     pub limits: Vec<policy::LimitSpec>,
     /// List files read, so an edit of one alone reloads the rules.
     pub list_files: Vec<std::path::PathBuf>,
+    /// Host names servers are named by, resolved by DNS at run time (sorted, once each).
+    pub dns_names: Vec<String>,
     hosts: HostIndex,
     passthrough_hosts: HostIndex,
     default_site: Option<usize>,
@@ -285,6 +289,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// `ip:port` as a URI authority, built once.
     pub authority: http::uri::Authority,
+    /// The DNS name the address came from (`None`: written as an address).
+    pub host: Option<Arc<str>>,
     /// Share under weighted balancing.
     pub weight: u32,
     /// Most requests in flight at once on this server.

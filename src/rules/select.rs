@@ -177,6 +177,7 @@ mod tests {
             name: format!("s{id}").into(),
             addr,
             authority: addr.to_string().parse().unwrap(),
+            host: None,
             weight,
             maxconn: None,
             backup,

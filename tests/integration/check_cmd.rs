@@ -279,6 +279,8 @@ fn policy_errors_point_at_their_keys() {
          - { name: store-hdr, match_headers: { accept: { present: true, equals: x } }, deny: 406 }\n      \
          - { name: store-deny,  deny: 403 }",
     );
+    // A server named by something that is neither an address nor a DNS name.
+    edit(dir.path(), "addr: 127.0.0.1:5202", "addr: api_blue:5202");
     let (code, _, err) = check(dir.path());
     assert_eq!(code, 1, "{err}");
     let text = std::fs::read_to_string(dir.path().join("rules/repository.yaml")).unwrap();
@@ -316,6 +318,10 @@ fn policy_errors_point_at_their_keys() {
         format!(
             "{} `route store-hdr`: header `accept` needs exactly one test",
             at("{ present: true")
+        ),
+        format!(
+            "{} server `api-blue-2`: `api_blue:5202` is not an address or host:port",
+            at("api_blue:5202")
         ),
     ] {
         assert!(err.contains(&want), "missing {want:?} in:\n{err}");

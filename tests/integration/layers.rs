@@ -23,6 +23,7 @@ const ORDER: &[&str] = &[
     "limit",
     "pool",
     "health",
+    "resolve",
     "generation",
     "deadline",
     "memory",

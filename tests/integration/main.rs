@@ -4,6 +4,7 @@
 mod bluegreen;
 mod check_cmd;
 mod demo_curl;
+mod dns;
 mod edge;
 mod explain;
 mod framing;
