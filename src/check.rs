@@ -32,8 +32,9 @@ pub fn check(path: &Path) -> Result<String, Diagnostics> {
             .collect::<Vec<_>>()
             .join("; ")
     });
+    let warnings: String = rules.warnings.iter().map(|w| format!("\n{w}")).collect();
     Ok(format!(
-        "{}: valid ({} sites, {} routes, {} services, {} servers, {} pools{}{})",
+        "{}: valid ({} sites, {} routes, {} services, {} servers, {} pools{}{}){warnings}",
         path.display(),
         rules.sites.len(),
         rules.sites.iter().map(|s| s.routes.len()).sum::<usize>(),

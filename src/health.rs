@@ -358,18 +358,14 @@ pub async fn check(server: &Server, spec: &HealthSpec) -> (bool, u32) {
             "{} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gatehouse-health-check\r\nConnection: close\r\n\r\n",
             spec.method
         );
-        tcp.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = [0u8; 64];
-        let mut n = 0;
-        while n < 12 {
-            let m = tcp.read(&mut buf[n..]).await.ok()?;
-            if m == 0 {
-                break;
+        let code = match &spec.tls {
+            None => status_of(tcp, &req).await?,
+            Some(tls) => {
+                let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                let stream = connector.connect(tls.server_name(server), tcp).await.ok()?;
+                status_of(stream, &req).await?
             }
-            n += m;
-        }
-        let line = std::str::from_utf8(&buf[..n]).ok()?;
-        let code: u32 = line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()?;
+        };
         let ok = match &spec.expect {
             Some(e) => e.iter().any(|e| u32::from(*e) == code),
             None => (200..400).contains(&code),
@@ -380,6 +376,25 @@ pub async fn check(server: &Server, spec: &HealthSpec) -> (bool, u32) {
         Ok(Some(r)) => r,
         _ => (false, 0),
     }
+}
+
+/// Sends `req` on `io` and reads the status code of the answer.
+async fn status_of<T>(mut io: T, req: &str) -> Option<u32>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    io.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        let m = io.read(&mut buf[n..]).await.ok()?;
+        if m == 0 {
+            break;
+        }
+        n += m;
+    }
+    let line = std::str::from_utf8(&buf[..n]).ok()?;
+    line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
 }
 
 /// What the checker walks: every server with its check spec and state. A generation

@@ -116,6 +116,9 @@ impl Reloader {
         self.reload_certs();
         let applied = match self.shared.resolver.load_rules(&self.config).await {
             Ok(set) => {
+                for w in &set.warnings {
+                    tracing::warn!("{w}");
+                }
                 let prev = self.shared.state.load_full();
                 let changes = audit(&prev.rules, &set);
                 // The digest of what is now serving (its list files may differ).

@@ -197,6 +197,9 @@ async fn shared_state(config: &Config) -> anyhow::Result<Arc<Shared>> {
         .load_rules(config)
         .await
         .map_err(|d| anyhow::anyhow!("{d}"))?;
+    for w in &set.warnings {
+        tracing::warn!("{w}");
+    }
     let stats = Arc::new(Stats::default());
     let health = crate::health::HealthTable::default();
     let generation = Generation::new(set, None, &stats, &health);

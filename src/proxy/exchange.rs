@@ -83,10 +83,13 @@ pub async fn exchange(
     let progress = Arc::new(BodyProgress::default());
     rec.progress = Some(progress.clone());
     let body = LimitedBody::new(body, t.max_body, progress.clone());
-    // No body, no upgrade, no PROXY header, and safe to send twice: exchanged in this task
+    // No body, no upgrade, no PROXY header, no TLS, and safe to send twice: exchanged in this task
     // (`upstream::direct`), without hyper's per-connection task and channels.
-    let direct =
-        bodyless && upgrade.is_none() && !service.send_proxy && parts.method.is_idempotent();
+    let direct = bodyless
+        && upgrade.is_none()
+        && !service.send_proxy
+        && service.tls.is_none()
+        && parts.method.is_idempotent();
     // The direct path writes the forwarding headers into the head; hyper's takes them
     // from the map (so the copy kept for a redispatch carries them too).
     if !direct {
@@ -123,12 +126,17 @@ pub async fn exchange(
             // Boxed: bodies, upgrades and PROXY headers are the rare case, and hyper's
             // send future would otherwise take room in every request's future.
             let sending = Box::pin(async {
+                let tls = service.tls.as_deref().map(|spec| crate::upstream::Tls {
+                    spec,
+                    server: &server,
+                });
                 if service.send_proxy {
+                    let (peer, https) = (conn.peer, conn.https());
                     conn.upstream
-                        .send_with_proxy_header(server.addr, conn.peer, conn.https(), request)
+                        .send_with_proxy_header(server.addr, peer, https, tls, request)
                         .await
                 } else {
-                    conn.upstream.send(server.addr, request).await
+                    conn.upstream.send(server.addr, tls, request).await
                 }
             });
             await_head(sending, &progress, bodyless, sent, &shared.timeouts)

@@ -5,11 +5,12 @@
 
 use super::file::{
     Balance, HealthFile, Mode, PassthroughFile, PathFile, RouteFile, RulesFile, ServerFile,
-    SiteFile,
+    SiteFile, UpstreamTlsFile, Verify,
 };
 use super::matcher::{AllowList, HostPattern, PathPattern};
 use super::methods::Methods;
 use super::resolved::Resolved;
+use super::upstream_tls::UpstreamTls;
 use super::{
     Action, Colour, Group, HealthSpec, HostIndex, NetworkShare, Passthrough, PoolSpec, Route,
     RuleSet, Server, Service, Site,
@@ -152,6 +153,7 @@ impl RuleSet {
             limits: Vec::new(),
             list_files: Vec::new(),
             dns_names: Vec::new(),
+            warnings: Vec::new(),
             passthrough_hosts: HostIndex::default(),
             hosts: HostIndex::default(),
             default_site: None,
@@ -409,6 +411,13 @@ impl Compiler {
             let backup_page = s.backup_page.as_ref().and_then(|p| self.page(file, p));
             let mut health = self.health(file, name, s.health.as_ref());
             health.send_proxy = s.send_proxy.is_some() && health.port.is_none();
+            let tls = s
+                .tls
+                .as_ref()
+                .and_then(|t| self.upstream_tls(file, name, t, mode));
+            if health.port.is_none() {
+                health.tls = tls.clone();
+            }
             self.name(file, at(svc), "service", name);
             if self.service_index.contains_key(name) {
                 self.err(file, at(svc), format!("service `{name}` is defined twice"));
@@ -426,6 +435,7 @@ impl Compiler {
                 health,
                 balance,
                 send_proxy: s.send_proxy.is_some(),
+                tls,
                 mode,
             }));
         }
@@ -495,6 +505,77 @@ impl Compiler {
         out
     }
 
+    /// A service's TLS to its servers: verified against its CA file, or not at all.
+    fn upstream_tls(
+        &mut self,
+        file: &Path,
+        service: &str,
+        t: &Spanned<UpstreamTlsFile>,
+        mode: Mode,
+    ) -> Option<Arc<UpstreamTls>> {
+        if mode == Mode::Tcp {
+            self.err_hint(
+                file,
+                at(t),
+                format!("service `{service}`: a TCP service relays bytes as they are"),
+                "no `tls` (a passthrough name or TCP listener keeps the client's TLS)",
+            );
+            return None;
+        }
+        let sni = t.value.sni.as_ref().map(|s| s.value.trim().to_string());
+        if let Some(s) = &t.value.sni
+            && pki_types::ServerName::try_from(s.value.trim()).is_err()
+        {
+            self.err(
+                file,
+                at(s),
+                format!(
+                    "service `{service}`: `{}` is not a name to send as SNI",
+                    s.value
+                ),
+            );
+            return None;
+        }
+        let none = t
+            .value
+            .verify
+            .as_ref()
+            .is_some_and(|v| v.value == Verify::None);
+        let built = match (&t.value.ca, none) {
+            (Some(ca), false) => {
+                let path = file.parent().unwrap_or(Path::new(".")).join(&ca.value);
+                UpstreamTls::with_ca(&path, sni).map_err(|e| (at(ca), e))
+            }
+            (None, true) => {
+                let w = Diagnostic::new(
+                    file,
+                    at(t),
+                    format!(
+                        "warning: service `{service}`: `verify: none`: the servers' certificates \
+                         are not checked, so whoever sits between the proxy and them can read \
+                         and change the traffic"
+                    ),
+                );
+                self.set.warnings.push(w.to_string());
+                UpstreamTls::unverified(sni).map_err(|e| (at(t), e))
+            }
+            (Some(ca), true) => Err((at(ca), "`ca` is unused with `verify: none`".into())),
+            (None, false) => Err((at(t), "TLS to servers needs `ca` or `verify: none`".into())),
+        };
+        match built {
+            Ok(tls) => Some(Arc::new(tls)),
+            Err((pos, e)) => {
+                self.err_hint(
+                    file,
+                    pos,
+                    format!("service `{service}`: {e}"),
+                    "tls: { ca: certs/servers-ca.pem } or tls: { verify: none }",
+                );
+                None
+            }
+        }
+    }
+
     fn health(&mut self, file: &Path, service: &str, h: Option<&HealthFile>) -> HealthSpec {
         let mut spec = HealthSpec {
             path: None,
@@ -504,6 +585,7 @@ impl Compiler {
             on_404_drain: false,
             port: None,
             send_proxy: false,
+            tls: None,
             interval: Duration::from_secs(2),
             timeout: Duration::from_secs(1),
             rise: 2,

@@ -334,6 +334,38 @@ pub struct ServiceFile {
     /// tier. Such connections carry one client each, so they are not pooled.
     #[serde(default)]
     pub send_proxy: Option<SendProxy>,
+    /// TLS to the servers (re-encryption to the next tier): `{ ca: FILE }` to verify their
+    /// certificates, or `{ verify: none }`; `sni` names them (default: the server's DNS
+    /// name, else its address).
+    #[serde(default)]
+    pub tls: Option<Spanned<UpstreamTlsFile>>,
+}
+
+/// TLS to a service's servers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsFile {
+    /// PEM file of the CA certificates the servers' certificates must chain to, relative
+    /// to the rules file.
+    #[serde(default)]
+    pub ca: Option<Spanned<String>>,
+    /// `none`: the servers' certificates are not verified (`check` warns); `required`
+    /// (the default) needs `ca`.
+    #[serde(default)]
+    pub verify: Option<Spanned<Verify>>,
+    /// The name sent as SNI and verified in the certificate.
+    #[serde(default)]
+    pub sni: Option<Spanned<String>>,
+}
+
+/// Whether servers' certificates are verified.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Verify {
+    /// Against the service's `ca`.
+    Required,
+    /// Not at all.
+    None,
 }
 
 /// PROXY protocol versions Gatehouse sends.

@@ -13,6 +13,7 @@ pub mod methods;
 pub mod policy;
 pub mod resolved;
 pub mod select;
+pub mod upstream_tls;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -50,6 +51,9 @@ pub struct RuleSet {
     pub list_files: Vec<std::path::PathBuf>,
     /// Host names servers are named by, resolved by DNS at run time (sorted, once each).
     pub dns_names: Vec<String>,
+    /// What is allowed but unwise (`file:line:column: why`): printed by `check`, logged
+    /// when the rules are installed.
+    pub warnings: Vec<String>,
     hosts: HostIndex,
     passthrough_hosts: HostIndex,
     default_site: Option<usize>,
@@ -243,6 +247,8 @@ pub struct HealthSpec {
     /// Whether a check on the server's own port starts with a PROXY v2 `LOCAL` header
     /// (the service has `send_proxy`, so its servers expect one on every connection).
     pub send_proxy: bool,
+    /// TLS for HTTP checks on the server's own port (the service speaks TLS to it).
+    pub tls: Option<Arc<upstream_tls::UpstreamTls>>,
     /// Time between checks.
     pub interval: Duration,
     /// Time one check may take.
@@ -274,6 +280,8 @@ pub struct Service {
     pub balance: Balance,
     /// Whether connections to the servers start with a PROXY v2 header.
     pub send_proxy: bool,
+    /// TLS to the servers.
+    pub tls: Option<Arc<upstream_tls::UpstreamTls>>,
     /// HTTP (routes) or TCP (listeners, passthrough).
     pub mode: Mode,
 }

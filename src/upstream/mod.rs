@@ -26,7 +26,7 @@ pub type UpstreamClient = Arc<Upstream>;
 
 /// Keep-alive connections to the servers, per server address.
 pub struct Upstream {
-    idle: Mutex<HashMap<SocketAddr, PerServer, BuildHasherDefault<AddrHasher>>>,
+    idle: Mutex<HashMap<Key, PerServer, BuildHasherDefault<AddrHasher>>>,
     /// Idle connections of bodyless exchanges (`direct.rs`), a stack per server.
     direct: Mutex<HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>>,
     max_per_server: usize,
@@ -41,6 +41,15 @@ impl std::fmt::Debug for Upstream {
             .field("max_per_server", &self.max_per_server)
             .finish()
     }
+}
+
+/// Pooled connections are told apart by address and by TLS settings: after a reload
+/// that changes a service's CA, SNI or verification, its old connections are not reused.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct Key {
+    addr: SocketAddr,
+    /// 0 for plain connections, else the TLS settings' fingerprint.
+    tls: u64,
 }
 
 /// One server's connections: busy ones (their last response may still be streaming) in the
@@ -151,19 +160,24 @@ impl Upstream {
     pub async fn send(
         &self,
         addr: SocketAddr,
+        tls: Option<Tls<'_>>,
         req: http::Request<LimitedBody>,
     ) -> Result<http::Response<Incoming>, SendError> {
         let mut req = req;
+        let key = Key {
+            addr,
+            tls: tls.map_or(0, |t| t.spec.fingerprint),
+        };
         loop {
-            let (mut send, reused) = match self.checkout(addr) {
+            let (mut send, reused) = match self.checkout(key) {
                 Some(s) => (s, true),
                 // Boxed: the connect and handshake state is large and rarely live; inline,
                 // every request's future would carry (and copy) it.
-                None => (Box::pin(self.connect(addr, &[])).await?, false),
+                None => (Box::pin(self.connect(addr, &[], tls)).await?, false),
             };
             match send.try_send_request(req).await {
                 Ok(resp) => {
-                    self.checkin(addr, send);
+                    self.checkin(key, send);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -182,9 +196,9 @@ impl Upstream {
     /// A ready connection to `addr`, the most recently used first. Busy connections that
     /// have finished their response since are moved to the ready stack on the way (a few
     /// per call, oldest first); closed or expired ones are dropped.
-    fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<LimitedBody>> {
+    fn checkout(&self, key: Key) -> Option<SendRequest<LimitedBody>> {
         let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let q = map.get_mut(&addr)?;
+        let q = map.get_mut(&key)?;
         for _ in 0..q.busy.len().min(SCAN) {
             let Some(p) = q.busy.pop_front() else { break };
             if p.send.is_closed() {
@@ -240,9 +254,9 @@ impl Upstream {
     /// Hands a connection back as soon as its response headers are in; it becomes ready
     /// again when the body has been read. Beyond the per-server bound it is dropped (and
     /// closes once its response is done).
-    fn checkin(&self, addr: SocketAddr, send: SendRequest<LimitedBody>) {
+    fn checkin(&self, key: Key, send: SendRequest<LimitedBody>) {
         let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let q = map.entry(addr).or_default();
+        let q = map.entry(key).or_default();
         if q.len() < self.max_per_server {
             q.busy.push_back(Pooled {
                 send,
@@ -258,11 +272,12 @@ impl Upstream {
         &self,
         addr: SocketAddr,
         client: SocketAddr,
-        tls: bool,
+        client_tls: bool,
+        tls: Option<Tls<'_>>,
         req: http::Request<LimitedBody>,
     ) -> Result<http::Response<Incoming>, SendError> {
-        let header = crate::proxy_protocol::v2_header(client, addr, tls);
-        let mut send = self.connect(addr, &header).await?;
+        let header = crate::proxy_protocol::v2_header(client, addr, client_tls);
+        let mut send = self.connect(addr, &header, tls).await?;
         send.send_request(req).await.map_err(|e| SendError {
             connect: false,
             source: Box::new(e),
@@ -270,11 +285,13 @@ impl Upstream {
     }
 
     /// A new HTTP/1.1 connection to `addr`, its first bytes `preface` (a PROXY header, or
-    /// nothing); its connection task runs beside (upgrades included).
+    /// nothing), then TLS when the service speaks it; its connection task runs beside
+    /// (upgrades included).
     async fn connect(
         &self,
         addr: SocketAddr,
         preface: &[u8],
+        tls: Option<Tls<'_>>,
     ) -> Result<SendRequest<LimitedBody>, SendError> {
         use tokio::io::AsyncWriteExt;
         let connect_err = |e: Box<dyn std::error::Error + Send + Sync>| SendError {
@@ -289,11 +306,32 @@ impl Upstream {
                 .await
                 .map_err(|e| connect_err(Box::new(e)))?;
         }
+        match tls {
+            None => self.handshake(tcp).await,
+            Some(t) => {
+                let connector = tokio_rustls::TlsConnector::from(t.spec.config.clone());
+                let stream = connector
+                    .connect(t.spec.server_name(t.server), tcp)
+                    .await
+                    .map_err(|e| connect_err(Box::new(e)))?;
+                self.handshake(stream).await
+            }
+        }
+    }
+
+    /// HTTP/1.1 over `io`, its connection task spawned.
+    async fn handshake<T>(&self, io: T) -> Result<SendRequest<LimitedBody>, SendError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (send, conn) = self
             .http1
-            .handshake(TokioIo::new(tcp))
+            .handshake(TokioIo::new(io))
             .await
-            .map_err(|e| connect_err(Box::new(e)))?;
+            .map_err(|e| SendError {
+                connect: true,
+                source: Box::new(e),
+            })?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "server connection ended with an error");
@@ -311,6 +349,15 @@ pub async fn dial(addr: SocketAddr, timeout: Duration) -> std::io::Result<tokio:
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     let _ = tcp.set_nodelay(true);
     Ok(tcp)
+}
+
+/// TLS to one server: the service's settings, and the server (its name for SNI).
+#[derive(Clone, Copy, Debug)]
+pub struct Tls<'a> {
+    /// The service's client config and SNI choice.
+    pub spec: &'a crate::rules::upstream_tls::UpstreamTls,
+    /// The server connected to.
+    pub server: &'a crate::rules::Server,
 }
 
 /// A failed attempt to get a response from a server.

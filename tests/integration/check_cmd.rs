@@ -281,6 +281,11 @@ fn policy_errors_point_at_their_keys() {
     );
     // A server named by something that is neither an address nor a DNS name.
     edit(dir.path(), "addr: 127.0.0.1:5202", "addr: api_blue:5202");
+    edit(
+        dir.path(),
+        "  api:\n    live: blue\n",
+        "  api:\n    live: blue\n    tls: { sni: api.internal }\n",
+    );
     let (code, _, err) = check(dir.path());
     assert_eq!(code, 1, "{err}");
     let text = std::fs::read_to_string(dir.path().join("rules/repository.yaml")).unwrap();
@@ -322,6 +327,10 @@ fn policy_errors_point_at_their_keys() {
         format!(
             "{} server `api-blue-2`: `api_blue:5202` is not an address or host:port",
             at("api_blue:5202")
+        ),
+        format!(
+            "{} service `api`: TLS to servers needs `ca` or `verify: none`",
+            at("{ sni: api.internal }")
         ),
     ] {
         assert!(err.contains(&want), "missing {want:?} in:\n{err}");
