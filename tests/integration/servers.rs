@@ -44,8 +44,3 @@ pub fn nginx(dir: &Path, http_body: &str, port: u16) -> Kill {
     wait_listening(port, "nginx");
     k
 }
-
-/// A port nothing listens on now.
-pub fn free_port() -> u16 {
-    crate::harness::free_port()
-}
