@@ -69,6 +69,9 @@ pub enum ClientBody {
     Hyper(Incoming),
     /// No body.
     Empty,
+    /// A body read whole before sending (`buffer_chunked`), and its length; the bytes
+    /// are taken on the first poll.
+    Whole(Option<Bytes>, u64),
 }
 
 impl Body for ClientBody {
@@ -82,6 +85,7 @@ impl Body for ClientBody {
         match self.get_mut() {
             ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx),
             ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Whole(b, _) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -89,6 +93,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(b) => b.is_end_stream(),
             ClientBody::Empty => true,
+            ClientBody::Whole(b, _) => b.is_none(),
         }
     }
 
@@ -96,6 +101,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(b) => b.size_hint(),
             ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Whole(_, n) => SizeHint::with_exact(*n),
         }
     }
 }
@@ -107,16 +113,41 @@ pin_project! {
         inner: Option<ClientBody>,
         limit: u64,
         progress: Arc<BodyProgress>,
+        linger: Option<fn(ClientBody)>,
+    }
+
+    impl PinnedDrop for LimitedBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let Some(linger) = this.linger.take() else { return };
+            // Dropped before its end: the server answered (or failed) while the client
+            // was still sending. The rest is read and discarded, so the client reads
+            // the answer instead of a reset.
+            if let Some(inner) = Pin::get_mut(this.inner).take()
+                && !inner.is_end_stream()
+                && !this.progress.client_error.load(Ordering::Relaxed)
+            {
+                linger(inner);
+            }
+        }
     }
 }
 
 impl LimitedBody {
+    /// Whatever of the body is left when this is dropped goes to `f` (the proxy's
+    /// lingering read), so a client still sending can read an early answer.
+    pub fn lingering(mut self, f: fn(ClientBody)) -> Self {
+        self.linger = Some(f);
+        self
+    }
+
     /// Wraps the client body; `limit` is `u64::MAX` when the route sets none.
     pub fn new(inner: ClientBody, limit: u64, progress: Arc<BodyProgress>) -> Self {
         LimitedBody {
             inner: Some(inner),
             limit,
             progress,
+            linger: None,
         }
     }
 
@@ -126,6 +157,7 @@ impl LimitedBody {
             inner: None,
             limit: 0,
             progress,
+            linger: None,
         }
     }
 }

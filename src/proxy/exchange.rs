@@ -63,7 +63,14 @@ pub async fn exchange(
     let upgrade = upgrade_protocol(req);
     let req = slot.take().ok_or(ProxyError::BadRequest("no request"))?;
     let client_upgrade = upgrade.as_ref().map(|_| conn.client_upgrade());
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, mut body) = req.into_parts();
+    if let Some(cap) = service.buffer_chunked
+        && body.size_hint().exact().is_none()
+        && !body.is_end_stream()
+    {
+        body = read_whole(body, cap.min(t.max_body), shared.timeouts.client).await?;
+        parts.headers.remove(header::TRANSFER_ENCODING);
+    }
     // Forwarding headers are kept (and appended to) only from a trusted peer.
     let trusted_peer = shared.trusted.contains(conn.peer.ip());
     let request_id = rec.request_id.clone();
@@ -82,7 +89,7 @@ pub async fn exchange(
     let bodyless = body.is_end_stream();
     let progress = Arc::new(BodyProgress::default());
     rec.progress = Some(progress.clone());
-    let body = LimitedBody::new(body, t.max_body, progress.clone());
+    let body = LimitedBody::new(body, t.max_body, progress.clone()).lingering(super::reply::drain);
     // No body, no upgrade, no PROXY header, no TLS, and safe to send twice: exchanged in this task
     // (`upstream::direct`), without hyper's per-connection task and channels.
     let direct = bodyless
@@ -211,6 +218,29 @@ pub async fn exchange(
 /// The head as the server gets it: an upgrade spelled out, `Expect` answered here, a
 /// `Host` for requests that named it only in the URI, one `Content-Length` (ours), HTTP/1.1.
 #[inline]
+/// Reads a chunked request body whole, up to `cap` bytes (413 beyond), for a service
+/// whose servers cannot read chunked bodies; all of it within `within` (the client
+/// timeout), so a slow client holds the pool slot no longer than a stalled one would.
+async fn read_whole(
+    body: ClientBody,
+    cap: u64,
+    within: std::time::Duration,
+) -> Result<ClientBody, ProxyError> {
+    let limited = http_body_util::Limited::new(body, usize::try_from(cap).unwrap_or(usize::MAX));
+    let collected = tokio::time::timeout(within, http_body_util::BodyExt::collect(limited))
+        .await
+        .map_err(|_| ProxyError::ClientTimeout)?;
+    match collected {
+        Ok(c) => {
+            let bytes = c.to_bytes();
+            let n = bytes.len() as u64;
+            Ok(ClientBody::Whole(Some(bytes), n))
+        }
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ProxyError::BodyTooLarge),
+        Err(_) => Err(ProxyError::ClientBody),
+    }
+}
+
 fn prepare_head(parts: &mut Parts, body: &ClientBody, upgrade: Option<&HeaderValue>) {
     if let Some(proto) = upgrade {
         parts

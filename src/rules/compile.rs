@@ -418,6 +418,7 @@ impl Compiler {
             if health.port.is_none() {
                 health.tls = tls.clone();
             }
+            let buffer_chunked = self.size(file, "buffer_chunked", &s.buffer_chunked);
             self.name(file, at(svc), "service", name);
             if self.service_index.contains_key(name) {
                 self.err(file, at(svc), format!("service `{name}` is defined twice"));
@@ -436,6 +437,7 @@ impl Compiler {
                 balance,
                 send_proxy: s.send_proxy.is_some(),
                 tls,
+                buffer_chunked,
                 mode,
             }));
         }

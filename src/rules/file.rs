@@ -339,6 +339,12 @@ pub struct ServiceFile {
     /// name, else its address).
     #[serde(default)]
     pub tls: Option<Spanned<UpstreamTlsFile>>,
+    /// For servers that cannot read chunked request bodies (uWSGI's `http-socket` reads
+    /// them as empty): such a body is read whole, up to this size (beyond: 413), and sent
+    /// with a `Content-Length`, as nginx's request buffering does. Bodies that come with
+    /// a length stream as always. Default: chunked bodies are forwarded chunked.
+    #[serde(default)]
+    pub buffer_chunked: Option<Spanned<Scalar>>,
 }
 
 /// TLS to a service's servers.

@@ -282,6 +282,8 @@ pub struct Service {
     pub send_proxy: bool,
     /// TLS to the servers.
     pub tls: Option<Arc<upstream_tls::UpstreamTls>>,
+    /// Chunked request bodies are read whole up to this size and sent with a length.
+    pub buffer_chunked: Option<u64>,
     /// HTTP (routes) or TCP (listeners, passthrough).
     pub mode: Mode,
 }

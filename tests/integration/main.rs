@@ -11,6 +11,7 @@ mod framing;
 mod h1_paths;
 mod harness;
 mod hostile;
+mod interop;
 mod layers;
 mod monitoring;
 mod policy;
