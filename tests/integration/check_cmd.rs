@@ -367,4 +367,14 @@ fn invenio_rdm_example_is_valid() {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("valid (2 sites"), "{text}");
+    assert!(
+        text.contains(
+            "resolved at run time: frontend web-api-blue web-api-green web-ui-blue web-ui-green"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: service `static`: `verify: none`"),
+        "{text}"
+    );
 }
