@@ -329,6 +329,38 @@ pub fn prometheus(v: &View<'_>) -> String {
         names::RELOADS,
         v.reloads.1
     );
+    if !v.dns.is_empty() {
+        head(
+            &mut o,
+            names::DNS_ADDRESSES,
+            "gauge",
+            "Addresses a server name resolves to now (the last good answer while lookups fail).",
+        );
+        for (n, st) in &v.dns {
+            let count = st.slots.iter().flatten().count();
+            let _ = writeln!(
+                o,
+                "{}{{name=\"{}\"}} {count}",
+                names::DNS_ADDRESSES,
+                Label(n)
+            );
+        }
+        head(
+            &mut o,
+            names::DNS_FAILING,
+            "gauge",
+            "1 while the last lookup of a server name failed.",
+        );
+        for (n, st) in &v.dns {
+            let failing = u8::from(st.error.is_some());
+            let _ = writeln!(
+                o,
+                "{}{{name=\"{}\"}} {failing}",
+                names::DNS_FAILING,
+                Label(n)
+            );
+        }
+    }
     let p = process();
     head(
         &mut o,

@@ -72,3 +72,7 @@ pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 pub const PROCESS_FDS: &str = "process_open_fds";
 /// Process start, Unix seconds.
 pub const PROCESS_START: &str = "process_start_time_seconds";
+/// Addresses a server's DNS name resolves to now, by name.
+pub const DNS_ADDRESSES: &str = "gatehouse_dns_addresses";
+/// 1 while the last lookup of a server's DNS name failed, by name.
+pub const DNS_FAILING: &str = "gatehouse_dns_failing";

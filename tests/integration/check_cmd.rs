@@ -378,3 +378,67 @@ fn invenio_rdm_example_is_valid() {
         "{text}"
     );
 }
+
+/// Issue 18, items 6, 7 and 10: the keys for servers by DNS, TLS to servers and
+/// `buffer_chunked` point at themselves when wrong (config and rules).
+#[test]
+fn backend_errors_point_at_their_keys() {
+    let dir = workdir();
+    let d = dir.path();
+    let cfg = d.join("config/gatehouse.yaml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replacen(
+        "request_id: true",
+        "request_id: true\ndns: { nameservers: [ns.example], interval: 0s }",
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    edit(
+        d,
+        "  api:\n    live: blue\n",
+        "  api:\n    live: blue\n    buffer_chunked: lots\n    tls: { ca: ../certs/nope.pem }\n",
+    );
+    let (code, _, err) = check(d);
+    assert_eq!(code, 1, "{err}");
+    let rules = std::fs::read_to_string(d.join("rules/repository.yaml")).unwrap();
+    // `line|at`: the line holding `line`, and the column of `at` in it.
+    let line_of = |text: &str, needle: &str| {
+        let (line, at) = needle.split_once('|').unwrap_or((needle, needle));
+        let (n, l) = text
+            .lines()
+            .enumerate()
+            .find(|(_, l)| l.contains(line))
+            .unwrap();
+        format!("{}:{}", n + 1, l.find(at).unwrap() + 1)
+    };
+    let cfg_text = std::fs::read_to_string(&cfg).unwrap();
+    for want in [
+        format!(
+            "config/gatehouse.yaml:{}: `ns.example` is not a name server address",
+            line_of(&cfg_text, "ns.example")
+        ),
+        format!(
+            "config/gatehouse.yaml:{}: dns.interval: not a positive duration",
+            line_of(&cfg_text, "0s }")
+        ),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    // The config is refused first; fixed, the rules' own errors show.
+    let fixed = cfg_text.replace("dns: { nameservers: [ns.example], interval: 0s }", "");
+    std::fs::write(&cfg, fixed).unwrap();
+    let (code, _, err) = check(d);
+    assert_eq!(code, 1, "{err}");
+    for want in [
+        format!(
+            "rules/repository.yaml:{}: buffer_chunked:",
+            line_of(&rules, "buffer_chunked: lots|lots")
+        ),
+        format!(
+            "rules/repository.yaml:{}: service `api`: cannot read CA file",
+            line_of(&rules, "../certs/nope.pem")
+        ),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+}

@@ -228,6 +228,15 @@ async fn servers_named_by_dns_follow_the_answer_and_survive_its_failure() {
     .await;
     let (_, page) = s.stats_get("/stats").await;
     assert!(page.contains("failing, last good addresses kept"), "{page}");
+    let (_, metrics) = s.stats_get("/metrics").await;
+    assert!(
+        metrics.contains("gatehouse_dns_failing{name=\"api.test\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gatehouse_dns_addresses{name=\"api.test\"} 2"),
+        "{metrics}"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(dns_servers(&s).await.len(), 2);
     assert_eq!(
