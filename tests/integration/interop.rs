@@ -10,12 +10,13 @@ use std::time::Duration;
 
 const API_BLUE: &str = "    blue:\n      - { name: api-blue-1,  addr: 127.0.0.1:5201 }\n      - { name: api-blue-2,  addr: 127.0.0.1:5202 }";
 
-/// uWSGI serving the app over HTTP/1.1 with keep-alive; idle connections are closed
-/// after a second (`socket-timeout`), as a busy deployment's would be.
-fn uwsgi(port: u16, dir: &std::path::Path) -> Kill {
+/// uWSGI serving the app: `--http-socket` (the deployment's mode: one request per
+/// connection, closed after the answer) or `--http11-socket` (keep-alive; idle
+/// connections closed after a second, `socket-timeout`).
+fn uwsgi(port: u16, dir: &std::path::Path, mode: &str) -> Kill {
     let child = Command::new("uwsgi")
         .args(["--plugin", "python3", "--master", "--processes", "2"])
-        .args(["--http11-socket", &format!("127.0.0.1:{port}")])
+        .args([mode, &format!("127.0.0.1:{port}")])
         .args(["--socket-timeout", "1", "--die-on-term"])
         .arg("--wsgi-file")
         .arg(root().join("tests/interop/app.py"))
@@ -193,10 +194,10 @@ async fn app_server_checks(s: &Stack, name: &str, buffered: bool, drains: bool) 
     s.assert_no_server_blamed("api").await;
 
     // A server answering before it read the upload: its answer reaches the client.
-    // gunicorn then closes with the upload unread, and the kernel's reset can overtake
-    // its answer; the proxy then has nothing to relay and says 502 (counted against
-    // the server, where the fault is). uWSGI reads what it did not use, so its 413
-    // always arrives.
+    // gunicorn and uWSGI's `http-socket` then close with the upload unread, and the
+    // kernel's reset can overtake their answer: hyper's client fails the exchange on the
+    // failed body write, and the proxy says 502 (counted against the server). uWSGI's
+    // `http11-socket` reads what it did not use, so its 413 always arrives.
     let early = format!("{UPLOAD}?early=1");
     let (status, body, _) = curl(
         s,
@@ -227,7 +228,7 @@ fn stack_for(port: u16, extra: &str) -> Options {
 async fn a_wsgi_app_under_uwsgi() {
     let port = free_port();
     let s = Stack::start_with(stack_for(port, "    buffer_chunked: 8MiB\n")).await;
-    let _app = uwsgi(port, s.dir.path());
+    let _app = uwsgi(port, s.dir.path(), "--http11-socket");
     app_server_checks(&s, "uwsgi", true, true).await;
     let big = s.dir.path().join("big.bin");
     std::fs::write(&big, vec![b'x'; 9 << 20]).unwrap();
@@ -246,6 +247,15 @@ async fn a_wsgi_app_under_uwsgi() {
         ],
     );
     assert_eq!(status, 413, "{body}");
+}
+
+/// The mode the deployment we replace runs: every connection closed after its answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wsgi_app_under_uwsgi_http_socket() {
+    let port = free_port();
+    let s = Stack::start_with(stack_for(port, "    buffer_chunked: 8MiB\n")).await;
+    let _app = uwsgi(port, s.dir.path(), "--http-socket");
+    app_server_checks(&s, "uwsgi", true, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
