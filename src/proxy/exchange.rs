@@ -89,7 +89,11 @@ pub async fn exchange(
     let bodyless = body.is_end_stream();
     let progress = Arc::new(BodyProgress::default());
     rec.progress = Some(progress.clone());
-    let body = LimitedBody::new(body, t.max_body, progress.clone()).lingering(super::reply::drain);
+    let mut body = LimitedBody::new(body, t.max_body, progress.clone());
+    if !bodyless {
+        // What the server leaves unread when it answers early is read here, not reset.
+        body = body.lingering(super::reply::drain);
+    }
     // No body, no upgrade, no PROXY header, no TLS, and safe to send twice: exchanged in this task
     // (`upstream::direct`), without hyper's per-connection task and channels.
     let direct = bodyless
