@@ -671,3 +671,29 @@ pub async fn wait_until(what: &str, limit: Duration, mut f: impl AsyncFnMut() ->
     }
     panic!("timed out after {limit:?} waiting for {what}");
 }
+
+/// Opens a WebSocket to `wss://data.localhost/ws` through the proxy, sends `hello 0..3`
+/// and returns the echo server's replies.
+pub async fn ws_echo_replies(s: &Stack) -> Vec<String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let tls = s
+        .client()
+        .connect(Some("data.localhost"), &[b"http/1.1"], None)
+        .await
+        .unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("wss://data.localhost/ws", tls)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    let mut replies = Vec::new();
+    for i in 0..3 {
+        ws.send(Message::Text(format!("hello {i}").into()))
+            .await
+            .unwrap();
+        let reply = ws.next().await.unwrap().unwrap();
+        replies.push(reply.into_text().unwrap().to_string());
+    }
+    ws.close(None).await.unwrap();
+    replies
+}

@@ -3,7 +3,7 @@
 //! under gunicorn (PyPI, in a virtual environment), and a WebSocket through Debian's
 //! nginx as the web tier; curl as the client.
 
-use crate::harness::{Kill, Options, Stack, free_port, root, wait_until};
+use crate::harness::{Kill, Options, Stack, free_port, root, wait_until, ws_echo_replies};
 use crate::servers::{nginx, wait_listening};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -91,6 +91,16 @@ fn curl(s: &Stack, path: &str, args: &[&str]) -> (u16, String, String) {
     )
 }
 
+/// A PUT of the file `at` (`@path`) with the extra headers `headers`.
+fn put(s: &Stack, path: &str, headers: &[&str], at: &str) -> (u16, String, String) {
+    let mut args = vec!["-X", "PUT"];
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    args.extend(["--data-binary", at]);
+    curl(s, path, &args)
+}
+
 const UPLOAD: &str = "/api/records/r1/draft/files/data.bin/content";
 
 /// The checks both application servers get. `buffered`: the service reads chunked
@@ -121,11 +131,7 @@ async fn app_server_checks(s: &Stack, name: &str, buffered: bool, drains: bool) 
     }
 
     // An upload with Content-Length streams through whole.
-    let (status, body, _) = curl(
-        s,
-        UPLOAD,
-        &["-X", "PUT", "-H", "Expect:", "--data-binary", &at],
-    );
+    let (status, body, _) = put(s, UPLOAD, &["Expect:"], &at);
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains(&format!("len=3000000 sha={sha} cl=3000000 te= ")),
@@ -134,20 +140,7 @@ async fn app_server_checks(s: &Stack, name: &str, buffered: bool, drains: bool) 
 
     // A chunked upload: forwarded chunked (gunicorn reads it), or read whole and sent
     // with a length where the service says its servers cannot read chunks (uWSGI).
-    let (status, body, _) = curl(
-        s,
-        UPLOAD,
-        &[
-            "-X",
-            "PUT",
-            "-H",
-            "Expect:",
-            "-H",
-            "Transfer-Encoding: chunked",
-            "--data-binary",
-            &at,
-        ],
-    );
+    let (status, body, _) = put(s, UPLOAD, &["Expect:", "Transfer-Encoding: chunked"], &at);
     assert_eq!(status, 200, "{body}");
     let framing = if buffered {
         "cl=3000000 te= "
@@ -160,18 +153,7 @@ async fn app_server_checks(s: &Stack, name: &str, buffered: bool, drains: bool) 
     );
 
     // Expect: 100-continue is answered, then the body flows.
-    let (status, body, verbose) = curl(
-        s,
-        UPLOAD,
-        &[
-            "-X",
-            "PUT",
-            "-H",
-            "Expect: 100-continue",
-            "--data-binary",
-            &at,
-        ],
-    );
+    let (status, body, verbose) = put(s, UPLOAD, &["Expect: 100-continue"], &at);
     assert_eq!(status, 200, "{body}");
     assert!(verbose.contains("HTTP/1.1 100 Continue"), "{verbose}");
     assert!(body.contains(&format!("len=3000000 sha={sha}")), "{body}");
@@ -199,11 +181,7 @@ async fn app_server_checks(s: &Stack, name: &str, buffered: bool, drains: bool) 
     // failed body write, and the proxy says 502 (counted against the server). uWSGI's
     // `http11-socket` reads what it did not use, so its 413 always arrives.
     let early = format!("{UPLOAD}?early=1");
-    let (status, body, _) = curl(
-        s,
-        &early,
-        &["-X", "PUT", "-H", "Expect:", "--data-binary", &at],
-    );
+    let (status, body, _) = put(s, &early, &["Expect:"], &at);
     if status == 502 && !drains {
         return;
     }
@@ -232,19 +210,11 @@ async fn a_wsgi_app_under_uwsgi() {
     app_server_checks(&s, "uwsgi", true, true).await;
     let big = s.dir.path().join("big.bin");
     std::fs::write(&big, vec![b'x'; 9 << 20]).unwrap();
-    let (status, body, _) = curl(
+    let (status, body, _) = put(
         &s,
         UPLOAD,
-        &[
-            "-X",
-            "PUT",
-            "-H",
-            "Expect:",
-            "-H",
-            "Transfer-Encoding: chunked",
-            "--data-binary",
-            &format!("@{}", big.display()),
-        ],
+        &["Expect:", "Transfer-Encoding: chunked"],
+        &format!("@{}", big.display()),
     );
     assert_eq!(status, 413, "{body}");
 }
@@ -270,8 +240,6 @@ async fn a_wsgi_app_under_gunicorn() {
 /// Invenio images use) to the demo's echo.
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_through_nginx() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
     let (nginx_port, echo_port) = (free_port(), free_port());
     let s = Stack::start_with(Options {
         rules_edits: vec![(
@@ -298,21 +266,7 @@ async fn websocket_through_nginx() {
         s.client().get("data.localhost", "/").await.served_by() == "behind-nginx"
     })
     .await;
-    let tls = s
-        .client()
-        .connect(Some("data.localhost"), &[b"http/1.1"], None)
-        .await
-        .unwrap();
-    let (mut ws, resp) = tokio_tungstenite::client_async("wss://data.localhost/ws", tls)
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 101);
-    for i in 0..3 {
-        ws.send(Message::Text(format!("hello {i}").into()))
-            .await
-            .unwrap();
-        let text = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    for (i, text) in ws_echo_replies(&s).await.iter().enumerate() {
         assert_eq!(text.as_str(), format!("behind-nginx: hello {i}"));
     }
-    ws.close(None).await.unwrap();
 }

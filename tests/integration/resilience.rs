@@ -1,7 +1,7 @@
 //! Traffic classes and resilience: slots, queues, health, backups, maxconn, WebSocket,
 //! slow clients. Timing assertions only as tight as the behaviour needs.
 
-use crate::harness::{Options, Req, Stack, raw_tls, wait_until};
+use crate::harness::{Options, Req, Stack, raw_tls, wait_until, ws_echo_replies};
 use bytes::Bytes;
 use http_body_util::Full;
 use std::sync::Arc;
@@ -299,30 +299,13 @@ async fn per_server_maxconn_holds() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_echo_through_the_proxy() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
     let s = Stack::start().await;
-    let tls = s
-        .client()
-        .connect(Some("data.localhost"), &[b"http/1.1"], None)
-        .await
-        .unwrap();
-    let (mut ws, resp) = tokio_tungstenite::client_async("wss://data.localhost/ws", tls)
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 101);
-    for i in 0..3 {
-        ws.send(Message::Text(format!("hello {i}").into()))
-            .await
-            .unwrap();
-        let reply = ws.next().await.unwrap().unwrap();
-        let text = reply.into_text().unwrap();
+    for (i, text) in ws_echo_replies(&s).await.iter().enumerate() {
         assert!(
             text.starts_with("ui-blue-") && text.ends_with(&format!(": hello {i}")),
             "{text}"
         );
     }
-    ws.close(None).await.unwrap();
 }
 
 /// A client dribbling its headers is cut at the header timeout while others are served.
