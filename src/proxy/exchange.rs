@@ -68,7 +68,13 @@ pub async fn exchange(
         && body.size_hint().exact().is_none()
         && !body.is_end_stream()
     {
-        body = read_whole(body, cap.min(t.max_body), shared.timeouts.client).await?;
+        // Boxed: rare, and inline its state would ride in every request's future.
+        body = Box::pin(read_whole(
+            body,
+            cap.min(t.max_body),
+            shared.timeouts.client,
+        ))
+        .await?;
         parts.headers.remove(header::TRANSFER_ENCODING);
     }
     // Forwarding headers are kept (and appended to) only from a trusted peer.
@@ -134,7 +140,7 @@ pub async fn exchange(
                 .map_err(|_| ProxyError::Timeout)
                 .map(|r| r.map(|resp| resp.map(ProxyBody::direct)))
         } else {
-            // Boxed: bodies, upgrades and PROXY headers are the rare case, and hyper's
+            // Boxed: bodies, upgrades, PROXY headers and TLS are the rare case, and hyper's
             // send future would otherwise take room in every request's future.
             let sending = Box::pin(async {
                 let tls = service.tls.as_deref().map(|spec| crate::upstream::Tls {
