@@ -94,6 +94,7 @@ impl Generation {
             .collect();
         servers.sort_by_key(|(id, _)| *id);
         let health = health.states_for(&rules);
+        let rules = with_runtime_weights(rules, &health);
         let passthrough = rules
             .passthrough
             .iter()
@@ -139,6 +140,17 @@ impl Generation {
             servers: servers.into_iter().map(|(_, c)| c).collect(),
         }
     }
+}
+
+/// The rule set with the weights ops set at run time (`set weight`), when any differs.
+fn with_runtime_weights(rules: RuleSet, health: &[Arc<ServerState>]) -> RuleSet {
+    let differs = rules
+        .all_servers()
+        .any(|(_, _, s)| health[s.id].weight() != s.weight);
+    if !differs {
+        return rules;
+    }
+    rules.reweighted(&|s| health[s.id].weight())
 }
 
 impl CheckTargets for Generation {

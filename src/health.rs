@@ -61,7 +61,17 @@ pub struct ServerState {
     /// (a wait-free load, no lock), written only when a reload changes the limit.
     slots: ArcSwapOption<(u32, Arc<Semaphore>)>,
     next_check_ms: AtomicU64,
+    /// The weight the rules give it (HAProxy's "initial" weight).
+    initial_weight: AtomicU32,
+    /// A weight set at run time (`set weight`), or [`NO_WEIGHT`]. Kept across reloads
+    /// while the rules' weight stays what it was when it was set.
+    runtime_weight: AtomicU32,
 }
+
+/// No weight set at run time.
+const NO_WEIGHT: u32 = u32::MAX;
+/// The highest weight (HAProxy's bound).
+pub const MAX_WEIGHT: u32 = 256;
 
 /// A request's hold on a server: counted in `active`, and a maxconn slot if limited.
 #[derive(Debug)]
@@ -101,7 +111,47 @@ impl ServerState {
             active: AtomicU32::new(0),
             slots: ArcSwapOption::empty(),
             next_check_ms: AtomicU64::new(0),
+            initial_weight: AtomicU32::new(1),
+            runtime_weight: AtomicU32::new(NO_WEIGHT),
         }
+    }
+
+    /// The weight the rules give this server.
+    pub fn initial_weight(&self) -> u32 {
+        self.initial_weight.load(Relaxed)
+    }
+
+    /// The weight in force: the one set at run time, else the rules'.
+    pub fn weight(&self) -> u32 {
+        match self.runtime_weight.load(Relaxed) {
+            NO_WEIGHT => self.initial_weight(),
+            w => w,
+        }
+    }
+
+    /// The weight set at run time, if any.
+    pub fn runtime_weight(&self) -> Option<u32> {
+        Some(self.runtime_weight.load(Relaxed)).filter(|&w| w != NO_WEIGHT)
+    }
+
+    /// Sets the weight at run time (`None`: back to the rules'); bounded by [`MAX_WEIGHT`].
+    pub fn set_weight(&self, w: Option<u32>) {
+        let w = w.map_or(NO_WEIGHT, |w| w.min(MAX_WEIGHT));
+        self.runtime_weight.store(w, Relaxed);
+    }
+
+    /// Records the rules' weight; a runtime weight set against another rules weight is
+    /// dropped (the file changed since: the edit wins, as HAProxy's state file does).
+    fn set_initial_weight(&self, w: u32) {
+        if self.initial_weight.swap(w, Relaxed) != w {
+            self.runtime_weight.store(NO_WEIGHT, Relaxed);
+        }
+    }
+
+    /// Sets health as a state file saved it (at start): a server saved DOWN stays DOWN
+    /// until `rise` checks pass, as HAProxy's `load-server-state-from-file` does.
+    pub fn restore_health(&self, up: bool) {
+        self.up.store(up, Relaxed);
     }
 
     /// Whether health says UP.
@@ -316,10 +366,17 @@ impl HealthTable {
                 if entry.0 != s.addr {
                     let fresh = ServerState::new();
                     fresh.admin.store(entry.1.admin.load(Relaxed), Relaxed);
+                    fresh
+                        .initial_weight
+                        .store(entry.1.initial_weight(), Relaxed);
+                    fresh
+                        .runtime_weight
+                        .store(entry.1.runtime_weight.load(Relaxed), Relaxed);
                     *entry = (s.addr, Arc::new(fresh));
                 }
                 let st = entry.1.clone();
                 st.set_maxconn(s.maxconn);
+                st.set_initial_weight(s.initial_weight);
                 (s.id, st)
             })
             .collect();

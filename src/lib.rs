@@ -76,6 +76,7 @@ pub mod reload;
 pub mod resolve;
 pub mod rewind;
 pub mod rules;
+pub mod runtime_api;
 pub mod server;
 pub mod share;
 pub mod stats;

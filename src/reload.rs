@@ -53,6 +53,8 @@ pub struct Reloader {
     /// Serializes reloads (signal, watcher and admin may race) and remembers a digest of
     /// the last rules text applied; never touched by requests.
     lock: tokio::sync::Mutex<u64>,
+    /// Told when ops change a server's state or weight (the state file is written then).
+    pub changes: tokio::sync::Notify,
 }
 
 /// A digest of the rules files' text and of the list files they name, so a watcher event
@@ -88,6 +90,7 @@ impl Reloader {
             })),
             counters: Arc::new(ReloadCounters::default()),
             lock: tokio::sync::Mutex::new(digest),
+            changes: tokio::sync::Notify::new(),
         })
     }
 
@@ -155,6 +158,29 @@ impl Reloader {
         };
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         applied
+    }
+
+    /// Builds the next generation from the serving rules, without reading any file (a
+    /// rules file mid-edit cannot block it): for changes made at run time (weights).
+    /// Returns the new generation's number.
+    pub async fn rebuild(&self, why: &str) -> u64 {
+        let _serial = self.lock.lock().await;
+        let prev = self.shared.state.load_full();
+        let next = Generation::new(
+            prev.rules.clone(),
+            Some(&prev),
+            &self.shared.stats,
+            &self.shared.health,
+        );
+        let number = next.number;
+        self.shared.state.store(Arc::new(next));
+        tracing::info!(generation = number, trigger = why, "rules rebuilt");
+        number
+    }
+
+    /// Says that ops changed a server's state or weight.
+    pub fn state_changed(&self) {
+        self.changes.notify_one();
     }
 
     /// Asks DNS again for the servers' names as they come due, and rebuilds the rules

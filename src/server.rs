@@ -285,12 +285,58 @@ fn start_admin(
     Ok(Some(bound))
 }
 
+/// The runtime API socket and the state file's writer, when the config asks for them.
+fn start_runtime(
+    config: &Config,
+    upgrade: bool,
+    shared: &Arc<Shared>,
+    reloader: &Arc<Reloader>,
+    draining: &Arc<AtomicBool>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    if let Some(path) = &config.state_file {
+        tokio::spawn(crate::runtime_api::state::keep(
+            shared.clone(),
+            reloader.clone(),
+            path.clone(),
+            stop.clone(),
+        ));
+    }
+    let Some(rs) = &config.runtime_socket else {
+        return Ok(());
+    };
+    let listener = crate::runtime_api::bind(rs, upgrade)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    let api = Arc::new(crate::runtime_api::Api {
+        shared: shared.clone(),
+        reloader: reloader.clone(),
+        draining: draining.clone(),
+    });
+    tokio::spawn(crate::runtime_api::serve(
+        api,
+        listener,
+        rs.path.clone(),
+        stop.clone(),
+    ));
+    Ok(())
+}
+
 /// Loads the rules and certificates, binds every listener (or, with `upgrade`, takes them
 /// over from the running process at `upgrade_socket`), starts the workers and the
 /// background tasks (memory return, health checks, the reload watcher, the stats listener).
 pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
+    let sockets: Vec<&std::path::Path> = config
+        .runtime_socket
+        .iter()
+        .map(|r| r.path.as_path())
+        .chain(config.upgrade_socket.as_deref())
+        .collect();
+    crate::runtime_api::refuse_if_running(&sockets, upgrade)?;
     let (inherited, old) = take_over(&config, upgrade)?;
     let shared = shared_state(&config).await?;
+    if let Some(path) = &config.state_file {
+        crate::runtime_api::state::restore(&shared, path);
+    }
     let (tls, certs) = tls_setup(&config)?;
     let n = config.workers.max(1);
     let mut binder = Binder {
@@ -325,6 +371,7 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
         admin_token: config.stats_admin.then(admin::new_token),
     };
     let stats_addr = start_admin(&config, &mut binder, admin, &stop)?;
+    start_runtime(&config, upgrade, &shared, &reloader, &draining, &stop)?;
     let drain_requested = CancellationToken::new();
     let offer = match &config.upgrade_socket {
         Some(path) => {

@@ -29,7 +29,7 @@ struct Row {
 }
 
 impl Row {
-    fn new(px: &str, sv: &str, kind: u8) -> Row {
+    fn new(px: &str, sv: &str, kind: u8, iid: usize) -> Row {
         let n = columns().len();
         let mut r = Row {
             cells: vec![String::new(); n],
@@ -37,8 +37,8 @@ impl Row {
         r.set("pxname", px);
         r.set("svname", sv);
         r.set("type", kind);
-        r.set("pid", 1);
-        r.set("iid", 1);
+        r.set("pid", std::process::id());
+        r.set("iid", iid);
         r
     }
 
@@ -86,20 +86,65 @@ impl Row {
     }
 }
 
+/// Which rows `show stat <iid> <type> <sid>` asks for: proxy id (-1 all), a mask of
+/// object types (1 frontends, 2 backends, 4 servers), server id (-1 all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Filter {
+    /// Proxy id, or -1.
+    pub iid: i64,
+    /// Object types, a bit mask (-1 all).
+    pub types: i64,
+    /// Server id, or -1.
+    pub sid: i64,
+}
+
+impl Filter {
+    /// Every row.
+    pub const ALL: Filter = Filter {
+        iid: -1,
+        types: -1,
+        sid: -1,
+    };
+
+    fn wants(&self, iid: usize, kind: u8, sid: usize) -> bool {
+        (self.iid < 0 || self.iid == iid as i64)
+            && (self.types & (1 << kind)) != 0
+            && (kind != 2 || self.sid < 0 || self.sid == sid as i64)
+    }
+}
+
 /// HAProxy-compatible CSV: FRONTEND rows per site, BACKEND and server rows per service.
 pub fn csv(v: &View<'_>) -> String {
+    csv_where(v, Filter::ALL)
+}
+
+/// Proxy ids (HAProxy's `iid`): sites, then TCP fronts, then services, from 1.
+pub fn iids(v: &View<'_>) -> (usize, usize) {
+    let sites = v.generation.rules.sites.len();
+    (sites, sites + tcp_fronts(v).len())
+}
+
+/// The CSV rows `filter` asks for.
+pub fn csv_where(v: &View<'_>, filter: Filter) -> String {
     let g = v.generation;
     let mut out = String::from(CSV_HEADER);
     out.push('\n');
+    let (fronts_from, services_from) = iids(v);
     for (i, site) in g.rules.sites.iter().enumerate() {
-        let mut r = Row::new(&site.name, "FRONTEND", 0);
+        if !filter.wants(i + 1, 0, 0) {
+            continue;
+        }
+        let mut r = Row::new(&site.name, "FRONTEND", 0, i + 1);
         r.counters(&g.sites[i]);
         r.set("status", "OPEN");
         r.set("mode", "http");
         r.write(&mut out);
     }
-    for f in tcp_fronts(v) {
-        let mut r = Row::new(&f.name, "FRONTEND", 0);
+    for (k, f) in tcp_fronts(v).into_iter().enumerate() {
+        if !filter.wants(fronts_from + k + 1, 0, 0) {
+            continue;
+        }
+        let mut r = Row::new(&f.name, "FRONTEND", 0, fronts_from + k + 1);
         r.counters(&f.counters);
         r.set("status", "OPEN");
         r.set("mode", "tcp");
@@ -111,12 +156,13 @@ pub fn csv(v: &View<'_>) -> String {
     }
     let uptime = v.stats.started.elapsed().as_secs();
     for (i, svc) in g.rules.services.iter().enumerate() {
+        let iid = services_from + i + 1;
         let live = svc.live;
         let (mut act, mut bck) = (0, 0);
         for (colour, group) in [(Colour::Blue, &svc.blue), (Colour::Green, &svc.green)] {
             for s in group.servers.iter() {
                 let h = &g.health[s.id];
-                let mut r = Row::new(&svc.name, &s.name, 2);
+                let mut r = Row::new(&svc.name, &s.name, 2, iid);
                 r.counters(&g.servers[s.id]);
                 r.set("scur", h.active.load(Relaxed));
                 r.set("status", h.status());
@@ -159,11 +205,16 @@ pub fn csv(v: &View<'_>) -> String {
                         act += 1;
                     }
                 }
-                r.write(&mut out);
+                if filter.wants(iid, 2, s.id + 1) {
+                    r.write(&mut out);
+                }
             }
         }
+        if !filter.wants(iid, 1, 0) {
+            continue;
+        }
         let c = &g.services[i];
-        let mut r = Row::new(&svc.name, "BACKEND", 1);
+        let mut r = Row::new(&svc.name, "BACKEND", 1, iid);
         r.counters(c);
         r.set("qcur", c.queued.load(Relaxed));
         r.set("qmax", c.max_queued.load(Relaxed));

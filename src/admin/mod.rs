@@ -58,6 +58,26 @@ pub struct Admin {
     pub admin_token: Option<String>,
 }
 
+/// Runs `f` over a view of the serving generation (no page refresh, no admin token),
+/// for renderings asked for elsewhere than the stats listener (the runtime socket).
+pub fn with_view<R>(shared: &Shared, reloader: &Reloader, f: impl FnOnce(&View<'_>) -> R) -> R {
+    let g = shared.state.load_full();
+    let reload = reloader.status.load();
+    let view = View {
+        generation: &g,
+        stats: &shared.stats,
+        reload: &reload,
+        reloads: (
+            reloader.counters.ok.load(Ordering::Relaxed),
+            reloader.counters.failed.load(Ordering::Relaxed),
+        ),
+        refresh: None,
+        admin_token: None,
+        dns: shared.resolver.status(),
+    };
+    f(&view)
+}
+
 /// A token nobody can guess, for the admin forms (per process).
 pub fn new_token() -> String {
     let mut buf = [0u8; 16];
@@ -355,6 +375,7 @@ async fn admin_action(
     let before = s.status();
     s.set_admin(state);
     tracing::warn!(target: "audit", %peer, server, from = before, to = s.status(), "admin action from the stats page");
+    admin.reloader.state_changed();
     let mut r = plain(
         StatusCode::SEE_OTHER,
         "text/plain",

@@ -48,6 +48,32 @@ pub struct ConfigFile {
     /// How servers named by DNS (`addr: web-ui:5000` in the rules) are resolved.
     #[serde(default)]
     pub dns: Option<DnsFile>,
+    /// The runtime API (HAProxy's "stats socket"): a Unix socket for `socat`, hatop,
+    /// Ansible's haproxy module and prometheus-haproxy-exporter.
+    #[serde(default)]
+    pub runtime_socket: Option<Spanned<RuntimeSocketFile>>,
+    /// Where server states set by ops (MAINT, DRAIN, weights) and last health are kept,
+    /// so a restart or an upgrade starts from them (HAProxy's `server-state-file`).
+    #[serde(default)]
+    pub state_file: Option<String>,
+}
+
+/// The runtime socket: where, and who may use it (its file mode and owner are the access
+/// control, as for HAProxy's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSocketFile {
+    /// Socket path, relative to this file.
+    pub path: String,
+    /// File mode, octal (default `600`: the proxy's user only).
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+    /// Owner, a user name or uid (default: the proxy's user).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Group, a group name or gid (default: the proxy's group).
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// The DNS client for servers named by host.

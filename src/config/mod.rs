@@ -62,6 +62,23 @@ pub struct Config {
     pub upgrade_socket: Option<PathBuf>,
     /// The DNS client for servers named by host.
     pub dns: DnsConfig,
+    /// The runtime API socket, when configured.
+    pub runtime_socket: Option<RuntimeSocket>,
+    /// Where server states are kept across restarts, when configured.
+    pub state_file: Option<PathBuf>,
+}
+
+/// The runtime API socket: path, mode and owner.
+#[derive(Debug, Clone)]
+pub struct RuntimeSocket {
+    /// Socket path.
+    pub path: PathBuf,
+    /// File mode.
+    pub mode: u32,
+    /// Owner (name or uid), when not the proxy's user.
+    pub user: Option<String>,
+    /// Group (name or gid), when not the proxy's group.
+    pub group: Option<String>,
 }
 
 /// How servers named by DNS are resolved.
@@ -213,6 +230,12 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         })
         .max(1);
     let dns = c.dns(raw.dns.as_ref());
+    let runtime_socket = raw.runtime_socket.as_ref().map(|r| RuntimeSocket {
+        path: resolve(&r.value.path),
+        mode: c.file_mode(r.value.mode.as_ref()),
+        user: r.value.user.clone(),
+        group: r.value.group.clone(),
+    });
     c.diags.finish(Config {
         path: path.to_path_buf(),
         rules: resolve(&raw.rules.value),
@@ -236,6 +259,8 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         workers,
         upgrade_socket: raw.upgrade_socket.as_deref().map(resolve),
         dns,
+        runtime_socket,
+        state_file: raw.state_file.as_deref().map(resolve),
     })
 }
 
@@ -255,6 +280,22 @@ struct StatsPart {
 }
 
 impl Check<'_> {
+    /// An octal file mode (`660`, `0660`); default `600`.
+    fn file_mode(&mut self, raw: Option<&Spanned<String>>) -> u32 {
+        let Some(m) = raw else { return 0o600 };
+        match u32::from_str_radix(&m.value, 8) {
+            Ok(v) if v <= 0o777 => v,
+            _ => {
+                self.error(
+                    Pos::of(&m.referenced),
+                    format!("`{}` is not an octal file mode", m.value),
+                )
+                .set_hint("e.g. mode: \"660\" (owner and group may use the socket)");
+                0o600
+            }
+        }
+    }
+
     /// Records a problem at `at`; the caller may add a hint to it.
     fn error(&mut self, at: Pos, message: impl Into<String>) -> &mut Diagnostic {
         let all = &mut self.diags.0;

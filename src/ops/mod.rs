@@ -90,6 +90,25 @@ fn previous_path(p: &Path) -> PathBuf {
 /// file, refusing when the new colour has no healthy server (unless forced), and keeps the
 /// old file as `<file>.previous` for `--rollback`.
 pub fn switch(config: &Config, service: &str, colour: Colour, force: bool) -> anyhow::Result<()> {
+    let healthy = healthy_servers(config, service, colour);
+    for line in switch_file(config, service, colour, force, healthy)? {
+        println!("{line}");
+    }
+    tell_running(config);
+    Ok(())
+}
+
+/// The switch's file edit and its checks, given how many servers of the new colour are
+/// UP (`healthy`, or why that is unknown); returns what it did, line by line. The
+/// running process is not told: the caller reloads it.
+pub fn switch_file(
+    config: &Config,
+    service: &str,
+    colour: Colour,
+    force: bool,
+    healthy: anyhow::Result<usize>,
+) -> anyhow::Result<Vec<String>> {
+    let mut said = Vec::new();
     let files = rule_texts(config)?;
     let mut found = None;
     for (i, (path, text)) in files.iter().enumerate() {
@@ -107,8 +126,8 @@ pub fn switch(config: &Config, service: &str, colour: Colour, force: bool) -> an
     let (i, at, current) =
         found.ok_or_else(|| anyhow!("no service `{service}` in {}", config.rules.display()))?;
     if current == colour {
-        println!("{service} is already live on {}", colour.as_str());
-        return Ok(());
+        said.push(format!("{service} is already live on {}", colour.as_str()));
+        return Ok(said);
     }
     let (path, text) = &files[i];
     let edited = replace_word_at(
@@ -129,29 +148,30 @@ pub fn switch(config: &Config, service: &str, colour: Colour, force: bool) -> an
     candidate[i].1 = edited.clone();
     rules::compile(&candidate)
         .map_err(|d: Diagnostics| anyhow!("the switched rules would not compile:\n{d}"))?;
-    match healthy_servers(config, service, colour) {
+    match healthy {
         Ok(0) if !force => bail!(
             "refused: no server of {service} {} is UP; fix them first or pass --force",
             colour.as_str()
         ),
-        Ok(n) => println!("{service} {}: {n} server(s) UP", colour.as_str()),
+        Ok(n) => said.push(format!("{service} {}: {n} server(s) UP", colour.as_str())),
         Err(e) if !force => bail!(
             "refused: cannot confirm the health of {service} {} ({e:#}); pass --force to switch anyway",
             colour.as_str()
         ),
-        Err(e) => println!("warning: health unknown ({e:#}); switching because of --force"),
+        Err(e) => said.push(format!(
+            "warning: health unknown ({e:#}); switching because of --force"
+        )),
     }
     std::fs::write(previous_path(path), text)
         .context("cannot keep the previous rules for --rollback")?;
     write_atomically(path, &edited)?;
-    println!(
+    said.push(format!(
         "{}: {service} live {} -> {}",
         path.display(),
         current.as_str(),
         colour.as_str()
-    );
-    tell_running(config);
-    Ok(())
+    ));
+    Ok(said)
 }
 
 /// `gatehouse switch --rollback`: puts back the rules saved by the last switch.

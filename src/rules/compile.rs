@@ -499,6 +499,7 @@ impl Compiler {
                     authority,
                     host,
                     weight: s.value.weight.unwrap_or(1),
+                    initial_weight: s.value.weight.unwrap_or(1),
                     maxconn: s.value.maxconn.filter(|m| *m > 0),
                     backup: s.value.backup,
                 }));

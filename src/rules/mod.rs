@@ -12,6 +12,7 @@ pub mod matcher;
 pub mod methods;
 pub mod policy;
 pub mod resolved;
+mod reweight;
 pub mod select;
 pub mod upstream_tls;
 
@@ -29,7 +30,7 @@ pub use resolved::Resolved;
 pub use select::Group;
 
 /// A compiled, immutable generation of the rules.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RuleSet {
     /// Sites in file order.
     pub sites: Vec<Site>,
@@ -60,7 +61,7 @@ pub struct RuleSet {
 }
 
 /// SNI names whose TLS is relayed to a TCP service instead of terminated here.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Passthrough {
     /// Name for logs.
     pub name: Arc<str>,
@@ -73,7 +74,7 @@ pub struct Passthrough {
 }
 
 /// Host name → index, exact names first, then `first.*`, then `*.suffix` (longest first).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct HostIndex {
     exact: HashMap<String, usize, fasthash::FastHash>,
     first_label: HashMap<String, usize, fasthash::FastHash>,
@@ -115,7 +116,7 @@ impl HostIndex {
 }
 
 /// A site: host names and ordered routes.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Site {
     /// Position in `RuleSet::sites` (counters are looked up by it).
     pub index: usize,
@@ -134,7 +135,7 @@ pub struct Site {
 }
 
 /// One route of a site.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Route {
     /// Name for logs and stats.
     pub name: Arc<str>,
@@ -157,7 +158,7 @@ pub struct Route {
 }
 
 /// What a route does with a request.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Action {
     /// Answer with this status (and its error page).
     Deny(StatusCode),
@@ -289,7 +290,7 @@ pub struct Service {
 }
 
 /// One backend server.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Server {
     /// Index among all servers of this rule set (stats slots are looked up by it).
     pub id: usize,
@@ -301,8 +302,10 @@ pub struct Server {
     pub authority: http::uri::Authority,
     /// The DNS name the address came from (`None`: written as an address).
     pub host: Option<Arc<str>>,
-    /// Share under weighted balancing.
+    /// Share under weighted balancing: the rules' weight, or one set at run time.
     pub weight: u32,
+    /// The weight the rules give (what `weight` returns to when a runtime one is cleared).
+    pub initial_weight: u32,
     /// Most requests in flight at once on this server.
     pub maxconn: Option<u32>,
     /// Used only when no primary of its colour is usable.

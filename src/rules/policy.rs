@@ -16,7 +16,7 @@ use std::time::Duration;
 /// User-agent patterns from a list file: a request matches when its `User-Agent`
 /// contains any of them, ignoring ASCII case (HAProxy's `hdr_sub(user-agent) -i -f`).
 /// One Aho-Corasick automaton: the cost follows the header's length, not the list's.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct AgentList {
     /// The list's name in the rules.
     pub name: String,
@@ -46,7 +46,7 @@ impl AgentList {
 }
 
 /// What one header must look like.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum HeaderTest {
     /// Sent (any value).
     Present,
@@ -63,7 +63,7 @@ pub enum HeaderTest {
 }
 
 /// A condition on one request header (names are case-insensitive, as HTTP's are).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct HeaderCond {
     /// The header.
     pub name: HeaderName,
@@ -113,7 +113,7 @@ fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Everything a deny rule (or a conditional route) requires; all must hold.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Conditions {
     /// The client is in one of these networks.
     pub from: Option<Arc<AllowList>>,
@@ -147,7 +147,7 @@ impl Conditions {
 
 /// A request refused before routing when its conditions hold (HAProxy's
 /// `http-request deny deny_status N if …`).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct DenyRule {
     /// Name for logs, stats and `explain`.
     pub name: Arc<str>,
@@ -205,7 +205,7 @@ impl LimitSpec {
 }
 
 /// Header edits on one direction of a message.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct HeaderEdits {
     /// Replaced (every earlier value removed).
     pub set: Vec<(HeaderName, HeaderValue)>,
@@ -236,7 +236,7 @@ impl HeaderEdits {
 }
 
 /// Header rules of a site or route, for requests to servers and responses to clients.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct HeaderRules {
     /// On the request, before it is forwarded.
     pub request: HeaderEdits,
@@ -245,7 +245,7 @@ pub struct HeaderRules {
 }
 
 /// A redirect answered by a route: `to` with `{host}`, `{path}`, `{query}` filled in.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Redirect {
     /// 301, 302, 307 or 308.
     pub status: StatusCode,

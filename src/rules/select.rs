@@ -179,6 +179,7 @@ mod tests {
             authority: addr.to_string().parse().unwrap(),
             host: None,
             weight,
+            initial_weight: weight,
             maxconn: None,
             backup,
         })

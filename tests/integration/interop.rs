@@ -30,17 +30,20 @@ fn uwsgi(port: u16, dir: &std::path::Path, mode: &str) -> Kill {
     k
 }
 
+/// A program of the tests' virtual environment (the one `.ci/run` makes), else from PATH.
+pub fn venv_bin(name: &str) -> String {
+    let venv = std::env::var("HOME").unwrap_or_default() + "/.venvs/gatehouse/bin/" + name;
+    if std::path::Path::new(&venv).exists() {
+        venv
+    } else {
+        name.into()
+    }
+}
+
 /// gunicorn from the virtual environment `.ci/run` makes (or `GUNICORN`, or PATH),
 /// closing idle keep-alive connections after a second.
 fn gunicorn(port: u16, dir: &std::path::Path) -> Kill {
-    let bin = std::env::var("GUNICORN").unwrap_or_else(|_| {
-        let venv = std::env::var("HOME").unwrap_or_default() + "/.venvs/gatehouse/bin/gunicorn";
-        if std::path::Path::new(&venv).exists() {
-            venv
-        } else {
-            "gunicorn".into()
-        }
-    });
+    let bin = std::env::var("GUNICORN").unwrap_or_else(|_| venv_bin("gunicorn"));
     let child = Command::new(bin)
         .args([
             "-b",

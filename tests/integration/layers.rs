@@ -45,6 +45,7 @@ const ORDER: &[&str] = &[
     "handover",
     "check",
     "ops",
+    "runtime_api",
     "server",
     "demo",
 ];

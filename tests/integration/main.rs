@@ -19,6 +19,7 @@ mod reload;
 mod resilience;
 mod resumption;
 mod routing;
+mod runtime_api;
 mod servers;
 mod stats;
 mod tcp;
