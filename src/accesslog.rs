@@ -1,16 +1,28 @@
 //! The access log: one line per request, written when its response body ends.
 //!
-//! Text (HAProxy `httplog`-like) by default, JSON on request; emitted through
-//! `tracing` under the `access` target so it can be routed or silenced separately.
+//! Formats: `text` (Gatehouse's fields), `haproxy` (HAProxy's `httplog` line, so `halog`
+//! and every parser written for HAProxy reads it) and `json` (one object per line,
+//! nothing else on it). Written straight to the destination, not through `tracing`:
+//! stderr (the journal adds the syslog prefix), a file (appended with `O_APPEND`, each
+//! line one `write`, reopened on SIGUSR1 for logrotate, prefixed as a syslog daemon
+//! writes so `halog < file` reads it), or a syslog socket (one datagram per line).
 
-use crate::config::AccessLog;
-use std::fmt::Write;
+use crate::config::{AccessLog, LogTarget};
+use arc_swap::ArcSwap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Everything one log line says about a request.
 #[derive(Debug, Default)]
 pub struct Entry<'a> {
     /// Client address used for decisions.
     pub client: String,
+    /// The client connection's source port.
+    pub client_port: u16,
+    /// Whether the client connection is TLS.
+    pub tls: bool,
     /// Request method.
     pub method: &'a str,
     /// Host (lower-case, no port).
@@ -49,52 +61,260 @@ pub struct Entry<'a> {
     pub termination: &'a str,
     /// `X-Request-ID` (ours, or a trusted proxy's).
     pub request_id: &'a str,
+    /// Client connections open in the process (HAProxy's `%ac`).
+    pub connections: u64,
+}
+
+/// Where lines go, opened once at start.
+enum Sink {
+    Stderr,
+    File {
+        path: std::path::PathBuf,
+        file: ArcSwap<std::fs::File>,
+    },
+    Syslog(std::os::unix::net::UnixDatagram),
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+fn open_append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// Opens the destination (at start; later calls change nothing).
+pub fn open(target: &LogTarget) -> std::io::Result<()> {
+    let sink = match target {
+        LogTarget::Stderr => Sink::Stderr,
+        LogTarget::File(path) => Sink::File {
+            file: ArcSwap::from_pointee(open_append(path)?),
+            path: path.clone(),
+        },
+        LogTarget::Syslog(path) => {
+            let sock = std::os::unix::net::UnixDatagram::unbound()?;
+            sock.connect(path)?;
+            Sink::Syslog(sock)
+        }
+    };
+    let _ = SINK.set(sink);
+    Ok(())
+}
+
+/// Reopens a log file (after logrotate moved it; SIGUSR1). Lines being written keep
+/// the old file until they are done.
+pub fn reopen() {
+    if let Some(Sink::File { path, file }) = SINK.get() {
+        match open_append(path) {
+            Ok(f) => {
+                file.store(std::sync::Arc::new(f));
+                tracing::info!(file = %path.display(), "access log reopened");
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "cannot reopen the access log; writing to the old file")
+            }
+        }
+    }
 }
 
 /// Writes one entry in the configured format.
 pub fn write(format: AccessLog, e: &Entry<'_>) {
-    match format {
-        AccessLog::Off => {}
-        AccessLog::Text => {
-            let mut line = String::with_capacity(200);
-            let _ = write!(
-                line,
-                "{} {}/{} {} {}/{}/{} {}/{}/{}/{} {} {} {} {} \"{} {}{} {}\" {}",
-                e.client,
-                e.site,
-                e.route,
-                e.pool,
-                e.service,
-                e.colour,
-                e.server,
-                e.tls_ms,
-                e.wait_ms,
-                e.first_byte_ms,
-                e.total_ms,
-                e.status,
-                e.bytes_in,
-                e.bytes_out,
-                e.termination,
-                e.method,
-                e.host,
-                e.path,
-                e.version,
-                e.request_id
+    let now = SystemTime::now();
+    let line = match format {
+        AccessLog::Off => return,
+        AccessLog::Text => text(e, now),
+        AccessLog::Haproxy => haproxy(e, now),
+        AccessLog::Json => json(e, now),
+    };
+    emit(format, &line, now);
+}
+
+/// Puts `line` (no newline) out; a failed write is dropped, never blocks a request.
+fn emit(format: AccessLog, line: &str, now: SystemTime) {
+    match SINK.get().unwrap_or(&Sink::Stderr) {
+        Sink::Stderr => {
+            let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+        }
+        Sink::File { file, .. } => {
+            let out = match format {
+                // halog skips five fields: the syslog daemon's date, host and tag.
+                AccessLog::Haproxy => format!("{}{line}\n", syslog_prefix(now)),
+                _ => format!("{line}\n"),
+            };
+            let _ = (&*file.load_full()).write_all(out.as_bytes());
+        }
+        Sink::Syslog(sock) => {
+            // local0.info, RFC 3164 as glibc's syslog() sends it to /dev/log.
+            let (_, mon, day, hms) = civil(now);
+            let msg = format!(
+                "<134>{mon} {day:>2} {hms} gatehouse[{}]: {line}",
+                std::process::id()
             );
-            tracing::info!(target: "access", "{line}");
+            let _ = sock.send(msg.as_bytes());
         }
-        AccessLog::Json => {
-            let v = serde_json::json!({
-                "time": httpdate::fmt_http_date(std::time::SystemTime::now()),
-                "client": e.client, "method": e.method, "host": e.host, "path": e.path,
-                "version": e.version, "status": e.status, "bytes_in": e.bytes_in,
-                "bytes_out": e.bytes_out, "site": e.site, "route": e.route, "pool": e.pool,
-                "service": e.service, "colour": e.colour, "server": e.server,
-                "tls_ms": e.tls_ms, "wait_ms": e.wait_ms, "first_byte_ms": e.first_byte_ms,
-                "total_ms": e.total_ms, "termination": e.termination,
-                "request_id": e.request_id,
-            });
-            tracing::info!(target: "access", "{v}");
-        }
+    }
+}
+
+/// `Dec  6 05:12:34 host gatehouse[pid]: `, as rsyslog writes a file line.
+fn syslog_prefix(now: SystemTime) -> String {
+    static HOST: OnceLock<String> = OnceLock::new();
+    let host = HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into())
+    });
+    let (_, mon, day, hms) = civil(now);
+    format!(
+        "{mon} {day:>2} {hms} {host} gatehouse[{}]: ",
+        std::process::id()
+    )
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// UTC calendar date of `t`: (year, month name, day, `HH:MM:SS`).
+fn civil(t: SystemTime) -> (i64, &'static str, u32, String) {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days to civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let hms = format!("{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
+    (year, MONTHS[(month - 1) as usize], day, hms)
+}
+
+fn millis(t: SystemTime) -> u32 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_millis())
+}
+
+fn text(e: &Entry<'_>, now: SystemTime) -> String {
+    let (y, mon, day, hms) = civil(now);
+    let mut line = String::with_capacity(220);
+    let _ = write!(
+        line,
+        "{day:02}/{mon}/{y}:{hms}.{:03} {} {}/{} {} {}/{}/{} {}/{}/{}/{} {} {} {} {} \"{} {}{} {}\" {}",
+        millis(now),
+        e.client,
+        e.site,
+        e.route,
+        e.pool,
+        e.service,
+        e.colour,
+        e.server,
+        e.tls_ms,
+        e.wait_ms,
+        e.first_byte_ms,
+        e.total_ms,
+        e.status,
+        e.bytes_in,
+        e.bytes_out,
+        e.termination,
+        e.method,
+        e.host,
+        e.path,
+        e.version,
+        e.request_id
+    );
+    line
+}
+
+/// HAProxy's `httplog`: `%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %CC %CS %tsc
+/// %ac/%fc/%bc/%sc/%rc %sq/%bq {%hr} %{+Q}r`, the request ID as the captured header.
+fn haproxy(e: &Entry<'_>, now: SystemTime) -> String {
+    // %tr is when the request was received.
+    let at = now - std::time::Duration::from_millis(e.total_ms);
+    let (y, mon, day, hms) = civil(at);
+    let reached = e.server != "-";
+    let (server, tw, tc, tr) = match reached {
+        true => (e.server, e.wait_ms as i64, 0, e.first_byte_ms as i64),
+        false => ("<NOSRV>", -1, -1, -1),
+    };
+    let frontend_tls = if e.tls { "~" } else { "" };
+    let backend = if e.service == "-" { e.site } else { e.service };
+    let mut line = String::with_capacity(220);
+    let _ = write!(
+        line,
+        "{}:{} [{day:02}/{mon}/{y}:{hms}.{:03}] {}{frontend_tls} {backend}/{server} 0/{tw}/{tc}/{tr}/{} {} {} - - {} {}/0/0/0/0 0/0 ",
+        e.client,
+        e.client_port,
+        millis(at),
+        e.site,
+        e.total_ms,
+        e.status,
+        e.bytes_out,
+        termination_state(e.termination, e.status, reached),
+        e.connections,
+    );
+    if e.request_id != "-" {
+        let _ = write!(line, "{{{}}} ", e.request_id);
+    }
+    let _ = write!(line, "\"{} {} {}\"", e.method, e.path, e.version);
+    line
+}
+
+/// HAProxy's four-character termination state for Gatehouse's termination codes: who
+/// ended the session (C client, S server, P proxy, L local answer, c/s timeouts) and in
+/// which phase (R request, Q queue, C connect, H headers, D data).
+pub fn termination_state(code: &str, status: u16, reached: bool) -> &'static str {
+    match code {
+        "-" if reached => "----",
+        // Answered here without a server (a redirect, the stats of a route).
+        "-" => "LR--",
+        "client_aborted" | "client_body_error" => "CD--",
+        "client_timeout" => "cD--",
+        "server_timeout" if status == 504 => "sH--",
+        "server_timeout" => "sD--",
+        "server_aborted" => "SD--",
+        "upstream_error" | "bad_upgrade" => "SH--",
+        "connect_error" | "no_server" => "SC--",
+        "queue_timeout" => "sQ--",
+        "queue_full" | "client_share" => "PQ--",
+        "redirect" => "LR--",
+        _ => "PR--",
+    }
+}
+
+fn json(e: &Entry<'_>, now: SystemTime) -> String {
+    let (y, mon, day, hms) = civil(now);
+    let v = serde_json::json!({
+        "time": format!("{day:02}/{mon}/{y}:{hms}.{:03}", millis(now)),
+        "client": e.client, "client_port": e.client_port, "method": e.method,
+        "host": e.host, "path": e.path,
+        "version": e.version, "status": e.status, "bytes_in": e.bytes_in,
+        "bytes_out": e.bytes_out, "site": e.site, "route": e.route, "pool": e.pool,
+        "service": e.service, "colour": e.colour, "server": e.server,
+        "tls_ms": e.tls_ms, "wait_ms": e.wait_ms, "first_byte_ms": e.first_byte_ms,
+        "total_ms": e.total_ms, "termination": e.termination,
+        "termination_state": termination_state(e.termination, e.status, e.server != "-"),
+        "request_id": e.request_id,
+    });
+    v.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_796_532_633);
+        let (y, m, d, hms) = civil(t);
+        assert_eq!((y, m, d), (2026, "Dec", 6));
+        assert_eq!(hms.len(), 8);
+        assert_eq!(civil(UNIX_EPOCH).0, 1970);
+        let leap = UNIX_EPOCH + std::time::Duration::from_secs(951_782_400); // 2000-02-29
+        let (y, m, d, _) = civil(leap);
+        assert_eq!((y, m, d), (2000, "Feb", 29));
     }
 }

@@ -332,6 +332,8 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
         .chain(config.upgrade_socket.as_deref())
         .collect();
     crate::runtime_api::refuse_if_running(&sockets, upgrade)?;
+    crate::accesslog::open(&config.access_log_to)
+        .with_context(|| format!("cannot open the access log ({:?})", config.access_log_to))?;
     let (inherited, old) = take_over(&config, upgrade)?;
     let shared = shared_state(&config).await?;
     if let Some(path) = &config.state_file {
@@ -544,10 +546,12 @@ impl Running {
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut usr1 = signal(SignalKind::user_defined1())?;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         loop {
             tokio::select! {
                 _ = hup.recv() => { self.reload("SIGHUP").await; }
+                _ = usr1.recv() => crate::accesslog::reopen(),
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = self.drain_requested.cancelled() => break,

@@ -30,9 +30,14 @@ pub struct ConfigFile {
     /// Size and count limits (all have safe defaults).
     #[serde(default)]
     pub limits: LimitsFile,
-    /// The access log: `text` (default), `json` or `off`.
+    /// The access log: `text` (default), `haproxy` (HAProxy's httplog, for halog),
+    /// `json` (one object per line) or `off`.
     #[serde(default)]
     pub access_log: Option<Spanned<String>>,
+    /// Where it goes: `stderr` (default; the journal under systemd), `syslog` (`/dev/log`),
+    /// `syslog:PATH` (another syslog socket), or a file path (reopened on SIGUSR1).
+    #[serde(default)]
+    pub access_log_to: Option<String>,
     /// `X-Request-ID` on every request (made here unless a trusted proxy sent one), sent
     /// to the server, returned to the client and logged (default: false, as nginx and
     /// HAProxy add one only when told; the shipped config turns it on).

@@ -54,6 +54,8 @@ pub struct Config {
     pub limits: Limits,
     /// Access log format.
     pub access_log: AccessLog,
+    /// Where access log lines go.
+    pub access_log_to: LogTarget,
     /// Whether requests get an `X-Request-ID`.
     pub request_id: bool,
     /// Worker threads.
@@ -174,13 +176,27 @@ pub struct Limits {
     pub max_handshakes_per_client: usize,
 }
 
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard error (the journal under systemd, which adds the syslog prefix).
+    Stderr,
+    /// A file, appended to, reopened on SIGUSR1 (logrotate), lines prefixed as a syslog
+    /// daemon writes them.
+    File(PathBuf),
+    /// A syslog socket (`/dev/log`, or the path given), one datagram per line.
+    Syslog(PathBuf),
+}
+
 /// Access log layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccessLog {
     /// One human-readable line per request.
     Text,
-    /// One JSON object per request.
+    /// One JSON object per request, alone on its line.
     Json,
+    /// HAProxy's `httplog` line, for `halog` and the parsers written for HAProxy.
+    Haproxy,
     /// No access log (benchmarks).
     Off,
 }
@@ -221,6 +237,14 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
     let timeouts = c.timeouts(&raw.timeouts);
     let limits = c.limits(&raw.limits);
     let access_log = c.access_log(raw.access_log.as_ref());
+    let access_log_to = match raw.access_log_to.as_deref() {
+        None | Some("stderr") => LogTarget::Stderr,
+        Some("syslog") => LogTarget::Syslog("/dev/log".into()),
+        Some(p) => match p.strip_prefix("syslog:") {
+            Some(sock) => LogTarget::Syslog(resolve(sock)),
+            None => LogTarget::File(resolve(p)),
+        },
+    };
     let workers = raw
         .workers
         .unwrap_or_else(|| {
@@ -255,6 +279,7 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         timeouts,
         limits,
         access_log,
+        access_log_to,
         request_id: raw.request_id,
         workers,
         upgrade_socket: raw.upgrade_socket.as_deref().map(resolve),
@@ -544,13 +569,14 @@ impl Check<'_> {
         match raw.map(|s| (s.value.as_str(), s)) {
             None | Some(("text", _)) => AccessLog::Text,
             Some(("json", _)) => AccessLog::Json,
+            Some(("haproxy", _)) => AccessLog::Haproxy,
             Some(("off", _)) => AccessLog::Off,
             Some((other, s)) => {
                 self.error(
                     Pos::of(&s.referenced),
                     format!("access_log: unknown format `{other}`"),
                 )
-                .set_hint("text, json or off");
+                .set_hint("text, haproxy, json or off");
                 AccessLog::Text
             }
         }

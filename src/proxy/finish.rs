@@ -29,6 +29,10 @@ pub struct Record {
     pub(super) start: Instant,
     pub(super) tls_time: Duration,
     pub(super) client: std::net::IpAddr,
+    /// The client connection's source port (the access log's `%cp`).
+    pub(super) client_port: u16,
+    /// Whether the client connection is TLS.
+    pub(super) tls: bool,
     pub(super) method: http::Method,
     pub(super) version: Version,
     /// Only while the access log is on: each name is a reference count to take and drop.
@@ -89,6 +93,8 @@ impl Record {
             start: Instant::now(),
             tls_time: conn.tls_time,
             client: conn.peer.ip(),
+            client_port: conn.peer.port(),
+            tls: conn.tls,
             method: req.method().clone(),
             version: req.version(),
             names: (shared.access_log != AccessLog::Off).then(|| {
@@ -239,6 +245,9 @@ impl Hold for Record {
             self.shared_log,
             &Entry {
                 client: self.client.to_string(),
+                client_port: self.client_port,
+                tls: self.tls,
+                connections: self.stats.connections.load(Ordering::Relaxed),
                 method: self.method.as_str(),
                 host: or_dash(&n.host),
                 path: &n.path,

@@ -2,6 +2,10 @@
 //! hatop (in tmux, its screen read back), prometheus-haproxy-exporter (`unix:` scrape
 //! URI) and Ansible's `community.general.haproxy` module; and the state file that
 //! carries MAINT and weights across a restart.
+//!
+//! The tools run as blocking child processes, so every test here runs on two threads:
+//! the stand-in servers (on the test's runtime) keep answering health checks meanwhile
+//! (on one thread, a 700 ms Ansible run once took a server DOWN).
 
 use crate::harness::{Kill, Stack, free_port, spawn_proxy, wait_until};
 use std::path::{Path, PathBuf};
@@ -48,7 +52,7 @@ async fn spread(s: &Stack, n: usize) -> (u64, u64) {
     (s.served("ui-blue-1") - a0, s.served("ui-blue-2") - b0)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socat_reads_and_changes_the_running_proxy() {
     let s = stack().await;
     let sock = socket(&s);
@@ -151,7 +155,7 @@ async fn socat_reads_and_changes_the_running_proxy() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn colour_reload_and_explain_on_the_socket() {
     let s = stack().await;
     let sock = socket(&s);
@@ -180,7 +184,7 @@ async fn colour_reload_and_explain_on_the_socket() {
     assert!(socat(&sock, "reload\n").contains("generation"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_of_the_same_config_is_refused() {
     let s = stack().await;
     let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
@@ -195,7 +199,7 @@ async fn a_second_instance_of_the_same_config_is_refused() {
     assert!(socat(&socket(&s), "show info\n").starts_with("Name: Gatehouse"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maint_and_weights_survive_a_restart() {
     let mut s = stack().await;
     let sock = socket(&s);
@@ -227,7 +231,7 @@ async fn maint_and_weights_survive_a_restart() {
 
 /// hatop, the curses client, in a tmux pane: its screen lists the proxies and servers
 /// with their states as the socket reports them.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hatop_shows_the_proxy() {
     let s = stack().await;
     let sock = socket(&s);
@@ -267,7 +271,7 @@ impl Drop for TmuxSession {
 }
 
 /// prometheus-haproxy-exporter scraping the socket (`unix:` URI), as HAProxy shops run it.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_haproxy_exporter_scrapes_the_socket() {
     let s = stack().await;
     let sock = socket(&s);
@@ -319,7 +323,7 @@ async fn http_get(port: u16, path: &str) -> Option<String> {
 
 /// Ansible's `community.general.haproxy` module (ansible from PyPI, in the tests' virtual
 /// environment) draining a server for a deploy and putting it back.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ansible_haproxy_module_disables_and_enables_a_server() {
     let s = stack().await;
     let sock = socket(&s);
@@ -335,7 +339,7 @@ async fn ansible_haproxy_module_disables_and_enables_a_server() {
                 "-a",
             ])
             .arg(format!(
-                "{args} socket={} backend=api host=api-blue-1",
+                "{args} socket={} backend=api host=api-blue-1 wait_interval=1 wait_retries=10",
                 sock.display()
             ))
             .env("ANSIBLE_LOCALHOST_WARNING", "false")
@@ -343,11 +347,13 @@ async fn ansible_haproxy_module_disables_and_enables_a_server() {
             .output()
             .expect("ansible (pip install ansible)");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            let stat = socat(&sock, "show stat\n");
+            let row: Vec<&str> = stat.lines().filter(|l| l.contains("api-blue-1")).collect();
+            let log = s.log();
+            let about: Vec<&str> = log.lines().filter(|l| l.contains("api-blue-1")).collect();
+            panic!("{text}\nrow: {row:?}\nproxy log:\n{}", about.join("\n"));
+        }
         text
     };
     let out = run("state=disabled wait=yes");
