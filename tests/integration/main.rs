@@ -1,6 +1,7 @@
 //! Integration tests: the real binary over real TLS sockets on loopback.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod access_log;
 mod bluegreen;
 mod check_cmd;
 mod demo_curl;
