@@ -6,7 +6,8 @@ For A/B work on the hot path: a change that saves 2 % of the proxy's own instruc
 invisible in req/s here but plain in this count. It says nothing about the kernel's share
 (about 70 % of plain HTTP/1.1 CPU on loopback); benches/load.sh stays the measure of record.
 
-    python3 benches/instructions.py [-n 5000] [--scenarios plain,h2,https1] [--keep DIR] BINARY...
+    python3 benches/instructions.py [-n 5000] [--scenarios plain,h2,https1] [--keep DIR]
+        [--access-log off|text|haproxy|json] BINARY...
 
 The same nginx origin and gatehouse config as benches/load.sh (benches/peers/); h2load sends
 the requests (HTTP/1.1 keep-alive over 32 connections, or HTTP/2 over 16 × 10 streams);
@@ -44,6 +45,8 @@ def main():
     ap.add_argument("-n", type=int, default=5000, help="requests counted per scenario")
     ap.add_argument("--scenarios", default="plain,h2,https1")
     ap.add_argument("--keep", help="directory for the callgrind files")
+    ap.add_argument("--access-log", default="off",
+                    help="access log format (off, text, haproxy, json), written to a file")
     ap.add_argument("binaries", nargs="+")
     a = ap.parse_args()
     for tool in ["valgrind", "callgrind_control", "h2load", "nginx", "openssl"]:
@@ -61,6 +64,14 @@ def main():
                    check=True, capture_output=True)
     load.render(os.path.join(load.PEERS, "origin-nginx.conf"), os.path.join(d, "origin.conf"), d)
     load.render(os.path.join(load.PEERS, "gatehouse", "gatehouse.yaml"), os.path.join(d, "gatehouse.yaml"), d)
+    if a.access_log != "off":
+        # The cost of the access log itself: each format written to a file.
+        cfg = os.path.join(d, "gatehouse.yaml")
+        with open(cfg) as f:
+            text = f.read()
+        text = text.replace("access_log: off", f"access_log: {a.access_log}\naccess_log_to: {d}/access.log")
+        with open(cfg, "w") as f:
+            f.write(text)
     shutil.copy(os.path.join(load.PEERS, "gatehouse", "rules.yaml"), os.path.join(d, "rules.yaml"))
     origin = subprocess.Popen(["nginx", "-c", os.path.join(d, "origin.conf")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -203,8 +203,9 @@ async fn answer(
         return Ok(admin_action(&admin, peer, req).await);
     }
     if req.method() == Method::POST && path == "/reload" {
-        // `gatehouse reload`: only from this machine.
-        if !peer.ip().is_loopback() {
+        // `gatehouse reload`: from this machine, or from anyone who passed the stats
+        // listener's credentials (checked above).
+        if !peer.ip().is_loopback() && admin.auth.is_none() {
             return Ok(plain(
                 StatusCode::FORBIDDEN,
                 "text/plain",

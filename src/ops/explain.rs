@@ -559,7 +559,7 @@ impl Explanation {
 
 /// Server states as the running proxy reports them, by name (`None`: not reachable).
 fn live_states(config: &Config) -> Option<HashMap<String, String>> {
-    let (_, body) = stats_request(config.stats?, "GET", "/stats?format=json").ok()?;
+    let (_, body) = stats_request(config, "GET", "/stats?format=json").ok()?;
     let j: serde_json::Value = serde_json::from_str(&body).ok()?;
     let mut m = HashMap::new();
     for s in j["services"].as_array()? {

@@ -1,8 +1,10 @@
 //! Ops commands that talk to files and to the running process: `reload`, `switch`,
 //! `explain` (in `explain.rs`).
 //!
-//! They reach the running proxy through its stats listener (the address in the config):
-//! `POST /reload` and `GET /stats?format=json`. `switch` edits the rules file atomically
+//! They reach the running proxy through its runtime socket when the config has one
+//! (`reload`), else through its stats listener (the address in the config, with the
+//! config's `stats.auth`, so they work on any bind address): `POST /reload` and
+//! `GET /stats?format=json`. `switch` edits the rules file atomically
 //! (write a temp file beside it, then rename), after the same validation a reload does.
 
 pub mod explain;
@@ -19,14 +21,28 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// One HTTP/1.1 request to the stats listener; returns (status, body).
-pub fn stats_request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+/// One HTTP/1.1 request to the stats listener, with the config's credentials; returns
+/// (status, body).
+pub fn stats_request(config: &Config, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let addr = config
+        .stats
+        .ok_or_else(|| anyhow!("the config has no stats listener to reach the process through"))?;
+    // A wildcard bind is reached on loopback.
+    let addr = match addr.ip().is_unspecified() {
+        true => SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port()),
+        false => addr,
+    };
     let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .with_context(|| format!("cannot reach the stats listener at {addr}"))?;
     tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let auth = config.stats_auth.as_ref().map_or(String::new(), |(u, p)| {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+        format!("Authorization: Basic {token}\r\n")
+    });
     write!(
         tcp,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = String::new();
     tcp.read_to_string(&mut raw)?;
@@ -38,14 +54,29 @@ pub fn stats_request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Resu
     Ok((status, body.to_string()))
 }
 
-/// `gatehouse reload`: asks the running process to reload; prints its answer.
+/// `gatehouse reload`: asks the running process to reload (on its runtime socket, else
+/// its stats listener); prints its answer.
 pub fn reload(config: &Config) -> anyhow::Result<bool> {
-    let addr = config
-        .stats
-        .ok_or_else(|| anyhow!("the config has no stats listener to reach the process through"))?;
-    let (status, body) = stats_request(addr, "POST", "/reload")?;
+    if let Some(rs) = &config.runtime_socket {
+        let answer = socket_command(&rs.path, "reload")?;
+        print!("{}", answer.trim_end_matches('\n'));
+        println!();
+        return Ok(answer.starts_with("reloaded") || answer.starts_with("no change"));
+    }
+    let (status, body) = stats_request(config, "POST", "/reload")?;
     print!("{body}");
     Ok(status == 200)
+}
+
+/// One command on the runtime socket; returns its answer.
+pub fn socket_command(path: &Path, command: &str) -> anyhow::Result<String> {
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .with_context(|| format!("cannot reach the runtime socket {}", path.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    writeln!(s, "{command}")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
 }
 
 /// The rules files a config points at, with their text.
@@ -241,10 +272,7 @@ fn replace_word_at(text: &str, line: usize, column: usize, word: &str) -> Option
 
 /// Servers of one colour of a service that the running process reports UP.
 fn healthy_servers(config: &Config, service: &str, colour: Colour) -> anyhow::Result<usize> {
-    let addr = config
-        .stats
-        .ok_or_else(|| anyhow!("no stats listener in the config"))?;
-    let (status, body) = stats_request(addr, "GET", "/stats?format=json")?;
+    let (status, body) = stats_request(config, "GET", "/stats?format=json")?;
     if status != 200 {
         bail!("stats answered {status}");
     }

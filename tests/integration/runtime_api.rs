@@ -370,3 +370,31 @@ async fn ansible_haproxy_module_disables_and_enables_a_server() {
         "2 (initial 1)\n\n"
     );
 }
+
+/// `reload`, `switch` and `explain` with `stats.auth` set: they send the config's
+/// credentials (before, every one of them got 401 and `reload` failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_commands_send_the_stats_credentials() {
+    let s = Stack::with_config(&[(
+        "stats:\n",
+        "stats:\n  auth: { user: ops, password: s3cret }\n  admin: true\n",
+    )])
+    .await;
+    assert_eq!(s.stats_get("/stats?format=json").await.0, 401);
+    let config = s.config_path();
+    let config = config.to_str().expect("path");
+    let (code, out, err) = s.cli(&["reload", "-c", config]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("reloaded: generation 2"), "{out}");
+    let (code, out, err) = s.cli(&["switch", "-c", config, "ui", "green"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("3 server(s) UP") && !err.contains("could not"),
+        "{out}{err}"
+    );
+    let (code, out, _) = s.cli(&["explain", "-c", config, "--json", "https://data.localhost/"]);
+    assert_eq!(code, 0);
+    let e: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(e["states_known"], true, "{out}");
+    assert_eq!(e["colour"], "green", "{out}");
+}
