@@ -25,6 +25,21 @@ pub fn check(path: &Path) -> Result<String, Diagnostics> {
     let (Ok(rules), false) = (rules, !all.is_empty()) else {
         return Err(all);
     };
+    let mut warnings = rules.warnings.clone();
+    if let Some(Ok(store)) = &certs {
+        let uncovered = uncovered_hosts(&rules, store);
+        for (site, host) in &uncovered {
+            all.push(crate::diag::Diagnostic::new(
+                &config.path,
+                Default::default(),
+                format!("site `{site}`: no certificate covers `{host}` (clients would get the default certificate and a name error)"),
+            ));
+        }
+        if !uncovered.is_empty() {
+            return Err(all);
+        }
+        warnings.extend(expiring(store));
+    }
     let names = certs.and_then(|c| c.ok()).map(|c| {
         c.names
             .iter()
@@ -32,7 +47,7 @@ pub fn check(path: &Path) -> Result<String, Diagnostics> {
             .collect::<Vec<_>>()
             .join("; ")
     });
-    let warnings: String = rules.warnings.iter().map(|w| format!("\n{w}")).collect();
+    let warnings: String = warnings.iter().map(|w| format!("\n{w}")).collect();
     Ok(format!(
         "{}: valid ({} sites, {} routes, {} services, {} servers, {} pools{}{}){warnings}",
         path.display(),
@@ -52,4 +67,51 @@ pub fn check(path: &Path) -> Result<String, Diagnostics> {
             .map(|n| format!("; certificates: {n}"))
             .unwrap_or_default()
     ))
+}
+
+/// How long before expiry `check` warns.
+const EXPIRY_WARNING_DAYS: i64 = 14;
+
+/// Certificates expiring within [`EXPIRY_WARNING_DAYS`] (or expired), as warnings.
+fn expiring(store: &CertStore) -> Vec<String> {
+    store
+        .info
+        .iter()
+        .filter(|c| c.seconds_left() < EXPIRY_WARNING_DAYS * 86_400)
+        .map(|c| match c.seconds_left() {
+            s if s <= 0 => format!("{}: warning: the certificate has expired", c.file.display()),
+            s => format!(
+                "{}: warning: the certificate expires in {} days",
+                c.file.display(),
+                s / 86_400
+            ),
+        })
+        .collect()
+}
+
+/// Hosts of HTTPS sites that no certificate covers: exact names no certificate names;
+/// `first.*` patterns when no certificate name starts with `first.` and none is a
+/// wildcard; `*.suffix` patterns without a `*.suffix` certificate.
+fn uncovered_hosts(rules: &crate::rules::RuleSet, store: &CertStore) -> Vec<(String, String)> {
+    use crate::rules::matcher::HostPattern;
+    let names: Vec<&String> = store.info.iter().flat_map(|c| &c.names).collect();
+    let all: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut out = Vec::new();
+    for site in &rules.sites {
+        for h in &site.hosts {
+            let covered = match h {
+                HostPattern::Exact(host) => crate::tls::covers(&all, host),
+                HostPattern::FirstLabel(first) => names
+                    .iter()
+                    .any(|n| n.starts_with("*.") || n.split('.').next() == Some(first.as_str())),
+                HostPattern::Suffix(sfx) => names
+                    .iter()
+                    .any(|n| n.strip_prefix("*.") == Some(sfx.as_str())),
+            };
+            if !covered {
+                out.push((site.name.to_string(), h.to_string()));
+            }
+        }
+    }
+    out
 }

@@ -55,6 +55,20 @@ pub struct Reloader {
     lock: tokio::sync::Mutex<u64>,
     /// Told when ops change a server's state or weight (the state file is written then).
     pub changes: tokio::sync::Notify,
+    /// A digest of the certificate and key files last loaded, so a change of those files
+    /// alone reloads the certificates.
+    certs_digest: AtomicU64,
+}
+
+/// A digest of the certificate and key files' bytes.
+fn certs_digest(config: &Config) -> u64 {
+    let bytes: Vec<Vec<u8>> = config
+        .certificates
+        .iter()
+        .flat_map(|c| [&c.cert, &c.key])
+        .map(|p| std::fs::read(p).unwrap_or_default())
+        .collect();
+    crate::rules::select::stable_hash(&bytes)
 }
 
 /// A digest of the rules files' text and of the list files they name, so a watcher event
@@ -81,7 +95,6 @@ impl Reloader {
         let digest = rules_digest(&config.rules, &shared.state.load().rules.list_files);
         Arc::new(Reloader {
             shared,
-            config,
             certs,
             status: Arc::new(ArcSwap::from_pointee(ReloadStatus {
                 at: SystemTime::now(),
@@ -91,6 +104,8 @@ impl Reloader {
             counters: Arc::new(ReloadCounters::default()),
             lock: tokio::sync::Mutex::new(digest),
             changes: tokio::sync::Notify::new(),
+            certs_digest: AtomicU64::new(certs_digest(&config)),
+            config,
         })
     }
 
@@ -201,10 +216,25 @@ impl Reloader {
 
     fn reload_certs(&self) {
         let Some(certs) = &self.certs else { return };
+        self.certs_digest
+            .store(certs_digest(&self.config), Ordering::Relaxed);
         match CertStore::load(&self.config.path, &self.config.certificates) {
             Ok(store) => certs.store(Arc::new(store)),
             Err(d) => tracing::error!("certificates not reloaded, the last good ones stay:\n{d}"),
         }
+    }
+
+    /// Reloads the certificates when their files changed since they were last loaded (a
+    /// renewal writes them without touching the rules). Returns whether they changed.
+    fn certs_changed(&self) -> bool {
+        if self.certs.is_none()
+            || certs_digest(&self.config) == self.certs_digest.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        self.reload_certs();
+        tracing::info!(target: "audit", trigger = "file change", "certificates reloaded");
+        true
     }
 
     /// Watches the rules folder (and the certificates' folders) and reloads after changes
@@ -240,6 +270,7 @@ impl Reloader {
                     Err(_) => break,
                 }
             }
+            self.certs_changed();
             self.reload("file change").await;
             // A reload may name list files in folders not watched yet.
             self.watch_new_dirs(&mut watcher, &mut watched);

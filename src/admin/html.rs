@@ -156,6 +156,24 @@ pub fn html(v: &View<'_>) -> String {
         }
         o.push_str("</table>");
     }
+    if !v.certs.is_empty() {
+        o.push_str("<h2>Certificates</h2><table id=\"certs\"><tr><th>file</th><th>names</th><th>expires</th><th>days left</th></tr>");
+        for c in &v.certs {
+            let days = c.seconds_left().div_euclid(86_400);
+            let _ = write!(
+                o,
+                "<tr data-cert=\"{f}\"{cls}><td>{f}</td><td>{}</td><td>{}</td><td>{days}</td></tr>",
+                escape(&c.names.join(" ")),
+                httpdate::fmt_http_date(
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::from_secs(c.not_after.max(0) as u64)
+                ),
+                f = escape(&c.file.display().to_string()),
+                cls = if days < 14 { " class=\"down\"" } else { "" },
+            );
+        }
+        o.push_str("</table>");
+    }
     let fronts = tcp_fronts(v);
     if !fronts.is_empty() {
         o.push_str("<h2>TCP <small>listeners and passthrough names</small></h2><table id=\"tcp\"><tr><th>frontend</th><th>listens</th><th>sessions now</th><th>max</th><th>limit</th><th>total</th><th>bytes in</th><th>bytes out</th><th>no server</th></tr>");

@@ -74,8 +74,18 @@ pub fn with_view<R>(shared: &Shared, reloader: &Reloader, f: impl FnOnce(&View<'
         refresh: None,
         admin_token: None,
         dns: shared.resolver.status(),
+        certs: certs(reloader),
     };
     f(&view)
+}
+
+/// The certificates being served, with their expiry.
+fn certs(reloader: &Reloader) -> Vec<crate::tls::CertInfo> {
+    reloader
+        .certs
+        .as_ref()
+        .map(|c| c.load().info.clone())
+        .unwrap_or_default()
 }
 
 /// A token nobody can guess, for the admin forms (per process).
@@ -263,6 +273,7 @@ async fn answer(
             .map(|r: u32| r.clamp(1, 3600)),
         admin_token: admin.admin_token.as_deref(),
         dns: admin.shared.resolver.status(),
+        certs: certs(&admin.reloader),
     };
     let resp = match (path.as_str(), param("format").unwrap_or("")) {
         ("/stats;csv", _) | ("/stats", "csv") => {

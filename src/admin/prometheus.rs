@@ -361,6 +361,24 @@ pub fn prometheus(v: &View<'_>) -> String {
             );
         }
     }
+    if !v.certs.is_empty() {
+        head(
+            &mut o,
+            names::CERT_NOT_AFTER,
+            "gauge",
+            "When the certificate expires (notAfter), Unix seconds; alert on it minus time() below 14 days.",
+        );
+        for c in &v.certs {
+            let _ = writeln!(
+                o,
+                "{}{{file=\"{}\",name=\"{}\"}} {}",
+                names::CERT_NOT_AFTER,
+                Label(&c.file.display().to_string()),
+                Label(c.names.first().map_or("", |n| n.as_str())),
+                c.not_after
+            );
+        }
+    }
     let p = process();
     head(
         &mut o,

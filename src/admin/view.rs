@@ -23,6 +23,8 @@ pub struct View<'a> {
     pub admin_token: Option<&'a str>,
     /// Servers' DNS names: addresses, last success, last error.
     pub dns: Vec<(String, crate::resolve::NameState)>,
+    /// The certificates served, with their expiry.
+    pub certs: Vec<crate::tls::CertInfo>,
 }
 
 /// A DNS name's addresses for a page: `1=10.0.0.1 2=10.0.0.2` (slot numbers as in `name#N`).

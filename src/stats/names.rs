@@ -76,3 +76,5 @@ pub const PROCESS_START: &str = "process_start_time_seconds";
 pub const DNS_ADDRESSES: &str = "gatehouse_dns_addresses";
 /// 1 while the last lookup of a server's DNS name failed, by name.
 pub const DNS_FAILING: &str = "gatehouse_dns_failing";
+/// When each certificate expires, Unix seconds, by file and first name.
+pub const CERT_NOT_AFTER: &str = "gatehouse_certificate_not_after_seconds";

@@ -31,6 +31,39 @@ pub struct CertStore {
     default: Arc<CertifiedKey>,
     /// Names per certificate, in config order (for `check` and the stats page).
     pub names: Vec<Vec<String>>,
+    /// Each certificate's file, names and expiry, in config order.
+    pub info: Vec<CertInfo>,
+}
+
+/// One certificate as the stats page, Prometheus and `check` show it.
+#[derive(Debug, Clone)]
+pub struct CertInfo {
+    /// The certificate file.
+    pub file: std::path::PathBuf,
+    /// The DNS names it covers.
+    pub names: Vec<String>,
+    /// When it expires (`notAfter`), Unix seconds.
+    pub not_after: i64,
+}
+
+impl CertInfo {
+    /// Seconds left until it expires (negative once expired).
+    pub fn seconds_left(&self) -> i64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.not_after - now
+    }
+}
+
+/// Whether a certificate with `names` covers `host` (exactly, or `*.` one label up).
+pub fn covers(names: &[String], host: &str) -> bool {
+    names.iter().any(|n| match n.strip_prefix("*.") {
+        Some(sfx) => host
+            .split_once('.')
+            .is_some_and(|(_, parent)| parent == sfx),
+        None => n == host,
+    })
 }
 
 impl CertStore {
@@ -43,9 +76,15 @@ impl CertStore {
         let mut wildcard = HashMap::new();
         let mut default = None;
         let mut all_names = Vec::new();
+        let mut info = Vec::new();
         for c in certs {
             match load_one(&provider, c) {
-                Ok((key, names)) => {
+                Ok((key, names, not_after)) => {
+                    info.push(CertInfo {
+                        file: c.cert.clone(),
+                        names: names.clone(),
+                        not_after,
+                    });
                     let key = Arc::new(key);
                     for n in &names {
                         match n.strip_prefix("*.") {
@@ -67,6 +106,7 @@ impl CertStore {
                 wildcard,
                 default,
                 names: all_names,
+                info,
             }),
             _ => {
                 if diags.is_empty() {
@@ -100,7 +140,7 @@ impl CertStore {
 fn load_one(
     provider: &CryptoProvider,
     c: &CertPaths,
-) -> Result<(CertifiedKey, Vec<String>), String> {
+) -> Result<(CertifiedKey, Vec<String>, i64), String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("certificate {}: {e}", c.cert.display()))?;
@@ -112,7 +152,8 @@ fn load_one(
     })?;
     let key = PrivateKeyDer::from_pem_file(&c.key)
         .map_err(|e| format!("key {}: {e}", c.key.display()))?;
-    let names = names_of(leaf).map_err(|e| format!("certificate {}: {e}", c.cert.display()))?;
+    let (names, not_after) =
+        names_of(leaf).map_err(|e| format!("certificate {}: {e}", c.cert.display()))?;
     let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
         format!(
             "certificate {} and key {} do not go together: {e}",
@@ -120,11 +161,12 @@ fn load_one(
             c.key.display()
         )
     })?;
-    Ok((certified, names))
+    Ok((certified, names, not_after))
 }
 
-/// The DNS names a certificate is valid for (subjectAltName), lower-cased.
-fn names_of(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+/// The DNS names a certificate is valid for (subjectAltName), lower-cased, and when it
+/// expires (Unix seconds).
+fn names_of(cert: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
     use x509_parser::prelude::*;
     let (_, x509) = X509Certificate::from_der(cert.as_ref()).map_err(|e| e.to_string())?;
     let mut names = Vec::new();
@@ -135,7 +177,7 @@ fn names_of(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
             }
         }
     }
-    Ok(names)
+    Ok((names, x509.validity().not_after.timestamp()))
 }
 
 /// SNI resolver over a swappable store.

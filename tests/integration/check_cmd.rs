@@ -358,6 +358,16 @@ fn invenio_rdm_example_is_valid() {
     ] {
         std::fs::copy(root().join(f), d.join(f)).unwrap();
     }
+    // The site's certificate (the example names it; `check` wants its hosts covered).
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+        .args(["-nodes", "-days", "90", "-subj", "/CN=repository.example.org"])
+        .args(["-addext", "subjectAltName=DNS:repository.example.org,DNS:www.repository.example.org,DNS:zenodo-old.example.org"])
+        .args(["-keyout", "certs/repository.key", "-out", "certs/repository.pem"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
     let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["check", "-c", "config/examples/invenio-rdm.yaml"])
         .current_dir(d)

@@ -3,6 +3,7 @@
 
 mod access_log;
 mod bluegreen;
+mod certificates;
 mod check_cmd;
 mod demo_curl;
 mod dns;
