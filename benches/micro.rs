@@ -117,6 +117,7 @@ fn render_100_services(bencher: divan::Bencher, what: &str) {
         refresh: None,
         admin_token: None,
         dns: Vec::new(),
+        certs: Vec::new(),
     };
     bencher.bench(|| {
         black_box(match what {

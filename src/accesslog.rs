@@ -118,57 +118,92 @@ pub fn reopen() {
     }
 }
 
-/// Writes one entry in the configured format.
+/// Writes one entry in the configured format: one line, built in one buffer, one write.
 pub fn write(format: AccessLog, e: &Entry<'_>) {
+    if format == AccessLog::Off {
+        return;
+    }
     let now = SystemTime::now();
-    let line = match format {
+    let sink = SINK.get().unwrap_or(&Sink::Stderr);
+    let mut out = String::with_capacity(256);
+    match sink {
+        // local0.info, RFC 3164 as glibc's syslog() sends it to /dev/log.
+        Sink::Syslog(_) => with_clock(now, |c| out.push_str(&c.syslog_tag)),
+        // halog skips five fields: the syslog daemon's date, host and tag.
+        Sink::File { .. } if format == AccessLog::Haproxy => {
+            with_clock(now, |c| out.push_str(&c.file_prefix))
+        }
+        _ => {}
+    }
+    match format {
         AccessLog::Off => return,
-        AccessLog::Text => text(e, now),
-        AccessLog::Haproxy => haproxy(e, now),
-        AccessLog::Json => json(e, now),
-    };
-    emit(format, &line, now);
-}
-
-/// Puts `line` (no newline) out; a failed write is dropped, never blocks a request.
-fn emit(format: AccessLog, line: &str, now: SystemTime) {
-    match SINK.get().unwrap_or(&Sink::Stderr) {
+        AccessLog::Text => text(&mut out, e, now),
+        AccessLog::Haproxy => haproxy(&mut out, e, now),
+        AccessLog::Json => json(&mut out, e, now),
+    }
+    match sink {
         Sink::Stderr => {
-            let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+            out.push('\n');
+            let _ = std::io::stderr().write_all(out.as_bytes());
         }
         Sink::File { file, .. } => {
-            let out = match format {
-                // halog skips five fields: the syslog daemon's date, host and tag.
-                AccessLog::Haproxy => format!("{}{line}\n", syslog_prefix(now)),
-                _ => format!("{line}\n"),
-            };
+            out.push('\n');
             let _ = (&*file.load_full()).write_all(out.as_bytes());
         }
         Sink::Syslog(sock) => {
-            // local0.info, RFC 3164 as glibc's syslog() sends it to /dev/log.
-            let (_, mon, day, hms) = civil(now);
-            let msg = format!(
-                "<134>{mon} {day:>2} {hms} gatehouse[{}]: {line}",
-                std::process::id()
-            );
-            let _ = sock.send(msg.as_bytes());
+            let _ = sock.send(out.as_bytes());
         }
     }
 }
 
-/// `Dec  6 05:12:34 host gatehouse[pid]: `, as rsyslog writes a file line.
-fn syslog_prefix(now: SystemTime) -> String {
-    static HOST: OnceLock<String> = OnceLock::new();
-    let host = HOST.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into())
-    });
-    let (_, mon, day, hms) = civil(now);
-    format!(
-        "{mon} {day:>2} {hms} {host} gatehouse[{}]: ",
-        std::process::id()
-    )
+/// The texts that change once a second, made once a second per thread.
+struct Clock {
+    secs: u64,
+    /// `06/Dec/2026:05:12:34` (HAProxy's date, without the milliseconds).
+    date: String,
+    /// `Dec  6 05:12:34 host gatehouse[pid]: `, as rsyslog writes a file line.
+    file_prefix: String,
+    /// `<134>Dec  6 05:12:34 gatehouse[pid]: ` for a syslog socket.
+    syslog_tag: String,
+}
+
+impl Clock {
+    fn at(secs: u64) -> Clock {
+        static HOST: OnceLock<String> = OnceLock::new();
+        let host = HOST.get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into())
+        });
+        let (y, mon, day, hms) = civil(UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        let pid = std::process::id();
+        Clock {
+            secs,
+            date: format!("{day:02}/{mon}/{y}:{hms}"),
+            file_prefix: format!("{mon} {day:>2} {hms} {host} gatehouse[{pid}]: "),
+            syslog_tag: format!("<134>{mon} {day:>2} {hms} gatehouse[{pid}]: "),
+        }
+    }
+}
+
+/// Runs `f` with this thread's clock texts for `t`'s second.
+fn with_clock<R>(t: SystemTime, f: impl FnOnce(&Clock) -> R) -> R {
+    thread_local! {
+        static CLOCK: std::cell::RefCell<Clock> = std::cell::RefCell::new(Clock::at(0));
+    }
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CLOCK.with_borrow_mut(|c| {
+        if c.secs != secs {
+            *c = Clock::at(secs);
+        }
+        f(c)
+    })
+}
+
+/// `06/Dec/2026:05:12:34.655`
+fn push_date(out: &mut String, t: SystemTime) {
+    with_clock(t, |c| out.push_str(&c.date));
+    let _ = write!(out, ".{:03}", millis(t));
 }
 
 const MONTHS: [&str; 12] = [
@@ -194,17 +229,14 @@ fn civil(t: SystemTime) -> (i64, &'static str, u32, String) {
 }
 
 fn millis(t: SystemTime) -> u32 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_millis())
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_millis())
 }
 
-fn text(e: &Entry<'_>, now: SystemTime) -> String {
-    let (y, mon, day, hms) = civil(now);
-    let mut line = String::with_capacity(220);
+fn text(out: &mut String, e: &Entry<'_>, now: SystemTime) {
+    push_date(out, now);
     let _ = write!(
-        line,
-        "{day:02}/{mon}/{y}:{hms}.{:03} {} {}/{} {} {}/{}/{} {}/{}/{}/{} {} {} {} {} \"{} {}{} {}\" {}",
-        millis(now),
+        out,
+        " {} {}/{} {} {}/{}/{} {}/{}/{}/{} {} {} {} {} \"{} {}{} {}\" {}",
         e.client,
         e.site,
         e.route,
@@ -226,15 +258,13 @@ fn text(e: &Entry<'_>, now: SystemTime) -> String {
         e.version,
         e.request_id
     );
-    line
 }
 
 /// HAProxy's `httplog`: `%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %CC %CS %tsc
 /// %ac/%fc/%bc/%sc/%rc %sq/%bq {%hr} %{+Q}r`, the request ID as the captured header.
-fn haproxy(e: &Entry<'_>, now: SystemTime) -> String {
+fn haproxy(out: &mut String, e: &Entry<'_>, now: SystemTime) {
     // %tr is when the request was received.
     let at = now - std::time::Duration::from_millis(e.total_ms);
-    let (y, mon, day, hms) = civil(at);
     let reached = e.server != "-";
     let (server, tw, tc, tr) = match reached {
         true => (e.server, e.wait_ms as i64, 0, e.first_byte_ms as i64),
@@ -242,13 +272,11 @@ fn haproxy(e: &Entry<'_>, now: SystemTime) -> String {
     };
     let frontend_tls = if e.tls { "~" } else { "" };
     let backend = if e.service == "-" { e.site } else { e.service };
-    let mut line = String::with_capacity(220);
+    let _ = write!(out, "{}:{} [", e.client, e.client_port);
+    push_date(out, at);
     let _ = write!(
-        line,
-        "{}:{} [{day:02}/{mon}/{y}:{hms}.{:03}] {}{frontend_tls} {backend}/{server} 0/{tw}/{tc}/{tr}/{} {} {} - - {} {}/0/0/0/0 0/0 ",
-        e.client,
-        e.client_port,
-        millis(at),
+        out,
+        "] {}{frontend_tls} {backend}/{server} 0/{tw}/{tc}/{tr}/{} {} {} - - {} {}/0/0/0/0 0/0 ",
         e.site,
         e.total_ms,
         e.status,
@@ -257,10 +285,9 @@ fn haproxy(e: &Entry<'_>, now: SystemTime) -> String {
         e.connections,
     );
     if e.request_id != "-" {
-        let _ = write!(line, "{{{}}} ", e.request_id);
+        let _ = write!(out, "{{{}}} ", e.request_id);
     }
-    let _ = write!(line, "\"{} {} {}\"", e.method, e.path, e.version);
-    line
+    let _ = write!(out, "\"{} {} {}\"", e.method, e.path, e.version);
 }
 
 /// HAProxy's four-character termination state for Gatehouse's termination codes: who
@@ -285,21 +312,65 @@ pub fn termination_state(code: &str, status: u16, reached: bool) -> &'static str
     }
 }
 
-fn json(e: &Entry<'_>, now: SystemTime) -> String {
-    let (y, mon, day, hms) = civil(now);
-    let v = serde_json::json!({
-        "time": format!("{day:02}/{mon}/{y}:{hms}.{:03}", millis(now)),
-        "client": e.client, "client_port": e.client_port, "method": e.method,
-        "host": e.host, "path": e.path,
-        "version": e.version, "status": e.status, "bytes_in": e.bytes_in,
-        "bytes_out": e.bytes_out, "site": e.site, "route": e.route, "pool": e.pool,
-        "service": e.service, "colour": e.colour, "server": e.server,
-        "tls_ms": e.tls_ms, "wait_ms": e.wait_ms, "first_byte_ms": e.first_byte_ms,
-        "total_ms": e.total_ms, "termination": e.termination,
-        "termination_state": termination_state(e.termination, e.status, e.server != "-"),
-        "request_id": e.request_id,
-    });
-    v.to_string()
+/// One JSON object, serialized straight from the entry (no intermediate map).
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    time: &'a str,
+    client: &'a str,
+    client_port: u16,
+    method: &'a str,
+    host: &'a str,
+    path: &'a str,
+    version: &'a str,
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    site: &'a str,
+    route: &'a str,
+    pool: &'a str,
+    service: &'a str,
+    colour: &'a str,
+    server: &'a str,
+    tls_ms: u64,
+    wait_ms: u64,
+    first_byte_ms: u64,
+    total_ms: u64,
+    termination: &'a str,
+    termination_state: &'a str,
+    request_id: &'a str,
+}
+
+fn json(out: &mut String, e: &Entry<'_>, now: SystemTime) {
+    let mut time = String::with_capacity(24);
+    push_date(&mut time, now);
+    let line = JsonLine {
+        time: &time,
+        client: &e.client,
+        client_port: e.client_port,
+        method: e.method,
+        host: e.host,
+        path: e.path,
+        version: e.version,
+        status: e.status,
+        bytes_in: e.bytes_in,
+        bytes_out: e.bytes_out,
+        site: e.site,
+        route: e.route,
+        pool: e.pool,
+        service: e.service,
+        colour: e.colour,
+        server: e.server,
+        tls_ms: e.tls_ms,
+        wait_ms: e.wait_ms,
+        first_byte_ms: e.first_byte_ms,
+        total_ms: e.total_ms,
+        termination: e.termination,
+        termination_state: termination_state(e.termination, e.status, e.server != "-"),
+        request_id: e.request_id,
+    };
+    if let Ok(s) = serde_json::to_string(&line) {
+        out.push_str(&s);
+    }
 }
 
 #[cfg(test)]

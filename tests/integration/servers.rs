@@ -19,12 +19,13 @@ pub fn wait_listening(port: u16, what: &str) {
 }
 
 /// nginx in the foreground with `http_body` as the inside of its `http {}` block; its
-/// temporary files and logs under `dir`.
+/// temporary files and logs under `dir`. One process (`master_process off`): the guard's
+/// kill ends it all (with a master, a killed master left its worker running).
 pub fn nginx(dir: &Path, http_body: &str, port: u16) -> Kill {
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
     let d = dir.display();
     let conf = format!(
-        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections 256; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/tmp/body;\n  proxy_temp_path {d}/tmp/proxy;\n  \
          fastcgi_temp_path {d}/tmp/fastcgi;\n  uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n\
