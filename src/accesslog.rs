@@ -229,7 +229,8 @@ fn civil(t: SystemTime) -> (i64, &'static str, u32, String) {
 }
 
 fn millis(t: SystemTime) -> u32 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_millis())
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_millis())
 }
 
 fn text(out: &mut String, e: &Entry<'_>, now: SystemTime) {

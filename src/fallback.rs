@@ -9,7 +9,17 @@ use http::StatusCode;
 
 /// The built-in page for a status, small and self-contained.
 pub fn builtin_page(status: StatusCode) -> Bytes {
-    let (title, text) = match status.as_u16() {
+    render(status, None)
+}
+
+/// The built-in page for a route the rules deny (`deny: 403` on a path): the address is
+/// not served to anyone, so the page does not blame the client's network.
+pub fn route_denied_page(status: StatusCode) -> Bytes {
+    render(status, Some("This address is not served here."))
+}
+
+fn render(status: StatusCode, text: Option<&str>) -> Bytes {
+    let (title, builtin) = match status.as_u16() {
         400 => ("Bad request", "The request could not be understood."),
         403 => (
             "Forbidden",
@@ -47,6 +57,7 @@ pub fn builtin_page(status: StatusCode) -> Bytes {
         ),
         _ => ("Error", "The request could not be served."),
     };
+    let text = text.unwrap_or(builtin);
     let code = status.as_u16();
     Bytes::from(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{code} {title}</title>\

@@ -23,7 +23,8 @@
 //!   active checks. `resolve`: servers' DNS names, re-resolved, last good kept.
 //!   `generation`: a live rule set plus the state indexed by it.
 //! - `deadline`: coarse response deadlines. `memory`: returning freed memory.
-//! - `accesslog`: one line per request.
+//! - `accesslog`: one line per request (text, HAProxy httplog, JSON) to stderr, a file
+//!   or syslog.
 //!
 //! **Request path**:
 //! - `upstream/`: keep-alive connections to the servers (hyper's client, and the direct
@@ -45,6 +46,7 @@
 //! - `admin/`: the stats listener and its renderings (one file per format).
 //! - `handover`: listening sockets passed to `run --upgrade`.
 //! - `check`, `ops/` (`reload`, `switch`, `explain`).
+//! - `runtime_api/`: HAProxy's runtime API on a Unix socket, and the server-state file.
 //! - `server`: wires everything for `gatehouse run`; `demo/` (feature `demo`) runs it
 //!   with stand-in servers.
 pub mod accept;

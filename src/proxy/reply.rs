@@ -83,7 +83,14 @@ pub(super) fn error_response(
         ProxyError::DeniedBy(_, i) => g.rules.deny_rule(*i).and_then(|r| r.page.as_ref()),
         _ => backup.filter(|_| e.wants_backup_page()),
     };
-    let page = fallback::page(&g.rules, status, page);
+    let page = match e {
+        ProxyError::Denied(_)
+            if page.is_none() && !g.rules.error_pages.contains_key(&status.as_u16()) =>
+        {
+            fallback::route_denied_page(status)
+        }
+        _ => fallback::page(&g.rules, status, page),
+    };
     let mut resp = Response::new(ProxyBody::full(page));
     *resp.status_mut() = status;
     let h = resp.headers_mut();

@@ -30,6 +30,8 @@ async fn repository_rules() {
         "campus-only site must refuse outside clients"
     );
     assert_eq!(r.served_by(), "");
+    let page = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(page.contains("from your network"), "{page}");
 
     let r = c.get("data.localhost", "/api/records?q=1").await;
     assert_eq!(r.status, 200);
@@ -81,6 +83,9 @@ async fn repository_rules() {
             r.status, 403,
             "store.* must only serve file downloads: {path}"
         );
+        // A path the site does not serve is not blamed on the client's network.
+        let page = String::from_utf8_lossy(&r.body).into_owned();
+        assert!(page.contains("not served here"), "{page}");
     }
 
     let r = c.get("nowhere.data.localhost", "/").await;
