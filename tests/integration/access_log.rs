@@ -141,3 +141,36 @@ async fn json_lines_are_json_alone() {
     assert_eq!(v[0]["termination_state"], "----");
     assert_eq!(v[1]["service"], "api");
 }
+
+/// `access_log_to: syslog:PATH`: one RFC 3164 datagram per request (local0.info, tagged
+/// `gatehouse[pid]`), as a syslog daemon on `/dev/log` receives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_gets_one_datagram_per_request() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("log.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let s = Stack::with_config(&[(
+        "access_log: text",
+        &format!(
+            "access_log: haproxy\naccess_log_to: syslog:{}",
+            path.display()
+        ),
+    )])
+    .await;
+    let got = s.client().get("data.localhost", "/").await;
+    assert_eq!(got.status, 200);
+    let mut buf = [0u8; 2048];
+    let n = sock.recv(&mut buf).expect("a datagram");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.starts_with("<134>"), "{msg}");
+    assert!(
+        msg.contains(&format!(" gatehouse[{}]: 127.0.0.1:", s.pid())),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with("\"GET / HTTP/1.1\"") && msg.contains(" 200 "),
+        "{msg}"
+    );
+}
