@@ -3,171 +3,19 @@
 use super::view::{View, process, tcp_fronts};
 use crate::health::ServerState;
 use crate::rules::Colour;
-use crate::stats::{BUCKETS, Counters, names};
+use crate::stats::names::{self, per_level};
+use crate::stats::{BUCKETS, Counters};
 use std::fmt::Write;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Prometheus text exposition; label values come only from the rules.
 pub fn prometheus(v: &View<'_>) -> String {
     let g = v.generation;
     let mut o = String::with_capacity(16 * 1024);
-    let head = |o: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
-    // Every family of counters, labelled by where it was counted.
-    let mut sets: Vec<(String, &Counters)> = Vec::new();
-    for (i, s) in g.rules.sites.iter().enumerate() {
-        sets.push((format!("site=\"{}\"", Label(&s.name)), &g.sites[i]));
-        for (j, r) in s.routes.iter().enumerate() {
-            sets.push((
-                format!("site=\"{}\",route=\"{}\"", Label(&s.name), Label(&r.name)),
-                &g.routes[i][j],
-            ));
-        }
-    }
-    let fronts = tcp_fronts(v);
-    for f in &fronts {
-        sets.push((format!("listener=\"{}\"", Label(&f.name)), &f.counters));
-    }
-    for (i, s) in g.rules.services.iter().enumerate() {
-        sets.push((format!("service=\"{}\"", Label(&s.name)), &g.services[i]));
-    }
-    for (svc, colour, s) in g.rules.all_servers() {
-        sets.push((
-            format!(
-                "service=\"{}\",colour=\"{}\",server=\"{}\"",
-                Label(&svc.name),
-                colour.as_str(),
-                Label(&s.name)
-            ),
-            &g.servers[s.id],
-        ));
-    }
-    head(
-        &mut o,
-        names::REQUESTS,
-        "counter",
-        "Requests answered, by status class.",
-    );
-    for (l, c) in sets.iter().filter(|(l, _)| !l.starts_with("listener=")) {
-        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx", "other"]
-            .iter()
-            .enumerate()
-        {
-            let _ = writeln!(
-                o,
-                "{}{{{l},code=\"{class}\"}} {}",
-                names::REQUESTS,
-                c.responses[i].load(Relaxed)
-            );
-        }
-    }
-    head(
-        &mut o,
-        names::TCP_SESSIONS,
-        "counter",
-        "TCP sessions ended, by TCP listener or passthrough name.",
-    );
-    for (l, c) in sets.iter().filter(|(l, _)| l.starts_with("listener=")) {
-        let _ = writeln!(
-            o,
-            "{}{{{l}}} {}",
-            names::TCP_SESSIONS,
-            c.requests.load(Relaxed)
-        );
-    }
-    for (name, kind, help, get) in [
-        (
-            names::BYTES_IN,
-            "counter",
-            "Request body bytes received.",
-            (|c: &Counters| c.bytes_in.load(Relaxed)) as fn(&Counters) -> u64,
-        ),
-        (
-            names::BYTES_OUT,
-            "counter",
-            "Response body bytes sent.",
-            |c| c.bytes_out.load(Relaxed),
-        ),
-        (names::IN_FLIGHT, "gauge", "Requests in flight.", |c| {
-            c.current.load(Relaxed)
-        }),
-        (
-            names::CONNECT_ERRORS,
-            "counter",
-            "Connection errors to servers.",
-            |c| c.connect_errors.load(Relaxed),
-        ),
-        (
-            names::RESPONSE_ERRORS,
-            "counter",
-            "Bad or missing answers from servers.",
-            |c| c.response_errors.load(Relaxed),
-        ),
-        (
-            names::REDISPATCHES,
-            "counter",
-            "Requests retried on another server.",
-            |c| c.redispatches.load(Relaxed),
-        ),
-        (
-            names::CLIENT_ABORTS,
-            "counter",
-            "Responses cut by the client (closed, or stopped reading).",
-            |c| c.client_aborts.load(Relaxed),
-        ),
-        (
-            names::SERVER_ABORTS,
-            "counter",
-            "Responses cut by the server (body broken, or stalled).",
-            |c| c.server_aborts.load(Relaxed),
-        ),
-        (
-            names::NO_SERVER,
-            "counter",
-            "Requests that found no usable server.",
-            |c| c.no_server.load(Relaxed),
-        ),
-        (
-            names::DENIED,
-            "counter",
-            "Requests refused by policy: deny rules, rate limits, allow-lists.",
-            |c| c.denied.load(Relaxed),
-        ),
-    ] {
-        head(&mut o, name, kind, help);
-        for (l, c) in &sets {
-            let _ = writeln!(o, "{name}{{{l}}} {}", get(c));
-        }
-    }
-    head(
-        &mut o,
-        names::RESPONSE_SECONDS,
-        "histogram",
-        "Response time to the response headers.",
-    );
-    for (l, c) in sets
-        .iter()
-        .filter(|(l, _)| !l.contains("route=") && !l.starts_with("listener="))
-    {
-        let snap = c.latency.snapshot();
-        let mut acc = 0;
-        for (i, n) in snap.iter().enumerate() {
-            acc += n;
-            let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
-            let _ = writeln!(
-                o,
-                "{}_bucket{{{l},le=\"{le}\"}} {acc}",
-                names::RESPONSE_SECONDS
-            );
-        }
-        let _ = writeln!(
-            o,
-            "{}_sum{{{l}}} {}",
-            names::RESPONSE_SECONDS,
-            c.latency.sum_us.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(o, "{}_count{{{l}}} {acc}", names::RESPONSE_SECONDS);
+    process_requests(&mut o, &v.stats.frontend);
+    for level in levels(v) {
+        level.write(&mut o);
     }
     for (name, kind, help, get) in [
         (
@@ -404,6 +252,226 @@ pub fn prometheus(v: &View<'_>) -> String {
     );
     let _ = writeln!(o, "{} {}", names::PROCESS_START, v.stats.started_unix);
     o
+}
+
+/// `# HELP` and `# TYPE` of one family.
+fn head(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Status classes in `Counters::responses` order.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+/// Every request the process answered, by status class: the one total with no level.
+fn process_requests(o: &mut String, c: &Counters) {
+    head(
+        o,
+        names::REQUESTS,
+        "counter",
+        "Requests answered by the process, by status class.",
+    );
+    for (i, class) in CLASSES.iter().enumerate() {
+        let n = c.responses[i].load(Relaxed);
+        let _ = writeln!(o, "{}{{code=\"{class}\"}} {n}", names::REQUESTS);
+    }
+}
+
+/// One level's counter sets, each with its labels. Families are named for the level, so a
+/// `sum()` over one never adds a site's count to its service's and its server's.
+struct Level {
+    name: &'static str,
+    sets: Vec<(String, Arc<Counters>)>,
+}
+
+/// Sites, routes, services, servers and TCP fronts, in that order.
+fn levels(v: &View<'_>) -> Vec<Level> {
+    let g = v.generation;
+    let mut site = Level::new("site");
+    let mut route = Level::new("route");
+    for (i, s) in g.rules.sites.iter().enumerate() {
+        site.add(format!("site=\"{}\"", Label(&s.name)), &g.sites[i]);
+        for (j, r) in s.routes.iter().enumerate() {
+            let l = format!("site=\"{}\",route=\"{}\"", Label(&s.name), Label(&r.name));
+            route.add(l, &g.routes[i][j]);
+        }
+    }
+    let mut service = Level::new("service");
+    for (i, s) in g.rules.services.iter().enumerate() {
+        service.add(format!("service=\"{}\"", Label(&s.name)), &g.services[i]);
+    }
+    let mut server = Level::new("server");
+    for (svc, colour, s) in g.rules.all_servers() {
+        let l = format!(
+            "service=\"{}\",colour=\"{}\",server=\"{}\"",
+            Label(&svc.name),
+            colour.as_str(),
+            Label(&s.name)
+        );
+        server.add(l, &g.servers[s.id]);
+    }
+    vec![site, route, service, server, listeners(v)]
+}
+
+/// TCP listeners and passthrough names.
+fn listeners(v: &View<'_>) -> Level {
+    let mut l = Level::new("listener");
+    for f in tcp_fronts(v) {
+        l.add(format!("listener=\"{}\"", Label(&f.name)), &f.counters);
+    }
+    l
+}
+
+/// A counter read from a set.
+type Get = fn(&Counters) -> u64;
+
+/// The families every level has: (suffix, kind, help, value).
+const COMMON: [(&str, &str, &str, Get); 4] = [
+    (
+        per_level::BYTES_IN,
+        "counter",
+        "Request body bytes received (TCP: bytes from clients).",
+        |c| c.bytes_in.load(Relaxed),
+    ),
+    (
+        per_level::BYTES_OUT,
+        "counter",
+        "Response body bytes sent (TCP: bytes to clients).",
+        |c| c.bytes_out.load(Relaxed),
+    ),
+    (
+        per_level::IN_FLIGHT,
+        "gauge",
+        "Requests (TCP: sessions) in flight now (HAProxy's scur).",
+        |c| c.current.load(Relaxed),
+    ),
+    (
+        per_level::IN_FLIGHT_MAX,
+        "gauge",
+        "Most requests (TCP: sessions) in flight at once (HAProxy's smax).",
+        |c| c.max_current.load(Relaxed),
+    ),
+];
+
+/// The families of HTTP levels: (suffix, kind, help, value).
+const HTTP: [(&str, &str, &str, Get); 7] = [
+    (
+        per_level::CONNECT_ERRORS,
+        "counter",
+        "Connection errors to servers.",
+        |c| c.connect_errors.load(Relaxed),
+    ),
+    (
+        per_level::RESPONSE_ERRORS,
+        "counter",
+        "Bad or missing answers from servers.",
+        |c| c.response_errors.load(Relaxed),
+    ),
+    (
+        per_level::REDISPATCHES,
+        "counter",
+        "Requests retried on another server.",
+        |c| c.redispatches.load(Relaxed),
+    ),
+    (
+        per_level::CLIENT_ABORTS,
+        "counter",
+        "Responses cut by the client (closed, or stopped reading).",
+        |c| c.client_aborts.load(Relaxed),
+    ),
+    (
+        per_level::SERVER_ABORTS,
+        "counter",
+        "Responses cut by the server (body broken, or stalled).",
+        |c| c.server_aborts.load(Relaxed),
+    ),
+    (
+        per_level::NO_SERVER,
+        "counter",
+        "Requests that found no usable server.",
+        |c| c.no_server.load(Relaxed),
+    ),
+    (
+        per_level::DENIED,
+        "counter",
+        "Requests refused by policy: deny rules, rate limits, allow-lists.",
+        |c| c.denied.load(Relaxed),
+    ),
+];
+
+impl Level {
+    fn new(name: &'static str) -> Self {
+        Level {
+            name,
+            sets: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, labels: String, c: &Arc<Counters>) {
+        self.sets.push((labels, c.clone()));
+    }
+
+    /// Every family of this level.
+    fn write(&self, o: &mut String) {
+        let tcp = self.name == "listener";
+        if tcp {
+            self.family(
+                o,
+                per_level::SESSIONS,
+                "counter",
+                "TCP sessions ended.",
+                |c| c.requests.load(Relaxed),
+            );
+        } else {
+            self.requests(o);
+        }
+        let extra: &[(&str, &str, &str, Get)] = if tcp { &[] } else { &HTTP };
+        for (suffix, kind, help, get) in COMMON.iter().chain(extra) {
+            self.family(o, suffix, kind, help, *get);
+        }
+        // Routes keep no histogram: a route's latency is its service's.
+        if !tcp && self.name != "route" {
+            self.histogram(o);
+        }
+    }
+
+    fn family(&self, o: &mut String, suffix: &str, kind: &str, help: &str, get: Get) {
+        let name = names::family(self.name, suffix);
+        head(o, &name, kind, help);
+        for (l, c) in &self.sets {
+            let _ = writeln!(o, "{name}{{{l}}} {}", get(c));
+        }
+    }
+
+    fn requests(&self, o: &mut String) {
+        let name = names::family(self.name, per_level::REQUESTS);
+        head(o, &name, "counter", "Requests answered, by status class.");
+        for (l, c) in &self.sets {
+            for (i, class) in CLASSES.iter().enumerate() {
+                let n = c.responses[i].load(Relaxed);
+                let _ = writeln!(o, "{name}{{{l},code=\"{class}\"}} {n}");
+            }
+        }
+    }
+
+    fn histogram(&self, o: &mut String) {
+        let name = names::family(self.name, per_level::RESPONSE_SECONDS);
+        head(
+            o,
+            &name,
+            "histogram",
+            "Response time to the response headers.",
+        );
+        for (l, c) in &self.sets {
+            let mut acc = 0;
+            for (i, n) in c.latency.snapshot().iter().enumerate() {
+                acc += n;
+                let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+                let _ = writeln!(o, "{name}_bucket{{{l},le=\"{le}\"}} {acc}");
+            }
+            let sum = c.latency.sum_us.load(Relaxed) as f64 / 1e6;
+            let _ = writeln!(o, "{name}_sum{{{l}}} {sum}\n{name}_count{{{l}}} {acc}");
+        }
+    }
 }
 
 /// A label value as the exposition format wants it: `\`, `"` and newlines escaped, so a

@@ -43,7 +43,7 @@ pub async fn admit<'r>(
         rate_limit(g, limit, key, rec)?;
     }
     let service: &Service = g.rules.service(fwd.service);
-    rec.service_index = Some(fwd.service);
+    rec.set_service(fwd.service);
     rec.log(|n| n.service = Some(service.name.clone()));
     rec.colour = fwd.colour.as_str();
     rec.backup = service.backup_page.clone();

@@ -122,7 +122,7 @@ pub async fn exchange(
     loop {
         // Origin-form (`/path?q`): the server reads the host from `Host`.
         *request.uri_mut() = Uri::from(t.path.clone());
-        rec.server_id = Some(server.id);
+        rec.set_server(server.id);
         rec.log(|n| n.server = Some(server.name.clone()));
         let sent = Instant::now();
         if attempt == 0 {

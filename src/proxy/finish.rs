@@ -74,6 +74,20 @@ pub struct Names {
     pub(super) server: Option<Arc<str>>,
 }
 
+/// One more request in flight in a counter set (`scur`, and `smax` when it grows).
+fn enter(c: Option<&Arc<Counters>>) {
+    if let Some(c) = c {
+        c.enter();
+    }
+}
+
+/// One request fewer in flight in a counter set.
+fn leave(c: Option<&Arc<Counters>>) {
+    if let Some(c) = c {
+        c.current.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 fn or_dash(name: &Option<Arc<str>>) -> &str {
     name.as_deref().unwrap_or("-")
 }
@@ -138,11 +152,48 @@ impl Record {
         let Some(site) = d.site else { return };
         self.log(|n| n.site = Some(site.name.clone()));
         self.site_index = Some(site.index);
+        enter(self.generation.sites.get(site.index));
         if let Some((i, route)) = d.route {
             self.route_index = Some(i);
+            enter(
+                self.generation
+                    .routes
+                    .get(site.index)
+                    .and_then(|r| r.get(i)),
+            );
             self.log(|n| n.route = Some(route.name.clone()));
             self.client = d.client.ip;
         }
+    }
+
+    /// Notes the service this request is sent to: in flight there until it finishes.
+    pub(super) fn set_service(&mut self, i: usize) {
+        self.service_index = Some(i);
+        enter(self.generation.services.get(i));
+    }
+
+    /// Notes the server this request is sent to (again on a retry): in flight on that
+    /// server, and no longer on the one it left.
+    pub(super) fn set_server(&mut self, id: usize) {
+        if self.server_id == Some(id) {
+            return;
+        }
+        leave(
+            self.server_id
+                .and_then(|old| self.generation.servers.get(old)),
+        );
+        self.server_id = Some(id);
+        enter(self.generation.servers.get(id));
+    }
+
+    /// Ends this request's time in flight (HAProxy's `scur`) at every level it entered.
+    fn leave_levels(&self) {
+        let g = &self.generation;
+        let site = self.site_index;
+        leave(site.and_then(|s| g.sites.get(s)));
+        leave(site.and_then(|s| g.routes.get(s)?.get(self.route_index?)));
+        leave(self.service_index.and_then(|i| g.services.get(i)));
+        leave(self.server_id.and_then(|i| g.servers.get(i)));
     }
 
     /// Notes a name for the access log; does nothing (takes no reference) while it is off.
@@ -213,6 +264,7 @@ impl Hold for Record {
         self.stats
             .frontend
             .leave(self.status, bytes_in, bytes_out, micros);
+        self.leave_levels();
         let g = &self.generation;
         let route = self
             .site_index
@@ -315,7 +367,10 @@ impl Record {
 pub(super) fn count_error(g: &Generation, rec: &Record, e: &ProxyError) {
     if matches!(
         e,
-        ProxyError::DeniedBy(..) | ProxyError::RateLimited(_) | ProxyError::Forbidden
+        ProxyError::Denied(_)
+            | ProxyError::DeniedBy(..)
+            | ProxyError::RateLimited(_)
+            | ProxyError::Forbidden
     ) {
         count_denied(g, rec, e);
     }
@@ -336,7 +391,8 @@ pub(super) fn count_error(g: &Generation, rec: &Record, e: &ProxyError) {
     }
 }
 
-/// A request refused by policy: the site's and route's `dreq`, and the rule's or limit's
+/// A request refused by policy (a deny route or rule, a limit, an allow-list; HAProxy's
+/// `http-request deny`): the site's and route's `dreq`, and the rule's or limit's
 /// own counter.
 fn count_denied(g: &Generation, rec: &Record, e: &ProxyError) {
     let one = |c: Option<&Arc<Counters>>| {

@@ -2,32 +2,51 @@
 //! service, colour, server, status class), never from raw hosts or paths, so the number
 //! of series is bounded by the rules file.
 
-/// Requests answered, by family label and status class.
+/// Requests answered by the whole process, by status class (one series per class).
 pub const REQUESTS: &str = "gatehouse_requests_total";
-/// TCP sessions ended (TCP listeners and passthrough names).
-pub const TCP_SESSIONS: &str = "gatehouse_tcp_sessions_total";
-/// Response-time histogram (to the response headers), seconds.
-pub const RESPONSE_SECONDS: &str = "gatehouse_response_seconds";
-/// Request body bytes received (TCP: bytes from clients).
-pub const BYTES_IN: &str = "gatehouse_bytes_in_total";
-/// Response body bytes sent.
-pub const BYTES_OUT: &str = "gatehouse_bytes_out_total";
-/// Requests in flight now.
-pub const IN_FLIGHT: &str = "gatehouse_requests_in_flight";
-/// Connection errors to servers.
-pub const CONNECT_ERRORS: &str = "gatehouse_connect_errors_total";
-/// Bad or missing answers from servers.
-pub const RESPONSE_ERRORS: &str = "gatehouse_response_errors_total";
-/// Requests retried on another server.
-pub const REDISPATCHES: &str = "gatehouse_redispatches_total";
-/// Responses cut by the client (HAProxy's `cli_abrt`).
-pub const CLIENT_ABORTS: &str = "gatehouse_client_aborts_total";
-/// Responses cut by the server (HAProxy's `srv_abrt`).
-pub const SERVER_ABORTS: &str = "gatehouse_server_aborts_total";
-/// Requests that found no usable server.
-pub const NO_SERVER: &str = "gatehouse_no_server_total";
-/// Requests refused by policy (deny rules, rate limits, allow-lists): HAProxy's `dreq`.
-pub const DENIED: &str = "gatehouse_denied_requests_total";
+/// The levels counters are kept at, as HAProxy's exporter splits `haproxy_frontend_*`,
+/// `haproxy_backend_*` and `haproxy_server_*`: each family belongs to one level, so `sum()`
+/// over a family counts every request once. `site` is HAProxy's frontend, `service` its
+/// backend; `listener` is a TCP front (sessions, not requests).
+pub const LEVELS: [&str; 5] = ["site", "route", "service", "server", "listener"];
+/// Per-level family suffixes: `gatehouse_<level>_<suffix>`.
+pub mod per_level {
+    /// Requests answered (`listener`: sessions ended), by status class.
+    pub const REQUESTS: &str = "requests_total";
+    /// TCP sessions ended (listener level).
+    pub const SESSIONS: &str = "sessions_total";
+    /// Request body bytes received (TCP: bytes from clients).
+    pub const BYTES_IN: &str = "bytes_in_total";
+    /// Response body bytes sent.
+    pub const BYTES_OUT: &str = "bytes_out_total";
+    /// Requests (sessions) in flight now: HAProxy's `scur`.
+    pub const IN_FLIGHT: &str = "in_flight";
+    /// Most in flight at once since start: HAProxy's `smax`.
+    pub const IN_FLIGHT_MAX: &str = "in_flight_max";
+    /// Response-time histogram (to the response headers), seconds.
+    pub const RESPONSE_SECONDS: &str = "response_seconds";
+    /// Connection errors to servers.
+    pub const CONNECT_ERRORS: &str = "connect_errors_total";
+    /// Bad or missing answers from servers.
+    pub const RESPONSE_ERRORS: &str = "response_errors_total";
+    /// Requests retried on another server.
+    pub const REDISPATCHES: &str = "redispatches_total";
+    /// Responses cut by the client (HAProxy's `cli_abrt`).
+    pub const CLIENT_ABORTS: &str = "client_aborts_total";
+    /// Responses cut by the server (HAProxy's `srv_abrt`).
+    pub const SERVER_ABORTS: &str = "server_aborts_total";
+    /// Requests that found no usable server.
+    pub const NO_SERVER: &str = "no_server_total";
+    /// Requests refused by policy (deny rules, rate limits, allow-lists): HAProxy's `dreq`.
+    pub const DENIED: &str = "denied_requests_total";
+}
+
+/// The name of a per-level family: `family("service", per_level::REQUESTS)` is
+/// `gatehouse_service_requests_total`.
+pub fn family(level: &str, suffix: &str) -> String {
+    format!("gatehouse_{level}_{suffix}")
+}
+
 /// Requests refused, by deny rule or rate limit (`kind`, `rule`).
 pub const POLICY_DENIED: &str = "gatehouse_policy_denied_total";
 /// Server up (1) or not (0) by health and admin state.

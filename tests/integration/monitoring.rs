@@ -128,7 +128,9 @@ async fn chromium_renders_the_stats_page() {
     );
 }
 
-/// A real prometheus scrapes /metrics; its query API returns the counts this test caused.
+/// A real prometheus scrapes /metrics; its query API returns the counts this test caused,
+/// and `sum()` over any family is the true total at that level (each family belongs to one
+/// level: site, route, service, server), as with HAProxy's exporter.
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_the_metrics() {
     let s = Stack::start().await;
@@ -138,6 +140,9 @@ async fn prometheus_scrapes_the_metrics() {
             c.get("data.localhost", &format!("/api/p{i}")).await.status,
             200
         );
+    }
+    for _ in 0..4 {
+        assert_eq!(c.get("data.localhost", "/").await.status, 200);
     }
     for _ in 0..3 {
         assert_eq!(
@@ -185,7 +190,7 @@ async fn prometheus_scrapes_the_metrics() {
         Duration::from_secs(30),
         async || {
             let body = http_get(&q(
-                "gatehouse_requests_total{service=\"api\",code=\"2xx\",server=\"\"}",
+                "gatehouse_service_requests_total{service=\"api\",code=\"2xx\"}",
             ))
             .await;
             let v: serde_json::Value = serde_json::from_str(&body).ok()?;
@@ -196,7 +201,7 @@ async fn prometheus_scrapes_the_metrics() {
     .await;
     assert_eq!(api, "7");
     let body = http_get(&q(
-        "gatehouse_requests_total{site=\"store\",route=\"store-deny\",code=\"4xx\"}",
+        "gatehouse_route_requests_total{site=\"store\",route=\"store-deny\",code=\"4xx\"}",
     ))
     .await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -204,6 +209,37 @@ async fn prometheus_scrapes_the_metrics() {
     let body = http_get(&q("gatehouse_pool_slots{pool=\"files\"}")).await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["data"]["result"][0]["value"][1], "20");
+    // 14 requests: 7 API and 4 UI forwarded, 3 refused on store before any service.
+    let sum = async |expr: &str| {
+        let body = http_get(&q(&format!("sum({expr})"))).await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .unwrap_or_else(|| panic!("{expr}: {body}"))
+            .to_string()
+    };
+    for (family, total) in [
+        ("gatehouse_requests_total", "14"),
+        ("gatehouse_site_requests_total", "14"),
+        ("gatehouse_route_requests_total", "14"),
+        ("gatehouse_service_requests_total", "11"),
+        ("gatehouse_server_requests_total", "11"),
+        ("gatehouse_site_response_seconds_count", "14"),
+        ("gatehouse_server_response_seconds_count", "11"),
+        ("gatehouse_site_denied_requests_total", "3"),
+        ("gatehouse_site_in_flight", "0"),
+    ] {
+        assert_eq!(sum(family).await, total, "sum({family})");
+    }
+    // Every request was in flight at its site, service and server once (HAProxy's smax).
+    for family in [
+        "gatehouse_site_in_flight_max",
+        "gatehouse_service_in_flight_max",
+        "gatehouse_server_in_flight_max",
+    ] {
+        let n: u64 = sum(family).await.parse().unwrap();
+        assert!(n >= 2, "sum({family}) = {n}");
+    }
 }
 
 /// Debian's prometheus-haproxy-exporter reads /stats;csv unchanged: server up/down,

@@ -50,6 +50,13 @@ async fn healthz_csv_json_metrics() {
         .sum();
     assert_eq!(per_server, 3);
     assert_eq!(row("api", "api-green-1")[stot], "0");
+    // Requests count as current sessions of their site and service while they run:
+    // none now, at least one at once since start (HAProxy's scur, smax).
+    let (scur, smax) = (stot - 3, stot - 2);
+    for (px, sv) in [("data", "FRONTEND"), ("api", "BACKEND")] {
+        assert_eq!(row(px, sv)[scur], "0", "{px} scur");
+        assert_ne!(row(px, sv)[smax], "0", "{px} smax");
+    }
     assert_eq!(
         s.stats_get("/stats?format=csv").await.1.lines().count(),
         csv.lines().count()
@@ -62,7 +69,7 @@ async fn healthz_csv_json_metrics() {
 
     let (_, metrics) = s.stats_get("/metrics").await;
     assert!(
-        metrics.contains("gatehouse_requests_total{service=\"api\",code=\"2xx\"} 3"),
+        metrics.contains("gatehouse_service_requests_total{service=\"api\",code=\"2xx\"} 3"),
         "{metrics}"
     );
 }

@@ -259,7 +259,7 @@ async fn redis_nodes_behind_a_tcp_listener() {
     );
     let sessions = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("gatehouse_tcp_sessions_total{listener=\"front\"} "))
+        .find_map(|l| l.strip_prefix("gatehouse_listener_sessions_total{listener=\"front\"} "))
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     assert!(sessions >= 10, "{metrics}");
