@@ -228,6 +228,13 @@ fn civil(t: SystemTime) -> (i64, &'static str, u32, String) {
     (year, MONTHS[(month - 1) as usize], day, hms)
 }
 
+/// `2026-12-06T05:12:34Z`, for JSON records beside the access log (the audit log).
+pub fn rfc3339(t: SystemTime) -> String {
+    let (y, mon, day, hms) = civil(t);
+    let m = MONTHS.iter().position(|x| *x == mon).map_or(1, |i| i + 1);
+    format!("{y:04}-{m:02}-{day:02}T{hms}Z")
+}
+
 fn millis(t: SystemTime) -> u32 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_millis())

@@ -71,6 +71,7 @@ pub fn offer(
                             tracing::warn!(
                                 "handover: a new process took over the listeners; draining"
                             );
+                            hand_main_pid(&conn);
                             on_drain();
                             let _ = (&conn).write_all(b"ok\n");
                         }
@@ -81,6 +82,48 @@ pub fn offer(
             }
         })?;
     Ok(offer)
+}
+
+/// Under systemd, makes the successor that took over the unit's main process (`MAINPID=`),
+/// so the unit follows it and does not take this one's exit for the service stopping.
+/// Without systemd (`$NOTIFY_SOCKET` unset) it does nothing.
+fn hand_main_pid(conn: &UnixStream) {
+    if let Ok(cred) = rustix::net::sockopt::socket_peercred(conn) {
+        let pid = cred.pid.as_raw_nonzero().get().unsigned_abs();
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::MainPid(pid)]);
+    }
+}
+
+/// Starts this program again with `--upgrade` (on SIGUSR2): the successor takes the
+/// listening sockets over and this process drains. Started by the running process, the
+/// successor is inside the same systemd unit, so a binary upgrade is `systemctl kill -s
+/// USR2` with no process outside the unit. The path is the one this process was started
+/// by, so a binary replaced there is the one that starts. Returns the successor's PID.
+pub fn spawn_successor() -> std::io::Result<u32> {
+    let mut args = std::env::args_os();
+    let exe = args
+        .next()
+        .ok_or_else(|| std::io::Error::other("no program name in argv"))?;
+    let mut rest: Vec<std::ffi::OsString> = args.collect();
+    if !rest.iter().any(|a| a == "--upgrade") {
+        let at = rest.iter().position(|a| a == "run").map_or(0, |i| i + 1);
+        rest.insert(at, "--upgrade".into());
+    }
+    let mut child = std::process::Command::new(exe)
+        .args(rest)
+        .stdin(std::process::Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    // Reaped here: a successor that fails (bad config, bad binary) is reported, and this
+    // process goes on serving.
+    std::thread::spawn(move || {
+        if let Ok(status) = child.wait()
+            && !status.success()
+        {
+            tracing::error!(pid, %status, "upgrade: the successor exited; still serving");
+        }
+    });
+    Ok(pid)
 }
 
 fn send(conn: &UnixStream, sockets: &[(String, std::net::TcpListener)]) -> std::io::Result<()> {

@@ -24,7 +24,7 @@
 //!   `generation`: a live rule set plus the state indexed by it.
 //! - `deadline`: coarse response deadlines. `memory`: returning freed memory.
 //! - `accesslog`: one line per request (text, HAProxy httplog, JSON) to stderr, a file
-//!   or syslog.
+//!   or syslog. `audit`: every change as one JSON line, with who; the last ten kept.
 //!
 //! **Request path**:
 //! - `upstream/`: keep-alive connections to the servers (hyper's client, and the direct
@@ -52,6 +52,7 @@
 pub mod accept;
 pub mod accesslog;
 pub mod admin;
+pub mod audit;
 pub mod body;
 pub mod check;
 pub mod cli;

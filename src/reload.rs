@@ -9,7 +9,7 @@
 use crate::config::Config;
 use crate::generation::Generation;
 use crate::proxy::Shared;
-use crate::rules::{self, RuleSet};
+use crate::rules;
 use crate::tls::CertStore;
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
@@ -58,6 +58,8 @@ pub struct Reloader {
     /// A digest of the certificate and key files last loaded, so a change of those files
     /// alone reloads the certificates.
     certs_digest: AtomicU64,
+    /// The rules files as last applied, parsed, for the audit log's list of changes.
+    tree: std::sync::Mutex<serde_json::Value>,
 }
 
 /// A digest of the certificate and key files' bytes.
@@ -105,6 +107,7 @@ impl Reloader {
             lock: tokio::sync::Mutex::new(digest),
             changes: tokio::sync::Notify::new(),
             certs_digest: AtomicU64::new(certs_digest(&config)),
+            tree: std::sync::Mutex::new(crate::rules::diff::tree(&config.rules)),
             config,
         })
     }
@@ -138,7 +141,7 @@ impl Reloader {
                     tracing::warn!("{w}");
                 }
                 let prev = self.shared.state.load_full();
-                let changes = audit(&prev.rules, &set);
+                let changes = self.changes_since_last();
                 // The digest of what is now serving (its list files may differ).
                 let digest = rules_digest(&self.config.rules, &set.list_files);
                 let next =
@@ -152,7 +155,11 @@ impl Reloader {
                     error: None,
                     generation: number,
                 }));
-                tracing::info!(target: "audit", generation = number, trigger = why, "rules reloaded: {changes}");
+                crate::audit::record(
+                    why,
+                    "reload",
+                    serde_json::json!({ "generation": number, "changes": changes }),
+                );
                 true
             }
             Err(diags) => {
@@ -162,6 +169,11 @@ impl Reloader {
                     generation,
                     trigger = why,
                     "reload refused, old rules keep serving:\n{diags}"
+                );
+                crate::audit::record(
+                    why,
+                    "reload_refused",
+                    serde_json::json!({ "generation": generation, "error": diags.to_string() }),
                 );
                 self.status.store(Arc::new(ReloadStatus {
                     at: SystemTime::now(),
@@ -233,7 +245,7 @@ impl Reloader {
             return false;
         }
         self.reload_certs();
-        tracing::info!(target: "audit", trigger = "file change", "certificates reloaded");
+        crate::audit::record("file watcher", "certificates", serde_json::json!({}));
         true
     }
 
@@ -333,79 +345,14 @@ fn monotonic_now() -> sd_notify::NotifyState<'static> {
     sd_notify::NotifyState::MonotonicUsec(usec)
 }
 
-/// What changed between two rule sets, for the audit log: live colours, servers, pools, routes.
-pub fn audit(prev: &RuleSet, next: &RuleSet) -> String {
-    let mut out = Vec::new();
-    for s in &next.services {
-        match prev.services.iter().find(|p| p.name == s.name) {
-            None => out.push(format!("service {} added", s.name)),
-            Some(p) => {
-                if p.live != s.live {
-                    out.push(format!(
-                        "service {} live {} -> {}",
-                        s.name,
-                        p.live.as_str(),
-                        s.live.as_str()
-                    ));
-                }
-                let names = |svc: &crate::rules::Service| {
-                    let mut v: Vec<String> = svc
-                        .blue
-                        .servers
-                        .iter()
-                        .chain(&svc.green.servers)
-                        .map(|x| format!("{}={}", x.name, x.addr))
-                        .collect();
-                    v.sort();
-                    v
-                };
-                let (a, b) = (names(p), names(s));
-                for x in b.iter().filter(|x| !a.contains(x)) {
-                    out.push(format!("service {} server {x} added", s.name));
-                }
-                for x in a.iter().filter(|x| !b.contains(x)) {
-                    out.push(format!("service {} server {x} removed", s.name));
-                }
-            }
-        }
-    }
-    for p in prev
-        .services
-        .iter()
-        .filter(|p| !next.services.iter().any(|s| s.name == p.name))
-    {
-        out.push(format!("service {} removed", p.name));
-    }
-    for p in &next.pools {
-        match prev.pools.iter().find(|x| x.name == p.name) {
-            Some(x) if x != p => out.push(format!(
-                "pool {} slots {}->{} queue {}->{} queue_timeout {:?}->{:?}",
-                p.name, x.slots, p.slots, x.queue, p.queue, x.queue_timeout, p.queue_timeout
-            )),
-            None => out.push(format!("pool {} added", p.name)),
-            _ => {}
-        }
-    }
-    let routes = |r: &RuleSet| -> Vec<String> {
-        r.sites
-            .iter()
-            .flat_map(|s| {
-                s.routes
-                    .iter()
-                    .map(move |x| format!("{}/{}", s.name, x.name))
-            })
-            .collect()
-    };
-    let (a, b) = (routes(prev), routes(next));
-    for x in b.iter().filter(|x| !a.contains(x)) {
-        out.push(format!("route {x} added"));
-    }
-    for x in a.iter().filter(|x| !b.contains(x)) {
-        out.push(format!("route {x} removed"));
-    }
-    if out.is_empty() {
-        "no changes".into()
-    } else {
-        out.join("; ")
+impl Reloader {
+    /// What changed in the rules files since the last applied reload (then remembers
+    /// these files as applied).
+    fn changes_since_last(&self) -> Vec<crate::rules::diff::Change> {
+        let next = crate::rules::diff::tree(&self.config.rules);
+        let mut tree = self.tree.lock().unwrap_or_else(|p| p.into_inner());
+        let changes = crate::rules::diff::diff(&tree, &next);
+        *tree = next;
+        changes
     }
 }

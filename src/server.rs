@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 /// A started proxy: its bound addresses and the handles to reload and stop it.
 pub struct Running {
+    /// Whether the config has an `upgrade_socket` (SIGUSR2 can start a successor).
+    upgradable: bool,
     /// Bound HTTPS addresses (ports resolved when the config said 0).
     pub https: Vec<SocketAddr>,
     /// Bound plain-HTTP addresses.
@@ -332,6 +334,7 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
         .chain(config.upgrade_socket.as_deref())
         .collect();
     crate::runtime_api::refuse_if_running(&sockets, upgrade)?;
+    crate::audit::init(config.audit_log.clone());
     crate::accesslog::open(&config.access_log_to)
         .with_context(|| format!("cannot open the access log ({:?})", config.access_log_to))?;
     let (inherited, old) = take_over(&config, upgrade)?;
@@ -387,6 +390,7 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
         crate::handover::drain_old(&mut old).context("cannot tell the old process to drain")?;
     }
     Ok(Running {
+        upgradable: config.upgrade_socket.is_some(),
         offer,
         drain_requested,
         https,
@@ -524,6 +528,19 @@ impl Running {
         self.reloader.reload(why).await
     }
 
+    /// SIGUSR2: starts a successor of this program with `--upgrade` (see
+    /// [`crate::handover::spawn_successor`]); this process drains once it has taken over.
+    fn upgrade(&self) {
+        if !self.upgradable {
+            tracing::error!("SIGUSR2: no upgrade_socket in the config; nothing started");
+            return;
+        }
+        match crate::handover::spawn_successor() {
+            Ok(pid) => tracing::warn!(pid, "SIGUSR2: started a successor to take over"),
+            Err(e) => tracing::error!(error = %e, "SIGUSR2: cannot start a successor"),
+        }
+    }
+
     /// Stops accepting and waits for the workers to drain (each up to the drain deadline).
     pub async fn shutdown(self) {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -547,11 +564,13 @@ impl Running {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut usr1 = signal(SignalKind::user_defined1())?;
+        let mut usr2 = signal(SignalKind::user_defined2())?;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         loop {
             tokio::select! {
-                _ = hup.recv() => { self.reload("SIGHUP").await; }
+                _ = hup.recv() => { self.reload("signal SIGHUP").await; }
                 _ = usr1.recv() => crate::accesslog::reopen(),
+                _ = usr2.recv() => self.upgrade(),
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = self.drain_requested.cancelled() => break,

@@ -174,6 +174,7 @@ pub fn html(v: &View<'_>) -> String {
         }
         o.push_str("</table>");
     }
+    recent_changes(&mut o, &crate::audit::recent());
     let fronts = tcp_fronts(v);
     if !fronts.is_empty() {
         o.push_str("<h2>TCP <small>listeners and passthrough names</small></h2><table id=\"tcp\"><tr><th>frontend</th><th>listens</th><th>sessions now</th><th>max</th><th>limit</th><th>total</th><th>bytes in</th><th>bytes out</th><th>no server</th></tr>");
@@ -331,4 +332,58 @@ pub fn html(v: &View<'_>) -> String {
     }
     o.push_str("<p style=\"color:#6b7385\">Also: <a href=\"/stats;csv\">CSV (HAProxy layout)</a> · <a href=\"/stats?format=json\">JSON</a> · <a href=\"/metrics\">Prometheus</a> · <a href=\"/stats?refresh=5\">auto-refresh</a></p></main></body></html>");
     o
+}
+
+/// The last ten audited changes, newest first (the audit file has them all).
+fn recent_changes(o: &mut String, entries: &[crate::audit::Entry]) {
+    if entries.is_empty() {
+        return;
+    }
+    o.push_str("<h2>Recent changes <small>the audit log's last ten</small></h2><table id=\"audit\"><tr><th>time (UTC)</th><th>who</th><th>action</th><th>what</th></tr>");
+    for e in entries {
+        let _ = write!(
+            o,
+            "<tr data-action=\"{a}\"><td>{}</td><td>{}</td><td>{a}</td><td class=\"what\">{}</td></tr>",
+            escape(&e.time),
+            escape(&e.who),
+            escape(&summary(e)),
+            a = escape(&e.action),
+        );
+    }
+    o.push_str("</table>");
+}
+
+/// One line for an audit entry: a reload's changed keys (`path: from → to`), else its
+/// details as `key=value`.
+fn summary(e: &crate::audit::Entry) -> String {
+    let short = |v: Option<&serde_json::Value>| {
+        let t = v.map_or("–".to_string(), |v| v.to_string());
+        if t.len() > 60 {
+            format!("{}…", &t[..t.floor_char_boundary(60)])
+        } else {
+            t
+        }
+    };
+    if let Some(serde_json::Value::Array(changes)) = e.detail.get("changes") {
+        if changes.is_empty() {
+            return "no change in the rules files".into();
+        }
+        let mut parts: Vec<String> = changes
+            .iter()
+            .take(5)
+            .map(|c| {
+                let path = c.get("path").and_then(|p| p.as_str()).unwrap_or("?");
+                format!("{path}: {} → {}", short(c.get("from")), short(c.get("to")))
+            })
+            .collect();
+        if changes.len() > 5 {
+            parts.push(format!("and {} more", changes.len() - 5));
+        }
+        return parts.join("; ");
+    }
+    e.detail
+        .iter()
+        .map(|(k, v)| format!("{k}={}", short(Some(v))))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

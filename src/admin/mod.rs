@@ -222,7 +222,7 @@ async fn answer(
                 "reload only from loopback\n".into(),
             ));
         }
-        let applied = admin.reloader.reload("gatehouse reload").await;
+        let applied = admin.reloader.reload(&who(peer, &req)).await;
         let status = admin.reloader.status.load();
         return Ok(match (&status.error, applied) {
             (_, true) => plain(
@@ -315,6 +315,26 @@ fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
     constant_time_eq(&given, format!("{user}:{password}").as_bytes())
 }
 
+/// Who sent an admin request, for the audit log: `http 10.0.0.5 user=ops` (the user named
+/// in the credentials it passed; `authorized` checked them).
+fn who(peer: SocketAddr, req: &Request<Incoming>) -> String {
+    let user = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok()?.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.split_once(':').map(|(u, _)| u.to_string()));
+    match user {
+        Some(u) => format!("http {} user={u}", peer.ip()),
+        None => format!("http {}", peer.ip()),
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -332,6 +352,7 @@ async fn admin_action(
             "admin actions are disabled (stats.admin)\n".into(),
         );
     };
+    let who = who(peer, &req);
     let body = match http_body_util::Limited::new(req.into_body(), 4096)
         .collect()
         .await
@@ -386,7 +407,8 @@ async fn admin_action(
     };
     let before = s.status();
     s.set_admin(state);
-    tracing::warn!(target: "audit", %peer, server, from = before, to = s.status(), "admin action from the stats page");
+    let detail = serde_json::json!({ "server": server, "from": before, "to": s.status() });
+    crate::audit::record(&who, "server_state", detail);
     admin.reloader.state_changed();
     let mut r = plain(
         StatusCode::SEE_OTHER,

@@ -61,6 +61,10 @@ pub struct ConfigFile {
     /// so a restart or an upgrade starts from them (HAProxy's `server-state-file`).
     #[serde(default)]
     pub state_file: Option<String>,
+    /// Where every change (reloads with what changed, admin and socket actions, switches)
+    /// is appended as one JSON line.
+    #[serde(default)]
+    pub audit_log: Option<String>,
 }
 
 /// The runtime socket: where, and who may use it (its file mode and owner are the access

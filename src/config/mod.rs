@@ -68,6 +68,8 @@ pub struct Config {
     pub runtime_socket: Option<RuntimeSocket>,
     /// Where server states are kept across restarts, when configured.
     pub state_file: Option<PathBuf>,
+    /// The audit log file (JSON lines), when configured.
+    pub audit_log: Option<PathBuf>,
 }
 
 /// The runtime API socket: path, mode and owner.
@@ -206,17 +208,48 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, Diagnostics> {
         let text = read_file(path, path, Pos::default())?;
         let raw: ConfigFile = parse_yaml(path, &text)?;
-        validate(path, raw)
+        validate(path, raw, &Dirs::from_env())
     }
 }
 
-fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
+/// Where relative paths of files the process writes are taken from. Under systemd these
+/// are the directories the unit declares (`RuntimeDirectory=`, `StateDirectory=`, passed
+/// as `$RUNTIME_DIRECTORY` and `$STATE_DIRECTORY`), since the config's own folder is
+/// read-only there; elsewhere the config's folder.
+#[derive(Debug, Default)]
+pub struct Dirs {
+    /// For sockets (`upgrade_socket`, `runtime_socket.path`).
+    pub runtime: Option<PathBuf>,
+    /// For `state_file`.
+    pub state: Option<PathBuf>,
+    /// For `audit_log` (`LogsDirectory=`, `$LOGS_DIRECTORY`).
+    pub logs: Option<PathBuf>,
+}
+
+impl Dirs {
+    /// Reads systemd's directory variables (the first path of each).
+    pub fn from_env() -> Dirs {
+        let var = |name: &str| {
+            let v = std::env::var_os(name)?;
+            let first = v.to_str()?.split(':').next()?.to_string();
+            (!first.is_empty()).then(|| PathBuf::from(first))
+        };
+        Dirs {
+            runtime: var("RUNTIME_DIRECTORY"),
+            state: var("STATE_DIRECTORY"),
+            logs: var("LOGS_DIRECTORY"),
+        }
+    }
+}
+
+fn validate(path: &Path, raw: ConfigFile, dirs: &Dirs) -> Result<Config, Diagnostics> {
     let mut c = Check {
         path,
         diags: Diagnostics::default(),
     };
     let base = path.parent().unwrap_or(Path::new("."));
     let resolve = |p: &str| lexical(&base.join(p));
+    let in_dir = |dir: &Option<PathBuf>, p: &str| lexical(&dir.as_deref().unwrap_or(base).join(p));
     let l = &raw.listeners;
     let https = c.addrs(l.https.iter().flat_map(|h| h.bind.iter()));
     let http = c.addrs(l.http.iter().flat_map(|h| h.bind.iter()));
@@ -255,7 +288,7 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         .max(1);
     let dns = c.dns(raw.dns.as_ref());
     let runtime_socket = raw.runtime_socket.as_ref().map(|r| RuntimeSocket {
-        path: resolve(&r.value.path),
+        path: in_dir(&dirs.runtime, &r.value.path),
         mode: c.file_mode(r.value.mode.as_ref()),
         user: r.value.user.clone(),
         group: r.value.group.clone(),
@@ -282,10 +315,14 @@ fn validate(path: &Path, raw: ConfigFile) -> Result<Config, Diagnostics> {
         access_log_to,
         request_id: raw.request_id,
         workers,
-        upgrade_socket: raw.upgrade_socket.as_deref().map(resolve),
+        upgrade_socket: raw
+            .upgrade_socket
+            .as_deref()
+            .map(|p| in_dir(&dirs.runtime, p)),
         dns,
         runtime_socket,
-        state_file: raw.state_file.as_deref().map(resolve),
+        state_file: raw.state_file.as_deref().map(|p| in_dir(&dirs.state, p)),
+        audit_log: raw.audit_log.as_deref().map(|p| in_dir(&dirs.logs, p)),
     })
 }
 

@@ -122,11 +122,44 @@ fn previous_path(p: &Path) -> PathBuf {
 /// old file as `<file>.previous` for `--rollback`.
 pub fn switch(config: &Config, service: &str, colour: Colour, force: bool) -> anyhow::Result<()> {
     let healthy = healthy_servers(config, service, colour);
-    for line in switch_file(config, service, colour, force, healthy)? {
+    let lines = switch_file(config, service, colour, force, healthy)?;
+    for line in &lines {
         println!("{line}");
     }
+    let detail = serde_json::json!({ "service": service, "to": colour.as_str(), "file": lines });
+    audit(config, "colour", detail);
     tell_running(config);
     Ok(())
+}
+
+/// Appends the CLI's own change to the audit file (the running process then logs the
+/// reload it causes, with what changed).
+fn audit(config: &Config, action: &str, detail: serde_json::Value) {
+    let Some(file) = &config.audit_log else {
+        return;
+    };
+    if let Err(e) = crate::audit::append_to(file, &cli_who(), action, detail) {
+        eprintln!(
+            "warning: cannot write the audit log {}: {e}",
+            file.display()
+        );
+    }
+}
+
+/// `cli uid=0 user=alice`: the uid running the command and the user who asked for it
+/// (`$SUDO_USER` under sudo, else `$USER`).
+fn cli_who() -> String {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("Uid:"))?.to_string();
+            line.split_whitespace().nth(1).map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".into());
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "?".into());
+    format!("cli uid={uid} user={user}")
 }
 
 /// The switch's file edit and its checks, given how many servers of the new colour are
@@ -233,6 +266,8 @@ pub fn rollback(config: &Config) -> anyhow::Result<()> {
             println!("{}: restored the previous rules", path.display());
         }
     }
+    let files: Vec<String> = restored.iter().map(|p| p.display().to_string()).collect();
+    audit(config, "rollback", serde_json::json!({ "files": files }));
     tell_running(config);
     Ok(())
 }

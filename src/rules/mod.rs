@@ -6,6 +6,7 @@
 //! compiles a new one and swaps it in whole.
 
 pub mod compile;
+pub mod diff;
 pub mod fasthash;
 pub mod file;
 pub mod matcher;

@@ -89,7 +89,10 @@ impl Api {
         };
         let before = s.status();
         s.set_admin(st);
-        tracing::warn!(target: "audit", who, server = t.server, service = t.backend, from = before, to = s.status(), "server state set on the runtime socket");
+        let detail = serde_json::json!({
+            "service": t.backend, "server": t.server, "from": before, "to": s.status(),
+        });
+        crate::audit::record(who, "server_state", detail);
         self.reloader.state_changed();
         String::new()
     }
@@ -107,7 +110,11 @@ impl Api {
         };
         s.set_weight((new != s.initial_weight()).then_some(new));
         let generation = self.reloader.rebuild("runtime weight").await;
-        tracing::warn!(target: "audit", who, server = t.server, service = t.backend, from = before, to = new, generation, "server weight set on the runtime socket");
+        let detail = serde_json::json!({
+            "service": t.backend, "server": t.server, "from": before, "to": new,
+            "generation": generation,
+        });
+        crate::audit::record(who, "server_weight", detail);
         self.reloader.state_changed();
         String::new()
     }
@@ -168,7 +175,9 @@ impl Api {
             Ok(Err(e)) => return format!("{e:#}\n"),
             Err(e) => return format!("switch failed: {e}\n"),
         };
-        tracing::warn!(target: "audit", who, service, colour = colour.as_str(), "live colour switched on the runtime socket");
+        let detail =
+            serde_json::json!({ "service": service, "to": colour.as_str(), "file": lines });
+        crate::audit::record(who, "colour", detail);
         let mut out = lines.join("\n");
         out.push('\n');
         out.push_str(&self.reload(who).await);
@@ -176,10 +185,7 @@ impl Api {
     }
 
     async fn reload(&self, who: &str) -> String {
-        let applied = self
-            .reloader
-            .reload(&format!("runtime socket ({who})"))
-            .await;
+        let applied = self.reloader.reload(who).await;
         let status = self.reloader.status.load();
         match (&status.error, applied) {
             (_, true) => format!("reloaded: generation {}\n", status.generation),

@@ -28,6 +28,7 @@ const ORDER: &[&str] = &[
     "deadline",
     "memory",
     "accesslog",
+    "audit",
     // request path
     "upstream",
     "proxy",

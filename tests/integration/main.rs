@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod access_log;
+mod audit;
 mod bluegreen;
 mod certificates;
 mod check_cmd;
@@ -24,6 +25,7 @@ mod routing;
 mod runtime_api;
 mod servers;
 mod stats;
+mod systemd;
 mod tcp;
 mod tls_stream;
 mod transfer;
