@@ -1,12 +1,13 @@
 //! The HAProxy-compatible CSV (`/stats;csv`): FRONTEND rows per site, BACKEND and server rows per service.
 
-use super::view::{View, algo, tcp_fronts};
+use super::view::{View, tcp_fronts};
 use crate::rules::Colour;
-use crate::stats::Counters;
+use crate::stats::{Counters, Kind, Stats};
 use std::sync::atomic::Ordering::Relaxed;
 
-/// HAProxy's CSV columns (management guide §9.1), in order, up to `dses`.
-pub const CSV_HEADER: &str = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,comp_in,comp_out,comp_byp,comp_rsp,lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,agent_status,agent_code,agent_duration,check_desc,agent_desc,check_rise,check_fall,check_health,agent_rise,agent_fall,agent_health,addr,cookie,mode,algo,conn_rate,conn_rate_max,conn_tot,intercepted,dcon,dses,";
+/// HAProxy 2.6's CSV columns (management guide §9.1), in order, up to `agg_check_status`
+/// (the per-protocol columns after it are left out: Gatehouse keeps no such counts).
+pub const CSV_HEADER: &str = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,comp_in,comp_out,comp_byp,comp_rsp,lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,agent_status,agent_code,agent_duration,check_desc,agent_desc,check_rise,check_fall,check_health,agent_rise,agent_fall,agent_health,addr,cookie,mode,algo,conn_rate,conn_rate_max,conn_tot,intercepted,dcon,dses,wrew,connect,reuse,cache_lookups,cache_hits,srv_icur,src_ilim,qtime_max,ctime_max,rtime_max,ttime_max,eint,idle_conn_cur,safe_conn_cur,used_conn_cur,need_conn_est,uweight,agg_server_status,agg_server_check_status,agg_check_status,";
 
 /// Column positions of the CSV header, computed once.
 fn columns() -> &'static std::collections::HashMap<&'static str, usize> {
@@ -78,6 +79,41 @@ impl Row {
         let n = c.requests.load(Relaxed);
         let avg_ms = c.total_time_us.load(Relaxed).checked_div(n).unwrap_or(0) / 1000;
         self.set("ttime", avg_ms);
+        // To the response headers (HAProxy's `rtime`), averaged over every request.
+        let timed: u64 = c.latency.snapshot().iter().sum();
+        let rtime_ms = c
+            .latency
+            .sum_us
+            .load(Relaxed)
+            .checked_div(timed)
+            .unwrap_or(0)
+            / 1000;
+        self.set("rtime", rtime_ms);
+    }
+
+    /// `rate` and `rate_max` from the stats sampler (requests per second).
+    fn rates(&mut self, stats: &Stats, kind: Kind, name: &std::sync::Arc<str>) {
+        let (now, max) = stats.rate(kind, name);
+        self.set("rate", now);
+        self.set("rate_max", max);
+    }
+
+    /// Columns HAProxy fills with zero where Gatehouse's count is zero by design too: no
+    /// compression, cache, response denial, failed header rewrite, interception or
+    /// connection denial at this level.
+    fn none_by_design(&mut self, cols: &[&str]) {
+        for c in cols {
+            self.set(c, 0);
+        }
+    }
+
+    /// Empties columns HAProxy leaves empty for this kind of row.
+    fn clear(&mut self, cols: &[&str]) {
+        for c in cols {
+            if let Some(&i) = columns().get(c) {
+                self.cells[i].clear();
+            }
+        }
     }
 
     fn write(&self, out: &mut String) {
@@ -136,6 +172,14 @@ pub fn csv_where(v: &View<'_>, filter: Filter) -> String {
         }
         let mut r = Row::new(&site.name, "FRONTEND", 0, i + 1);
         r.counters(&g.sites[i]);
+        r.rates(v.stats, Kind::Site, &site.name);
+        let (now, max) = v.stats.rate(Kind::Site, &site.name);
+        r.set("req_rate", now);
+        r.set("req_rate_max", max);
+        r.set("rate_lim", 0);
+        r.set("sid", 0);
+        r.none_by_design(&FRONTEND_ZEROS);
+        r.clear(&FRONTEND_EMPTY);
         r.set("status", "OPEN");
         r.set("mode", "http");
         r.write(&mut out);
@@ -164,6 +208,11 @@ pub fn csv_where(v: &View<'_>, filter: Filter) -> String {
                 let h = &g.health[s.id];
                 let mut r = Row::new(&svc.name, &s.name, 2, iid);
                 r.counters(&g.servers[s.id]);
+                r.rates(v.stats, Kind::Server, &s.name);
+                r.set("lbtot", g.servers[s.id].requests.load(Relaxed));
+                r.set("uweight", h.weight());
+                r.none_by_design(&["dresp", "wrew"]);
+                r.clear(&["dreq"]);
                 r.set("scur", h.active.load(Relaxed));
                 r.set("status", h.status());
                 r.set("weight", s.weight);
@@ -197,6 +246,7 @@ pub fn csv_where(v: &View<'_>, filter: Filter) -> String {
                         r.set("check_code", code);
                     }
                     r.set("check_duration", h.last_check_ms.load(Relaxed));
+                    r.set("check_desc", check_desc(status));
                 }
                 if colour == live && h.usable() {
                     if s.backup {
@@ -216,24 +266,61 @@ pub fn csv_where(v: &View<'_>, filter: Filter) -> String {
         let c = &g.services[i];
         let mut r = Row::new(&svc.name, "BACKEND", 1, iid);
         r.counters(c);
+        r.rates(v.stats, Kind::Service, &svc.name);
+        r.set("lbtot", c.requests.load(Relaxed));
+        r.set("sid", 0);
+        r.set("chkdown", 0);
+        r.none_by_design(&[
+            "dresp", "wrew", "comp_in", "comp_out", "comp_byp", "comp_rsp",
+        ]);
+        r.none_by_design(&["cache_lookups", "cache_hits"]);
         r.set("qcur", c.queued.load(Relaxed));
         r.set("qmax", c.max_queued.load(Relaxed));
         r.set("status", if act + bck > 0 { "UP" } else { "DOWN" });
         r.set("act", act);
         r.set("bck", bck);
-        r.set(
-            "weight",
-            svc.servers(live)
-                .iter()
-                .filter(|s| !s.backup)
-                .map(|s| s.weight)
-                .sum::<u32>(),
-        );
+        let weight = svc
+            .servers(live)
+            .iter()
+            .filter(|s| !s.backup)
+            .map(|s| s.weight)
+            .sum::<u32>();
+        r.set("weight", weight);
+        r.set("uweight", weight);
         r.set("mode", svc.mode_str());
-        r.set("algo", algo(svc.balance));
         r.set("lastchg", uptime);
         r.set("downtime", 0);
         r.write(&mut out);
     }
     out
+}
+
+/// Counts a site never has (see `Row::none_by_design`).
+const FRONTEND_ZEROS: [&str; 11] = [
+    "dresp",
+    "comp_in",
+    "comp_out",
+    "comp_byp",
+    "comp_rsp",
+    "intercepted",
+    "dcon",
+    "dses",
+    "wrew",
+    "cache_lookups",
+    "cache_hits",
+];
+
+/// Server-side columns HAProxy leaves empty on a frontend row.
+const FRONTEND_EMPTY: [&str; 8] = [
+    "econ", "eresp", "wretr", "wredis", "cli_abrt", "srv_abrt", "rtime", "ttime",
+];
+
+/// HAProxy's text for a check result (`check_desc`).
+fn check_desc(status: &str) -> &'static str {
+    match status {
+        "L7OK" => "Layer7 check passed",
+        "L7STS" => "Layer7 wrong status",
+        "L4OK" => "Layer4 check passed",
+        _ => "Layer4 connection problem",
+    }
 }

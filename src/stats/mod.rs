@@ -221,6 +221,19 @@ type Sample = (
 struct Samples {
     /// (when, total requests, latency buckets per named counter set)
     ring: std::collections::VecDeque<Sample>,
+    /// Per named counter set: (when, requests) at the last sample, and the request rate
+    /// (per second) between the last two samples and its highest since start (HAProxy's
+    /// `rate` and `rate_max`, over the sampling interval rather than one second).
+    rates: HashMap<(Kind, Arc<str>), Rate>,
+}
+
+/// One counter set's request rate, from the sampler.
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    at: Instant,
+    requests: u64,
+    now: f64,
+    max: f64,
 }
 
 /// How far back "recent" reaches on the stats page.
@@ -307,14 +320,30 @@ impl Stats {
     /// Takes a snapshot for rates and recent percentiles; called every few seconds by the
     /// stats listener's sampler, never on the request path.
     pub fn sample(&self) {
-        let latency: HashMap<_, _> = self
-            .snapshot()
-            .into_iter()
-            .map(|(k, n, c)| ((k, n), c.latency.snapshot()))
+        let sets = self.snapshot();
+        let latency: HashMap<_, _> = sets
+            .iter()
+            .map(|(k, n, c)| ((*k, n.clone()), c.latency.snapshot()))
             .collect();
         let total = self.frontend.requests.load(Ordering::Relaxed);
         let mut s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
+        for (k, n, c) in &sets {
+            let requests = c.requests.load(Ordering::Relaxed);
+            let fresh = Rate {
+                at: now,
+                requests,
+                now: 0.0,
+                max: 0.0,
+            };
+            let r = s.rates.entry((*k, n.clone())).or_insert(fresh);
+            let secs = now.duration_since(r.at).as_secs_f64();
+            if secs > 0.0 {
+                r.now = requests.saturating_sub(r.requests) as f64 / secs;
+                r.max = r.max.max(r.now);
+                (r.at, r.requests) = (now, requests);
+            }
+        }
         s.ring.push_back((now, total, latency));
         while s.ring.len() > 2
             && s.ring
@@ -334,6 +363,15 @@ impl Stats {
             }
             _ => 0.0,
         }
+    }
+
+    /// Requests per second of one counter set between the last two samples, and the
+    /// highest such rate since start (rounded up, as HAProxy shows whole numbers).
+    pub fn rate(&self, kind: Kind, name: &Arc<str>) -> (u64, u64) {
+        let s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        s.rates
+            .get(&(kind, name.clone()))
+            .map_or((0, 0), |r| (r.now.ceil() as u64, r.max.ceil() as u64))
     }
 
     /// p50 and p99 response time (ms) of one counter set over the sampled window.

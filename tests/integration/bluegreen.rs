@@ -326,7 +326,10 @@ async fn switch_is_guarded_and_rolls_back() {
     assert_eq!(code, 0);
     assert!(out.contains("api live blue -> green"));
     let (_, _, log) = (0, 0, s.log());
-    assert!(log.contains("service ui live blue -> green"), "audit line");
+    assert!(
+        log.contains(r#"{"from":"blue","path":"repository.yaml.services.ui.live","to":"green"}"#),
+        "audit line: {log}"
+    );
 }
 
 /// SIGTERM during a 1 GiB download: the download completes, new connections are refused,

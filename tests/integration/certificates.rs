@@ -74,7 +74,11 @@ async fn a_renewed_certificate_is_served_and_its_expiry_shown() {
     )
     .await;
     assert_ne!(before, expected);
-    assert!(s.log().contains("certificates reloaded"), "{}", s.log());
+    assert!(
+        s.log().contains(r#""action":"certificates""#),
+        "{}",
+        s.log()
+    );
 
     // Expiry: Prometheus (Unix seconds) and the page (days left, flagged under 14).
     let (_, metrics) = s.stats_get("/metrics").await;

@@ -6,6 +6,7 @@ mod audit;
 mod bluegreen;
 mod certificates;
 mod check_cmd;
+mod csv_columns;
 mod demo_curl;
 mod dns;
 mod edge;
