@@ -129,7 +129,36 @@ pub fn switch(config: &Config, service: &str, colour: Colour, force: bool) -> an
     let detail = serde_json::json!({ "service": service, "to": colour.as_str(), "file": lines });
     audit(config, "colour", detail);
     tell_running(config);
+    confirm_live(config, service, colour)
+}
+
+/// After a switch: the running process reached through this config must serve the new
+/// colour. If it does not, it reads other rules (e.g. a demo started elsewhere), and the
+/// switch did not take effect there: say so and fail, rather than print success.
+fn confirm_live(config: &Config, service: &str, colour: Colour) -> anyhow::Result<()> {
+    let Ok(live) = running_colour(config, service) else {
+        return Ok(()); // Not reachable: `tell_running` said so.
+    };
+    if live != colour.as_str() {
+        bail!(
+            "the running proxy still serves {service} on {live}: it does not read {} (started with another config?); the file was changed, the traffic was not",
+            config.rules.display()
+        );
+    }
     Ok(())
+}
+
+/// The live colour of `service` in the running process (stats JSON).
+fn running_colour(config: &Config, service: &str) -> anyhow::Result<String> {
+    let (status, body) = stats_request(config, "GET", "/stats?format=json")?;
+    anyhow::ensure!(status == 200, "stats answered {status}");
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    let services = v["services"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let svc = services
+        .iter()
+        .find(|s| s["name"] == service)
+        .ok_or_else(|| anyhow!("the running proxy has no service {service}"))?;
+    Ok(svc["live"].as_str().unwrap_or("").to_string())
 }
 
 /// Appends the CLI's own change to the audit file (the running process then logs the

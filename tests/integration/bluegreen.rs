@@ -484,3 +484,40 @@ async fn explain_gives_the_decision() {
         "{out}"
     );
 }
+
+/// Issue 19, item 11: `switch` with a config whose rules the running proxy does not read
+/// (a copy elsewhere, as the repository's own rules beside a running demo) edits that file
+/// but says plainly that the traffic did not move, and fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn switch_on_rules_the_running_proxy_does_not_read_fails() {
+    let s = Stack::start().await;
+    let other = tempfile::tempdir().unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(s.dir.path().join("."))
+        .arg(other.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let cfg = other.path().join("config/gatehouse.yaml");
+    let (code, out, err) = s.cli(&[
+        "switch",
+        "-c",
+        cfg.to_str().unwrap(),
+        "ui",
+        "green",
+        "--force",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("the running proxy still serves ui on blue"),
+        "{out}{err}"
+    );
+    let c = s.client();
+    assert!(
+        c.get("data.localhost", "/")
+            .await
+            .served_by()
+            .starts_with("ui-blue-")
+    );
+}
