@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 const STYLE: &str = "body{font:13px/1.4 system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#1d2430;background:#f5f6f8}\
 header{background:#1d2430;color:#fff;padding:14px 24px;display:flex;flex-wrap:wrap;gap:24px;align-items:baseline}\
 header h1{font-size:18px;margin:0 12px 0 0}header .kv{opacity:.9}header .kv b{font-weight:600}\
-main{padding:16px 24px}h2{font-size:15px;margin:22px 0 8px}h2 small{font-weight:400;color:#5b6577}\
+main{padding:16px}h2{font-size:15px;margin:22px 0 8px}h2 small{font-weight:400;color:#5b6577}\
 table{border-collapse:collapse;background:#fff;box-shadow:0 1px 2px #0001;margin-bottom:8px;width:100%}\
 th,td{padding:4px 8px;border-bottom:1px solid #e7e9ee;text-align:right;white-space:nowrap}\
 th{background:#eef0f4;font-weight:600;color:#3a4456;font-size:12px}th:first-child,td:first-child{text-align:left}\
@@ -18,7 +18,10 @@ tr.backend td{background:#f0f3f9;font-weight:600}tr.other td{color:#6b7385}\
 .UP{background:#1f9d55}.DOWN{background:#d64545}.MAINT{background:#6b7385}.DRAIN{background:#d98b1c}\
 .live{color:#1f6fd1;font-weight:600}.err{background:#fdecec;border:1px solid #f3b7b7;padding:8px 12px;white-space:pre-wrap;font-family:monospace}\
 .ok{color:#1f9d55}.bar{display:inline-block;width:80px;height:8px;background:#e7e9ee;border-radius:4px;vertical-align:middle;margin-right:6px}\
-.bar i{display:block;height:8px;border-radius:4px;background:#1f6fd1}form{display:inline;margin:0}button{font-size:11px;padding:0 4px}";
+.bar i{display:block;height:8px;border-radius:4px;background:#1f6fd1}form{display:inline;margin:0}button{font-size:11px;padding:0 4px}\
+table.service th,table.service td{padding:2px 3px;font-size:12px}table.service th{white-space:normal;vertical-align:bottom}\
+table.service td.check{white-space:normal;min-width:70px}td.what{white-space:normal;text-align:left}\
+.spark{background:#fff;border:1px solid #e7e9ee;vertical-align:middle}.trend{margin:0 0 6px;color:#5b6577}";
 
 /// The human stats page: self-contained (no external assets, no JavaScript).
 pub fn html(v: &View<'_>) -> String {
@@ -97,14 +100,14 @@ pub fn html(v: &View<'_>) -> String {
             n = escape(&p.name)
         );
     }
-    o.push_str("</table><h2>Sites <small>frontends</small></h2><table id=\"sites\"><tr><th>site</th><th>hosts</th><th>requests</th><th>1xx</th><th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th><th>bytes in</th><th>bytes out</th><th>p50 ms</th><th>p99 ms</th></tr>");
+    o.push_str("</table><h2>Sites <small>frontends</small></h2><table id=\"sites\"><tr><th>site</th><th>hosts</th><th>requests</th><th>1xx</th><th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th><th>bytes in</th><th>bytes out</th><th>p50 ms (last min)</th><th>p99 ms (last min)</th><th>last 15 min: requests/s · 5xx/s · p99</th></tr>");
     for (i, s) in g.rules.sites.iter().enumerate() {
         let c = &g.sites[i];
         let hosts: Vec<String> = s.hosts.iter().map(|h| h.to_string()).collect();
         let (p50, p99) = st.recent_latency(Kind::Site, &s.name, c);
         let _ = write!(
             o,
-            "<tr data-site=\"{n}\"><td>{n}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr data-site=\"{n}\"><td>{n}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&hosts.join(" ")),
             c.requests.load(Relaxed),
             c.class(1),
@@ -116,6 +119,7 @@ pub fn html(v: &View<'_>) -> String {
             bytes(c.bytes_out.load(Relaxed)),
             ms(p50),
             ms(p99),
+            plots(&st.trend(Kind::Site, &s.name)),
             n = escape(&s.name)
         );
     }
@@ -219,7 +223,13 @@ pub fn html(v: &View<'_>) -> String {
                     .map_or(String::new(), |p| format!(" on port {p}")),
             n = escape(&svc.name)
         );
-        o.push_str("<table class=\"service\"><tr><th>server</th><th>status</th><th>since</th><th>colour</th><th>weight</th><th>cur</th><th>max</th><th>limit</th><th>queue</th><th>requests</th><th>bytes in</th><th>bytes out</th><th>1xx</th><th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th><th>conn err</th><th>resp err</th><th>redisp</th><th>last check</th><th>downtime</th><th>p50 ms</th><th>p99 ms</th>");
+        let _ = write!(
+            o,
+            "<div class=\"trend\" data-trend=\"{}\">last 15 min: requests/s · 5xx/s · p99 {}</div>",
+            escape(&svc.name),
+            plots(&st.trend(Kind::Service, &svc.name))
+        );
+        o.push_str("<table class=\"service\"><tr><th>server</th><th>status</th><th>since</th><th>colour</th><th>weight</th><th>cur</th><th>max</th><th>limit</th><th>queue</th><th>requests</th><th>bytes in</th><th>bytes out</th><th>1xx</th><th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th><th>conn err</th><th>resp err</th><th>redisp</th><th>last check</th><th>downtime</th><th>p50 ms (last min)</th><th>p99 ms (last min)</th>");
         if v.admin_token.is_some() {
             o.push_str("<th>admin</th>");
         }
@@ -332,6 +342,43 @@ pub fn html(v: &View<'_>) -> String {
     }
     o.push_str("<p style=\"color:#6b7385\">Also: <a href=\"/stats;csv\">CSV (HAProxy layout)</a> · <a href=\"/stats?format=json\">JSON</a> · <a href=\"/metrics\">Prometheus</a> · <a href=\"/stats?refresh=5\">auto-refresh</a></p></main></body></html>");
     o
+}
+
+/// Three small plots (inline SVG, no script): request rate, 5xx rate and p99 over the
+/// trend window; each says its peak on hover.
+fn plots(points: &[crate::stats::TrendPoint]) -> String {
+    let rate: Vec<f64> = points.iter().map(|p| p.0).collect();
+    let errors: Vec<f64> = points.iter().map(|p| p.1).collect();
+    let p99: Vec<f64> = points.iter().map(|p| p.2.unwrap_or(0.0)).collect();
+    [
+        spark(&rate, "requests/s", "#1f6fd1"),
+        spark(&errors, "5xx/s", "#d64545"),
+        spark(&p99, "p99 ms", "#6b7385"),
+    ]
+    .join(" ")
+}
+
+/// One sparkline: 180 steps wide (15 min of 5 s samples), scaled to its own peak.
+fn spark(values: &[f64], what: &str, colour: &str) -> String {
+    let peak = values.iter().copied().fold(0.0, f64::max);
+    let step = 180.0 / (crate::stats::TREND.as_secs() / 5) as f64;
+    let x0 = 180.0 - step * values.len().saturating_sub(1) as f64;
+    let points: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let y = if peak > 0.0 {
+                19.0 - v / peak * 18.0
+            } else {
+                19.0
+            };
+            format!("{:.1},{y:.1}", x0 + i as f64 * step)
+        })
+        .collect();
+    format!(
+        "<svg class=\"spark\" width=\"64\" height=\"18\" viewBox=\"0 0 180 20\" preserveAspectRatio=\"none\"><title>{what}, peak {peak:.1}</title><polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/></svg>",
+        points.join(" ")
+    )
 }
 
 /// The last ten audited changes, newest first (the audit file has them all).

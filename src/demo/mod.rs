@@ -298,11 +298,16 @@ pub fn tour(dir: &Path, https: u16, http: u16) -> String {
   curl -s http://127.0.0.1:8404/healthz                     # stats listener\n\
   curl -s http://127.0.0.1:8404/stats                       # the stats page (open it in a browser)\n\
   curl -s -X POST http://127.0.0.1:8405/servers/ui-blue-1/stop   # demo: stop a stand-in (start: .../start)\n\
-  curl -s '{s_plain}'                                        # demo: a slow answer (?delay=2s)\n",
+  {d} -o /dev/null -w '%{{http_code}} after %{{time_total}}s\\n' {slow}   # demo: a slow answer (?delay=2s)\n\
+  echo 'show stat' | socat - UNIX-CONNECT:{sock}   # HAProxy's runtime API (hatop -s works too)\n\
+\n\
+The rules are {rules}: an edit there reloads by itself (so does kill -HUP {pid}).\n",
         d = c("data.localhost"),
         dd = c("data-dev.localhost"),
         s = c("store.localhost"),
-        s_plain = slow,
+        sock = dir.join("config/gatehouse-api.sock").display(),
+        rules = dir.join("rules").display(),
+        pid = std::process::id(),
     )
 }
 
@@ -316,7 +321,11 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         .context("demo control port 8405")?;
     tokio::spawn(serve_control(stack, control));
     let running = crate::server::start(config, false).await?;
-    println!("gatehouse demo: files in {}", dir.display());
+    println!(
+        "gatehouse demo: files in {}, pid {}",
+        dir.display(),
+        std::process::id()
+    );
     println!("{}", running.ready_line());
     let https = running.https.first().map_or(8443, |a| a.port());
     let http = running.http.first().map_or(8080, |a| a.port());

@@ -225,7 +225,25 @@ struct Samples {
     /// (per second) between the last two samples and its highest since start (HAProxy's
     /// `rate` and `rate_max`, over the sampling interval rather than one second).
     rates: HashMap<(Kind, Arc<str>), Rate>,
+    /// Per site and service: one point per sample over the last [`TREND`], for the
+    /// page's plots (bounded: `TREND / 5 s + 1` points per site or service).
+    trend: HashMap<(Kind, Arc<str>), std::collections::VecDeque<Point>>,
 }
+
+/// How far back the page's plots reach.
+pub const TREND: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// One sample of a counter set, for trends.
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    at: Instant,
+    requests: u64,
+    errors: u64,
+    buckets: [u64; BUCKETS.len() + 1],
+}
+
+/// Between two samples: requests per second, 5xx per second, p99 (ms, when any).
+pub type TrendPoint = (f64, f64, Option<f64>);
 
 /// One counter set's request rate, from the sampler.
 #[derive(Debug, Clone, Copy)]
@@ -336,6 +354,21 @@ impl Stats {
                 now: 0.0,
                 max: 0.0,
             };
+            if matches!(k, Kind::Site | Kind::Service) {
+                let ring = s.trend.entry((*k, n.clone())).or_default();
+                ring.push_back(Point {
+                    at: now,
+                    requests,
+                    errors: c.class(5),
+                    buckets: c.latency.snapshot(),
+                });
+                while ring
+                    .front()
+                    .is_some_and(|p| now.duration_since(p.at) > TREND)
+                {
+                    ring.pop_front();
+                }
+            }
             let r = s.rates.entry((*k, n.clone())).or_insert(fresh);
             let secs = now.duration_since(r.at).as_secs_f64();
             if secs > 0.0 {
@@ -372,6 +405,25 @@ impl Stats {
         s.rates
             .get(&(kind, name.clone()))
             .map_or((0, 0), |r| (r.now.ceil() as u64, r.max.ceil() as u64))
+    }
+
+    /// The trend of a site or service over the last [`TREND`], oldest first.
+    pub fn trend(&self, kind: Kind, name: &Arc<str>) -> Vec<TrendPoint> {
+        let s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(ring) = s.trend.get(&(kind, name.clone())) else {
+            return Vec::new();
+        };
+        ring.iter()
+            .zip(ring.iter().skip(1))
+            .map(|(a, b)| {
+                let secs = b.at.duration_since(a.at).as_secs_f64().max(0.001);
+                (
+                    b.requests.saturating_sub(a.requests) as f64 / secs,
+                    b.errors.saturating_sub(a.errors) as f64 / secs,
+                    Histogram::quantile_ms(&b.buckets, &a.buckets, 0.99),
+                )
+            })
+            .collect()
     }
 
     /// p50 and p99 response time (ms) of one counter set over the sampled window.

@@ -5,7 +5,6 @@
 
 use crate::harness::{Stack, wait_until};
 use serde_json::Value;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn lines(s: &Stack) -> Vec<Value> {
@@ -18,18 +17,8 @@ fn lines(s: &Stack) -> Vec<Value> {
 }
 
 fn socat(s: &Stack, line: &str) -> String {
-    use std::io::Write;
     let sock = s.dir.path().join("config/gatehouse-api.sock");
-    let mut child = Command::new("socat")
-        .args(["-t5", "-", &format!("UNIX-CONNECT:{}", sock.display())])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("socat");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
-    drop(stdin);
-    String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
+    crate::harness::socat(&sock, &format!("{line}\n"))
 }
 
 async fn wait_for_entries(s: &Stack, n: usize) -> Vec<Value> {

@@ -697,3 +697,20 @@ pub async fn ws_echo_replies(s: &Stack) -> Vec<String> {
     ws.close(None).await.unwrap();
     replies
 }
+
+/// `echo LINE | socat - UNIX-CONNECT:socket`, as an operator types it (`line` is sent as
+/// given: end each command with a newline).
+pub fn socat(sock: &Path, line: &str) -> String {
+    let mut child = Command::new("socat")
+        .args(["-t5", "-", &format!("UNIX-CONNECT:{}", sock.display())])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("socat (apt-get install socat)");
+    use std::io::Write;
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(line.as_bytes()).expect("write");
+    drop(stdin);
+    let out = child.wait_with_output().expect("socat");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -79,8 +79,27 @@ async fn chromium_renders_the_stats_page() {
         .output()
         .expect("chromium is installed (.ci/run installs it)")
     };
-    let dom = String::from_utf8_lossy(&chromium(&["--dump-dom".to_string()]).stdout).into_owned();
     load.await.unwrap();
+    // The API's plot has a point with its request rate once the sampler (every 5 s) has
+    // seen the load: inline SVG, its peak in the title.
+    eventually(
+        "a trend point for api",
+        Duration::from_secs(15),
+        async || {
+            let (_, page) = s.stats_get("/stats").await;
+            let trend = page.split("data-trend=\"api\"").nth(1)?;
+            let peak: f64 = trend
+                .split("<title>requests/s, peak ")
+                .nth(1)?
+                .split('<')
+                .next()?
+                .parse()
+                .ok()?;
+            (peak > 0.0 && trend.contains("<polyline")).then(|| page.clone())
+        },
+    )
+    .await;
+    let dom = String::from_utf8_lossy(&chromium(&["--dump-dom".to_string()]).stdout).into_owned();
     for name in ["ui", "api"] {
         assert!(
             dom.contains(&format!("id=\"service-{name}\"")),
@@ -126,6 +145,41 @@ async fn chromium_renders_the_stats_page() {
             .unwrap_or(false),
         "screenshot written"
     );
+    // Fits a 1400-pixel-wide window without sideways scrolling: the page as served, with
+    // one probe line that writes the laid-out width into the DOM chromium dumps.
+    let (_, page) = s.stats_get("/stats").await;
+    let probe = page.replace(
+        "</body>",
+        "<script>document.body.dataset.width=document.documentElement.scrollWidth</script></body>",
+    );
+    let file = profile.path().join("probe.html");
+    std::fs::write(&file, probe).unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--window-size=1400,1000",
+            "--dump-dom",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            profile.path().join("p2").display()
+        ))
+        .arg(format!("file://{}", file.display()))
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let width: u32 = dom
+        .split("data-width=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no width in {dom}"));
+    println!("stats page laid out at 1400 px: {width} px wide");
+    assert!(width <= 1400, "the page is {width} px wide");
 }
 
 /// A real prometheus scrapes /metrics; its query API returns the counts this test caused,

@@ -7,8 +7,8 @@
 //! the stand-in servers (on the test's runtime) keep answering health checks meanwhile
 //! (on one thread, a 700 ms Ansible run once took a server DOWN).
 
-use crate::harness::{Kill, Stack, free_port, spawn_proxy, wait_until};
-use std::path::{Path, PathBuf};
+use crate::harness::{Kill, Stack, free_port, socat, spawn_proxy, wait_until};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -24,22 +24,6 @@ async fn stack() -> Stack {
 
 fn socket(s: &Stack) -> PathBuf {
     s.dir.path().join("config/admin.sock")
-}
-
-/// `echo LINE | socat - UNIX-CONNECT:socket`, as an operator types it.
-fn socat(sock: &Path, line: &str) -> String {
-    let mut child = Command::new("socat")
-        .args(["-t5", "-", &format!("UNIX-CONNECT:{}", sock.display())])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("socat (apt-get install socat)");
-    use std::io::Write;
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(line.as_bytes()).expect("write");
-    drop(stdin);
-    let out = child.wait_with_output().expect("socat");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Sends `n` GETs to the UI and returns how many each UI stand-in served.

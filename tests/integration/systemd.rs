@@ -133,18 +133,8 @@ impl Unit {
     }
 
     fn socat(&self, line: &str) -> String {
-        use std::io::Write;
         let sock = self.run.join("gatehouse-api.sock");
-        let mut child = Command::new("socat")
-            .args(["-t5", "-", &format!("UNIX-CONNECT:{}", sock.display())])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("socat");
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
-        drop(stdin);
-        String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
+        crate::harness::socat(&sock, &format!("{line}\n"))
     }
 }
 
