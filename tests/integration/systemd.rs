@@ -193,7 +193,15 @@ fn the_shipped_unit_starts_reloads_upgrades_and_stops() {
         "sockets in $RUNTIME_DIRECTORY"
     );
     assert_eq!(u.socat("disable server ui/ui-blue-1"), "\n");
-    assert!(u.files(&u.state).contains(&"servers.state".to_string()));
+    // The state file is written by its own task once woken: wait for it (bounded).
+    let start = Instant::now();
+    while !u.files(&u.state).contains(&"servers.state".to_string()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "servers.state in $STATE_DIRECTORY"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let audit = std::fs::read_to_string(u.logs.join("audit.log")).unwrap_or_default();
     assert!(
         audit.contains("\"action\":\"server_state\""),
