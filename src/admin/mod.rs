@@ -222,7 +222,7 @@ async fn answer(
                 "reload only from loopback\n".into(),
             ));
         }
-        let applied = admin.reloader.reload(&who(peer, &req)).await;
+        let applied = admin.reloader.reload(&who(&admin, peer, &req)).await;
         let status = admin.reloader.status.load();
         return Ok(match (&status.error, applied) {
             (_, true) => plain(
@@ -317,10 +317,14 @@ fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
 
 /// Who sent an admin request, for the audit log: `http 10.0.0.5 user=ops` (the user named
 /// in the credentials it passed; `authorized` checked them).
-fn who(peer: SocketAddr, req: &Request<Incoming>) -> String {
-    let user = req
-        .headers()
-        .get(header::AUTHORIZATION)
+fn who(admin: &Admin, peer: SocketAddr, req: &Request<Incoming>) -> String {
+    // Without configured credentials the header is unchecked: naming its user would let a
+    // client blame someone else.
+    let user = admin
+        .auth
+        .as_ref()
+        .and(Some(req))
+        .and_then(|req| req.headers().get(header::AUTHORIZATION))
         .and_then(|v| v.to_str().ok()?.strip_prefix("Basic "))
         .and_then(|b| {
             base64::engine::general_purpose::STANDARD
@@ -352,7 +356,7 @@ async fn admin_action(
             "admin actions are disabled (stats.admin)\n".into(),
         );
     };
-    let who = who(peer, &req);
+    let who = who(admin, peer, &req);
     let body = match http_body_util::Limited::new(req.into_body(), 4096)
         .collect()
         .await
