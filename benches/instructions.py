@@ -7,7 +7,7 @@ invisible in req/s here but plain in this count. It says nothing about the kerne
 (about 70 % of plain HTTP/1.1 CPU on loopback); benches/load.sh stays the measure of record.
 
     python3 benches/instructions.py [-n 5000] [--scenarios plain,h2,https1] [--keep DIR]
-        [--access-log off|text|haproxy|json] BINARY...
+        [--access-log off|text|haproxy|json] [--log-to file|stderr] BINARY...
 
 The same nginx origin and gatehouse config as benches/load.sh (benches/peers/); h2load sends
 the requests (HTTP/1.1 keep-alive over 32 connections, or HTTP/2 over 16 × 10 streams);
@@ -47,6 +47,8 @@ def main():
     ap.add_argument("--keep", help="directory for the callgrind files")
     ap.add_argument("--access-log", default="off",
                     help="access log format (off, text, haproxy, json), written to a file")
+    ap.add_argument("--log-to", default="file", choices=["file", "stderr"],
+                    help="where the access log goes (stderr: as under journald, no syslog prefix)")
     ap.add_argument("binaries", nargs="+")
     a = ap.parse_args()
     for tool in ["valgrind", "callgrind_control", "h2load", "nginx", "openssl"]:
@@ -69,7 +71,8 @@ def main():
         cfg = os.path.join(d, "gatehouse.yaml")
         with open(cfg) as f:
             text = f.read()
-        text = text.replace("access_log: off", f"access_log: {a.access_log}\naccess_log_to: {d}/access.log")
+        to = f"\naccess_log_to: {d}/access.log" if a.log_to == "file" else ""
+        text = text.replace("access_log: off", f"access_log: {a.access_log}{to}")
         with open(cfg, "w") as f:
             f.write(text)
     shutil.copy(os.path.join(load.PEERS, "gatehouse", "rules.yaml"), os.path.join(d, "rules.yaml"))

@@ -296,7 +296,7 @@ impl Hold for Record {
         accesslog::write(
             self.shared_log,
             &Entry {
-                client: self.client.to_string(),
+                client: self.client,
                 client_port: self.client_port,
                 tls: self.tls,
                 connections: self.stats.connections.load(Ordering::Relaxed),
