@@ -76,6 +76,22 @@ async fn every_change_is_one_json_line_with_who() {
             .contains("unknown field `lvie`"),
         "{e}"
     );
+    // 3b. Without `stats.auth`, an Authorization header is not checked, so the audit must
+    //     not name its user: a client could blame someone else.
+    let n = lines(&s).len();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+        .args(["-H", "Authorization: Basic bWFsbG9yeTp4"]) // mallory:x
+        .arg(format!("http://{}/reload", s.stats))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "422");
+    let all = wait_for_entries(&s, n + 1).await;
+    let by_http = all[n..]
+        .iter()
+        .find(|e| e["who"].as_str().unwrap().starts_with("http "))
+        .unwrap_or_else(|| panic!("the HTTP reload's line: {all:?}"));
+    assert_eq!(by_http["who"], "http 127.0.0.1", "{by_http}");
     std::fs::write(&rules, &edited).unwrap();
     // 4. `gatehouse switch` from the command line: the CLI's user, then the reload with
     //    the one word changed (asked for by the CLI on the runtime socket, or seen first
