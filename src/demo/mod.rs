@@ -293,7 +293,7 @@ pub fn tour(dir: &Path, https: u16, http: u16) -> String {
   {s} -i https://store.localhost:{https}/api/records        # 403: store.* only serves files\n\
   {d} --http2 -I https://data.localhost:{https}/            # HTTP/2\n\
   curl -si http://data.localhost:{http}/x?y=1 --resolve data.localhost:{http}:127.0.0.1   # 308 to https\n\
-  curl -s http://127.0.0.1:8920/_cluster/health             # TCP front: the search cluster (search-1/2)\n\
+  curl -s -w ' <- %header{{x-served-by}}\\n' http://127.0.0.1:8920/_cluster/health   # TCP front: the search cluster (search-1/2)\n\
   echo hello | curl -s --max-time 1 telnet://127.0.0.1:8672  # TCP front: the message-queue cluster (mq-1/2)\n\
   curl -s http://127.0.0.1:8404/healthz                     # stats listener\n\
   curl -s http://127.0.0.1:8404/stats                       # the stats page (open it in a browser)\n\

@@ -99,5 +99,46 @@ fn demo_serves_every_rule_to_curl() {
     );
     let r = curl(&["http://127.0.0.1:8404/healthz"]);
     assert_eq!(r, "ok\n");
+    run_the_tour(&mut lines);
     drop(demo);
+}
+
+/// Runs every command the demo printed under "Try these" as a newcomer pastes it, and
+/// checks what its comment promises: the status code it names and the servers
+/// (`ui-blue-*`, `search-1/2`) it says answer.
+fn run_the_tour(lines: &mut impl Iterator<Item = std::io::Result<String>>) {
+    let tour: Vec<String> = lines
+        .map_while(Result::ok)
+        .skip_while(|l| !l.starts_with("Try these"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    assert!(tour.len() >= 10, "{tour:?}");
+    for line in tour.iter().filter(|l| !l.contains("/stop")) {
+        let (cmd, comment) = line.split_once("   #").unwrap_or((line, ""));
+        let out = Command::new("timeout")
+            .args(["20", "bash", "-c", cmd])
+            .output()
+            .expect("bash");
+        let out = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.trim().is_empty(), "no output from: {line}");
+        let code = comment
+            .split_whitespace()
+            .map(|w| w.trim_matches(|c: char| !c.is_ascii_alphanumeric()))
+            .find(|w| w.len() == 3 && w.parse::<u16>().is_ok());
+        if let Some(code) = code {
+            assert!(out.contains(code), "{line}\n{out}");
+        }
+        if let Some(server) = comment
+            .split_whitespace()
+            .find(|w| w.ends_with("-*") || w.contains("-1/2"))
+        {
+            let prefix = server
+                .trim_start_matches('(')
+                .split(['*', '1'])
+                .next()
+                .unwrap_or("");
+            assert!(out.contains(prefix), "{line}: no {prefix}\n{out}");
+        }
+    }
 }
