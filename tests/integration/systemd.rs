@@ -252,18 +252,35 @@ fn the_shipped_unit_starts_reloads_upgrades_and_stops() {
 }
 
 /// Stops a process this test started (the successor is not its child) by PID if the test
-/// fails before it stops; only while that PID is still a gatehouse.
+/// fails before it stops, and the gatehouse processes it started (a successor the test
+/// has not learnt of yet); only while each PID is still a gatehouse.
 struct PidKill(u32);
 
 impl Drop for PidKill {
     fn drop(&mut self) {
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
-        if !String::from_utf8_lossy(&cmdline).contains("gatehouse") {
-            return;
+        for pid in children(self.0).into_iter().chain([self.0]) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("gatehouse") {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
         }
-        let _ = Command::new("kill")
-            .args(["-KILL", &self.0.to_string()])
-            .stderr(Stdio::null())
-            .status();
     }
+}
+
+/// The PIDs whose parent is `parent` (from /proc/PID/stat's fourth field).
+fn children(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The command name is in parentheses and may hold spaces: count after it.
+            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            after.split_whitespace().nth(1) == Some(&parent.to_string())
+        })
+        .collect()
 }
