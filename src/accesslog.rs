@@ -371,7 +371,6 @@ pub fn termination_state(code: &str, status: u16, reached: bool) -> &'static str
         "connect_error" | "no_server" => "SC--",
         "queue_timeout" => "sQ--",
         "queue_full" | "client_share" => "PQ--",
-        "redirect" => "LR--",
         _ => "PR--",
     }
 }

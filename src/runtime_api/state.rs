@@ -166,7 +166,9 @@ pub async fn keep(
             _ = stop.cancelled() => true,
         };
         let g = shared.state.load_full();
-        let text = servers_state(&g, 0, None).unwrap_or_default();
+        // The same backend ids as `show servers state` and the CSV's `iid`.
+        let first = crate::admin::with_view(&shared, &reloader, |v| crate::admin::csv::iids(v).1);
+        let text = servers_state(&g, first, None).unwrap_or_default();
         let key = without_times(&text);
         if key != last || stopping {
             match write(&path, &text) {

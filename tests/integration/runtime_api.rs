@@ -196,6 +196,16 @@ async fn maint_and_weights_survive_a_restart() {
             .is_ok_and(|t| t.contains(" ui-blue-2 ") && t.contains(" 7 1 "))
     })
     .await;
+    // The file is what `show servers state` says (HAProxy's `server-state-file` is that
+    // command's output), ids included; the seconds-since-change column aside.
+    let head = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(' '))
+            .map(|l| l.split(' ').take(9).collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let file = std::fs::read_to_string(&state).unwrap_or_default();
+    assert_eq!(head(&file), head(&socat(&sock, "show servers state\n")));
     // Stop (SIGTERM, drained) and start again with the same config.
     let _ = Command::new("kill")
         .args(["-TERM", &s.pid().to_string()])
