@@ -112,6 +112,24 @@ impl Reloader {
         })
     }
 
+    /// Reloads and says what happened, as `gatehouse reload` (HTTP) and the runtime
+    /// socket's `reload` answer: `Err` when the rules were refused.
+    pub async fn reload_and_say(&self, why: &str) -> Result<String, String> {
+        let applied = self.reload(why).await;
+        let status = self.status.load();
+        match (&status.error, applied) {
+            (_, true) => Ok(format!("reloaded: generation {}\n", status.generation)),
+            (Some(e), false) => Err(format!(
+                "refused, generation {} keeps serving:\n{e}\n",
+                status.generation
+            )),
+            (None, false) => Ok(format!(
+                "no change: generation {} serves\n",
+                status.generation
+            )),
+        }
+    }
+
     /// Compiles the rules and installs them, or logs and records why not. Returns whether
     /// the new rules were applied.
     pub async fn reload(&self, why: &str) -> bool {

@@ -222,28 +222,16 @@ async fn answer(
                 "reload only from loopback\n".into(),
             ));
         }
-        let applied = admin.reloader.reload(&who(&admin, peer, &req)).await;
-        let status = admin.reloader.status.load();
-        return Ok(match (&status.error, applied) {
-            (_, true) => plain(
-                StatusCode::OK,
-                "text/plain",
-                format!("reloaded: generation {}\n", status.generation),
-            ),
-            (Some(e), false) => plain(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "text/plain",
-                format!(
-                    "refused, generation {} keeps serving:\n{e}\n",
-                    status.generation
-                ),
-            ),
-            (None, false) => plain(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "text/plain",
-                "reload failed\n".into(),
-            ),
-        });
+        return Ok(
+            match admin
+                .reloader
+                .reload_and_say(&who(&admin, peer, &req))
+                .await
+            {
+                Ok(said) => plain(StatusCode::OK, "text/plain", said),
+                Err(refused) => plain(StatusCode::UNPROCESSABLE_ENTITY, "text/plain", refused),
+            },
+        );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(plain(

@@ -185,16 +185,10 @@ impl Api {
     }
 
     async fn reload(&self, who: &str) -> String {
-        let applied = self.reloader.reload(who).await;
-        let status = self.reloader.status.load();
-        match (&status.error, applied) {
-            (_, true) => format!("reloaded: generation {}\n", status.generation),
-            (Some(e), false) => format!(
-                "refused, generation {} keeps serving:\n{e}\n",
-                status.generation
-            ),
-            (None, false) => format!("no change: generation {} serves\n", status.generation),
-        }
+        self.reloader
+            .reload_and_say(who)
+            .await
+            .unwrap_or_else(|refused| refused)
     }
 
     async fn explain(&self, method: &str, url: &str, from: Option<&str>) -> String {
