@@ -284,3 +284,58 @@ fn children(parent: u32) -> Vec<u32> {
         })
         .collect()
 }
+
+/// The unit's user comes from `deploy/gatehouse.sysusers` (systemd-sysusers makes it, here
+/// in a scratch root), and the install steps of docs/deployment.md give that user what it
+/// needs and no more: the unit's own `ExecStartPre` (`gatehouse check`, which loads every
+/// key) passes as an unprivileged uid whose group owns the keys (0640), and fails with the
+/// key's path when only root can read them.
+#[test]
+fn the_sysusers_file_makes_the_user_that_reads_the_keys() {
+    let keys = unit();
+    let user = &keys["User"][0];
+    assert_eq!(&keys["Group"][0], user);
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(scratch.path().join("etc")).unwrap();
+    let made = Command::new("systemd-sysusers")
+        .arg(format!("--root={}", scratch.path().display()))
+        .arg(root().join("deploy/gatehouse.sysusers"))
+        .output()
+        .expect("systemd-sysusers (apt-get install systemd)");
+    assert!(made.status.success(), "{made:?}");
+    let passwd = std::fs::read_to_string(scratch.path().join("etc/passwd")).unwrap();
+    let entry = passwd
+        .lines()
+        .find(|l| l.starts_with(&format!("{user}:")))
+        .unwrap_or_else(|| panic!("no {user} in {passwd}"));
+    assert!(entry.ends_with(":/usr/sbin/nologin"), "{entry}");
+    // The steps, with an unused id standing for the user (this machine has no such user).
+    let u = Unit::new();
+    let id = "64999";
+    let top = u.etc.parent().unwrap().parent().unwrap();
+    for dir in [top, u.etc.parent().unwrap(), &u.etc] {
+        assert!(status(Command::new("chmod").arg("755").arg(dir)));
+    }
+    let certs = u.etc.join("certs");
+    let key_files: Vec<PathBuf> = std::fs::read_dir(&certs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "key"))
+        .collect();
+    assert!(status(Command::new("chgrp").args(["-R", id]).arg(&certs)));
+    let as_user = |mode: &str| {
+        assert!(status(Command::new("chmod").arg(mode).args(&key_files)));
+        let line = u.keys["ExecStartPre"][0].clone();
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", id, "--regid", id, "--clear-groups"]);
+        let check = command(&line, &u.etc, 0);
+        c.arg(check.get_program()).args(check.get_args());
+        c.output().expect("setpriv (util-linux)")
+    };
+    let ok = as_user("640");
+    assert!(ok.status.success(), "{ok:?}");
+    let refused = as_user("600");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains(".key: I/O error: Permission denied"), "{err}");
+}
