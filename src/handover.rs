@@ -32,6 +32,39 @@ pub type Sockets = HashMap<String, Vec<std::net::TcpListener>>;
 pub struct Offer(Arc<Mutex<Vec<(String, std::net::TcpListener)>>>);
 
 impl Offer {
+    /// Keeps duplicates of the listening sockets (for a successor, and to hold them open
+    /// while draining).
+    pub fn new(sockets: Vec<(String, std::net::TcpListener)>) -> Offer {
+        Offer(Arc::new(Mutex::new(sockets)))
+    }
+
+    /// Makes every listening socket drop new connection attempts without an answer: a
+    /// socket filter that drops a TCP segment with SYN and without ACK, so a SYN is
+    /// neither queued nor refused and the client's kernel sends it again a second later
+    /// (`drain_delay_mode: hold`, while keepalived moves the address to the other
+    /// instance). Handshakes already under way complete and are served.
+    pub fn hold(&self) {
+        use socket2::SockFilter;
+        // Classic BPF over the TCP header (a TCP socket's filter starts there).
+        let syn_only = [
+            SockFilter::new(0x30, 0, 0, 13),       // ldb [13]: the flags
+            SockFilter::new(0x54, 0, 0, 0x12),     // and #(SYN|ACK)
+            SockFilter::new(0x15, 0, 1, 0x02),     // jeq #SYN: drop, else keep
+            SockFilter::new(0x06, 0, 0, 0),        // ret #0: drop
+            SockFilter::new(0x06, 0, 0, u32::MAX), // ret #-1: keep it all
+        ];
+        let sockets = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // The stats listener keeps answering: health checks read the 503 there.
+        for (name, s) in sockets
+            .iter()
+            .filter(|(name, _)| !name.starts_with("stats "))
+        {
+            if let Err(e) = socket2::SockRef::from(s).attach_filter(&syn_only) {
+                tracing::error!(listener = %name, error = %e, "cannot hold new connections");
+            }
+        }
+    }
+
     /// Closes the duplicates kept for a successor.
     pub fn withdraw(&self) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -47,7 +80,7 @@ pub fn offer(
 ) -> std::io::Result<Offer> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
-    let offer = Offer(Arc::new(Mutex::new(sockets)));
+    let offer = Offer::new(sockets);
     let sockets = offer.clone();
     std::thread::Builder::new()
         .name("gatehouse-handover".into())

@@ -47,6 +47,9 @@ pub struct Running {
     reloader: Arc<Reloader>,
     drain_requested: CancellationToken,
     offer: crate::handover::Offer,
+    /// `timeouts.drain_delay`: on SIGTERM, time still serving before the drain.
+    drain_delay: std::time::Duration,
+    drain_delay_mode: crate::config::DelayMode,
 }
 
 /// Listening sockets being gathered: those taken over from the old process (on
@@ -384,13 +387,15 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
             crate::handover::offer(path, binder.offered, move || drain.cancel())
                 .with_context(|| format!("cannot offer the listeners at {}", path.display()))?
         }
-        None => crate::handover::Offer::default(),
+        None => crate::handover::Offer::new(binder.offered),
     };
     if let Some(mut old) = old {
         crate::handover::drain_old(&mut old).context("cannot tell the old process to drain")?;
     }
     Ok(Running {
         upgradable: config.upgrade_socket.is_some(),
+        drain_delay: config.timeouts.drain_delay,
+        drain_delay_mode: config.drain_delay_mode,
         offer,
         drain_requested,
         https,
@@ -541,10 +546,16 @@ impl Running {
         }
     }
 
-    /// Stops accepting and waits for the workers to drain (each up to the drain deadline).
-    pub async fn shutdown(self) {
+    /// Tells systemd and health checkers (`/healthz` 503, `show info` Stopping) that this
+    /// process is going away, while it still serves.
+    fn announce_stop(&self) {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops accepting and waits for the workers to drain (each up to the drain deadline).
+    pub async fn shutdown(self) {
+        self.announce_stop();
         self.offer.withdraw();
         self.stop.cancel();
         let workers = self.workers;
@@ -566,14 +577,36 @@ impl Running {
         let mut usr1 = signal(SignalKind::user_defined1())?;
         let mut usr2 = signal(SignalKind::user_defined2())?;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        loop {
+        let by_signal = loop {
             tokio::select! {
                 _ = hup.recv() => { self.reload("signal SIGHUP").await; }
                 _ = usr1.recv() => crate::accesslog::reopen(),
                 _ = usr2.recv() => self.upgrade(),
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = self.drain_requested.cancelled() => break,
+                _ = term.recv() => break true,
+                _ = int.recv() => break true,
+                _ = self.drain_requested.cancelled() => break false,
+            }
+        };
+        // A successor has the listeners already: no delay then.
+        if by_signal && !self.drain_delay.is_zero() {
+            let delay = self.drain_delay;
+            self.announce_stop();
+            if self.drain_delay_mode == crate::config::DelayMode::Hold {
+                self.offer.hold();
+                tracing::info!(
+                    ?delay,
+                    "stopping: /healthz answers 503; new connections held (SYNs dropped unanswered, clients send them again) for timeouts.drain_delay"
+                );
+            } else {
+                tracing::info!(
+                    ?delay,
+                    "stopping: /healthz answers 503; still accepting for timeouts.drain_delay"
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = term.recv() => { tracing::warn!("second signal: exiting now"); return Ok(()) }
+                _ = int.recv() => { tracing::warn!("second signal: exiting now"); return Ok(()) }
             }
         }
         tracing::info!("draining: no new connections, finishing in-flight requests");

@@ -46,6 +46,10 @@ pub struct ConfigFile {
     /// Worker threads (default: one per core).
     #[serde(default)]
     pub workers: Option<usize>,
+    /// What the listeners do with new connections during `timeouts.drain_delay`:
+    /// `accept` (default) or `hold`.
+    #[serde(default)]
+    pub drain_delay_mode: super::DelayMode,
     /// Unix socket where this process offers its listening sockets to its successor
     /// (`gatehouse run --upgrade`), relative to this file. Without it, no handover.
     #[serde(default)]
@@ -253,6 +257,10 @@ pub struct TimeoutsFile {
     /// At shutdown, how long just-accepted connections may still send their first
     /// request before idle connections are closed (default 1s).
     pub grace: Option<Spanned<Scalar>>,
+    /// On SIGTERM, how long `/healthz` answers 503 while the listeners still accept,
+    /// before the drain starts: time for keepalived, a balancer's health check or DNS to
+    /// move new traffic away (default 0s: drain at once).
+    pub drain_delay: Option<Spanned<Scalar>>,
 }
 
 /// Limits that bound memory per connection and per process.

@@ -60,6 +60,8 @@ pub struct Config {
     pub request_id: bool,
     /// Worker threads.
     pub workers: usize,
+    /// New connections during the drain delay.
+    pub drain_delay_mode: DelayMode,
     /// Where listening sockets are offered to a successor process.
     pub upgrade_socket: Option<PathBuf>,
     /// The DNS client for servers named by host.
@@ -155,6 +157,8 @@ pub struct Timeouts {
     pub tunnel: Duration,
     /// Shutdown grace before idle connections close.
     pub grace: Duration,
+    /// On SIGTERM, time still accepting with `/healthz` at 503, before the drain.
+    pub drain_delay: Duration,
 }
 
 /// Bounds on what one client or the whole process may hold.
@@ -188,6 +192,19 @@ pub enum LogTarget {
     File(PathBuf),
     /// A syslog socket (`/dev/log`, or the path given), one datagram per line.
     Syslog(PathBuf),
+}
+
+/// What the listeners do with new connections during `timeouts.drain_delay`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DelayMode {
+    /// Serve them: what reaches this process until a balancer or DNS moves away is served.
+    #[default]
+    Accept,
+    /// Drop their first packet without an answer (a socket filter), so the client's
+    /// kernel sends it again a second later, by then to the instance that took the
+    /// address over (keepalived). Connections already open are served.
+    Hold,
 }
 
 /// Access log layout.
@@ -315,6 +332,7 @@ fn validate(path: &Path, raw: ConfigFile, dirs: &Dirs) -> Result<Config, Diagnos
         access_log_to,
         request_id: raw.request_id,
         workers,
+        drain_delay_mode: raw.drain_delay_mode,
         upgrade_socket: raw
             .upgrade_socket
             .as_deref()
@@ -545,6 +563,7 @@ impl Check<'_> {
             drain: dur(&t.drain, 30, "drain"),
             tunnel: dur(&t.tunnel, 3600, "tunnel"),
             grace: dur(&t.grace, 1, "grace"),
+            drain_delay: dur(&t.drain_delay, 0, "drain_delay"),
         }
     }
 

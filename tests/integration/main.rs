@@ -9,6 +9,7 @@ mod check_cmd;
 mod csv_columns;
 mod demo_curl;
 mod dns;
+mod drain_delay;
 mod edge;
 mod explain;
 mod framing;
