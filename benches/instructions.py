@@ -7,7 +7,8 @@ invisible in req/s here but plain in this count. It says nothing about the kerne
 (about 70 % of plain HTTP/1.1 CPU on loopback); benches/load.sh stays the measure of record.
 
     python3 benches/instructions.py [-n 5000] [--scenarios plain,h2,https1] [--keep DIR]
-        [--access-log off|text|haproxy|json] [--log-to file|stderr] BINARY...
+        [--access-log off|text|haproxy|json] [--log-to file|stderr] [--limit local|redis]
+        BINARY...
 
 The same nginx origin and gatehouse config as benches/load.sh (benches/peers/); h2load sends
 the requests (HTTP/1.1 keep-alive over 32 connections, or HTTP/2 over 16 × 10 streams);
@@ -49,6 +50,9 @@ def main():
                     help="access log format (off, text, haproxy, json), written to a file")
     ap.add_argument("--log-to", default="file", choices=["file", "stderr"],
                     help="where the access log goes (stderr: as under journald, no syslog prefix)")
+    ap.add_argument("--limit", choices=["local", "redis"],
+                    help="a rate limit on the route (never reached), judged locally or by a "
+                         "redis-server on 127.0.0.1:18379 (limits_store)")
     ap.add_argument("binaries", nargs="+")
     a = ap.parse_args()
     for tool in ["valgrind", "callgrind_control", "h2load", "nginx", "openssl"]:
@@ -76,6 +80,20 @@ def main():
         with open(cfg, "w") as f:
             f.write(text)
     shutil.copy(os.path.join(load.PEERS, "gatehouse", "rules.yaml"), os.path.join(d, "rules.yaml"))
+    redis = None
+    if a.limit:
+        # The cost of a rate limit: counted on every request, never refusing.
+        with open(os.path.join(d, "rules.yaml")) as f:
+            rules = f.read()
+        rules = rules.replace("pools:", "limits:\n  bench: { rate: 1000000/s, burst: 1000000 }\npools:")
+        rules = rules.replace("service: origin }", "service: origin, limit: bench }")
+        with open(os.path.join(d, "rules.yaml"), "w") as f:
+            f.write(rules)
+        if a.limit == "redis":
+            with open(os.path.join(d, "gatehouse.yaml"), "a") as f:
+                f.write("limits_store: redis://127.0.0.1:18379\n")
+            redis = subprocess.Popen(["redis-server", "--port", "18379", "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], stdout=subprocess.DEVNULL)
     origin = subprocess.Popen(["nginx", "-c", os.path.join(d, "origin.conf")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     print(f"{'binary':24} {'scenario':8} {'requests':>8} {'instructions/request':>21}")
@@ -118,6 +136,9 @@ def main():
     finally:
         origin.terminate()
         origin.wait()
+        if redis:
+            redis.terminate()
+            redis.wait()
         shutil.rmtree(d, ignore_errors=True)
     if failed:
         sys.exit("not counted (failed requests or nothing recorded): " + ", ".join(failed))

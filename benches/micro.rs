@@ -118,6 +118,7 @@ fn render_100_services(bencher: divan::Bencher, what: &str) {
         admin_token: None,
         dns: Vec::new(),
         certs: Vec::new(),
+        limits_store: None,
     };
     bencher.bench(|| {
         black_box(match what {

@@ -19,6 +19,8 @@
 //! - `stats/`: counters and histograms (a leaf: imports nothing of the crate).
 //! - `share`: slots held per client address (a fixed-size sketch), for `pool`.
 //! - `limit`: rate limiters (GCRA in a fixed table), by limit, for `proxy::admit`.
+//! - `limit_store`: the same limits shared by instances through Redis (`limits_store:`),
+//!   falling back to `limit` while the store does not answer.
 //! - `pool`: traffic-class slots and queues. `health`: server health, admin states,
 //!   active checks. `resolve`: servers' DNS names, re-resolved, last good kept.
 //!   `generation`: a live rule set plus the state indexed by it.
@@ -68,6 +70,7 @@ pub mod h2stream;
 pub mod handover;
 pub mod health;
 pub mod limit;
+pub mod limit_store;
 pub mod listener;
 pub mod memory;
 pub mod ops;

@@ -125,6 +125,16 @@ impl Limiter {
         }
     }
 
+    /// Counts a verdict reached elsewhere (the shared store) in this limiter's counters.
+    pub fn count(&self, v: Verdict) -> Verdict {
+        let n = match v {
+            Verdict::Pass { .. } => &self.passed,
+            Verdict::Deny { .. } => &self.denied,
+        };
+        n.fetch_add(1, Ordering::Relaxed);
+        v
+    }
+
     /// Time until `key`'s full burst is back, given it just passed with `remaining` left.
     pub fn reset_after(&self, remaining: u32) -> Duration {
         let used = u64::from(self.spec.burst.saturating_sub(remaining));

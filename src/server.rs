@@ -219,6 +219,12 @@ async fn shared_state(config: &Config) -> anyhow::Result<Arc<Shared>> {
         max_uri_bytes: config.limits.max_uri_bytes,
         stats,
         resolver,
+        limits_store: match &config.limits_store {
+            Some(url) => Some(Arc::new(
+                crate::limit_store::Store::new(url).map_err(|e| anyhow::anyhow!(e))?,
+            )),
+            None => None,
+        },
     }))
 }
 
@@ -360,6 +366,10 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
     let workers = spawn_workers(&config, &shared, sockets, tls, &stop)?;
 
     tokio::spawn(crate::memory::return_freed(stop.clone()));
+    if let Some(store) = shared.limits_store.clone() {
+        let stop = stop.clone();
+        tokio::spawn(async move { store.watch(stop).await });
+    }
     let checked = shared.clone();
     tokio::spawn(crate::health::run_checks(
         move || checked.state.load_full(),

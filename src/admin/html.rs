@@ -136,6 +136,9 @@ pub fn html(v: &View<'_>) -> String {
         }
         o.push_str("</table>");
     }
+    if let Some(store) = v.limits_store {
+        limits_store(&mut o, store);
+    }
     if !v.dns.is_empty() {
         o.push_str("<h2>DNS <small>servers named by host</small></h2><table id=\"dns\"><tr><th>name</th><th>addresses</th><th>resolved</th><th>failures</th><th>last error</th></tr>");
         for (name, st) in &v.dns {
@@ -433,4 +436,25 @@ fn summary(e: &crate::audit::Entry) -> String {
         .map(|(k, v)| format!("{k}={}", short(Some(v))))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The shared rate-limit store: up (limits shared) or not (each instance counts alone).
+fn limits_store(o: &mut String, store: &crate::limit_store::Store) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (state, cls) = match store.is_up() {
+        true => ("up: rate limits shared", ""),
+        false => (
+            "DOWN: rate limits local to this instance",
+            " class=\"down\"",
+        ),
+    };
+    let _ = write!(
+        o,
+        "<h2>Limits store <small>rate limits shared with other instances</small></h2><table id=\"limits-store\"><tr><th>store</th><th>state</th><th>judged shared</th><th>judged locally</th><th>outages</th></tr><tr{cls} data-store-up=\"{}\"><td>{}</td><td>{state}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
+        store.is_up(),
+        escape(&store.url),
+        store.shared.load(Relaxed),
+        store.local.load(Relaxed),
+        store.outages.load(Relaxed),
+    );
 }

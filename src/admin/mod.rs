@@ -75,6 +75,7 @@ pub fn with_view<R>(shared: &Shared, reloader: &Reloader, f: impl FnOnce(&View<'
         admin_token: None,
         dns: shared.resolver.status(),
         certs: certs(reloader),
+        limits_store: shared.limits_store.as_deref(),
     };
     f(&view)
 }
@@ -262,6 +263,7 @@ async fn answer(
         admin_token: admin.admin_token.as_deref(),
         dns: admin.shared.resolver.status(),
         certs: certs(&admin.reloader),
+        limits_store: admin.shared.limits_store.as_deref(),
     };
     let resp = match (path.as_str(), param("format").unwrap_or("")) {
         ("/stats;csv", _) | ("/stats", "csv") => {

@@ -116,6 +116,9 @@ pub fn prometheus(v: &View<'_>) -> String {
             Label(&name)
         );
     }
+    if let Some(store) = v.limits_store {
+        limits_store(&mut o, store);
+    }
     for (name, kind, help, val) in [
         (
             names::CONNECTIONS,
@@ -490,6 +493,34 @@ impl std::fmt::Display for Label<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether the shared rate-limit store answers, and how requests were judged.
+fn limits_store(o: &mut String, store: &crate::limit_store::Store) {
+    use std::sync::atomic::Ordering::Relaxed;
+    head(
+        o,
+        "gatehouse_limits_store_up",
+        "gauge",
+        "1 while the shared rate-limit store answers (limits shared), 0 while limits are local.",
+    );
+    let _ = writeln!(o, "gatehouse_limits_store_up {}", u8::from(store.is_up()));
+    head(
+        o,
+        "gatehouse_limits_store_checks_total",
+        "counter",
+        "Rate-limited requests, by where they were judged (shared store or locally).",
+    );
+    let _ = writeln!(
+        o,
+        "gatehouse_limits_store_checks_total{{judged=\"shared\"}} {}",
+        store.shared.load(Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "gatehouse_limits_store_checks_total{{judged=\"local\"}} {}",
+        store.local.load(Relaxed)
+    );
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub struct View<'a> {
     pub dns: Vec<(String, crate::resolve::NameState)>,
     /// The certificates served, with their expiry.
     pub certs: Vec<crate::tls::CertInfo>,
+    /// The shared rate-limit store, when configured.
+    pub limits_store: Option<&'a crate::limit_store::Store>,
 }
 
 /// A DNS name's addresses for a page: `1=10.0.0.1 2=10.0.0.2` (slot numbers as in `name#N`).

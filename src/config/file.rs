@@ -46,6 +46,10 @@ pub struct ConfigFile {
     /// Worker threads (default: one per core).
     #[serde(default)]
     pub workers: Option<usize>,
+    /// Rate limits shared with other instances: `redis://host:port` (Redis or Valkey).
+    /// Without it, each instance counts alone.
+    #[serde(default)]
+    pub limits_store: Option<String>,
     /// What the listeners do with new connections during `timeouts.drain_delay`:
     /// `accept` (default) or `hold`.
     #[serde(default)]

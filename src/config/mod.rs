@@ -62,6 +62,8 @@ pub struct Config {
     pub workers: usize,
     /// New connections during the drain delay.
     pub drain_delay_mode: DelayMode,
+    /// Shared rate-limit store URL.
+    pub limits_store: Option<String>,
     /// Where listening sockets are offered to a successor process.
     pub upgrade_socket: Option<PathBuf>,
     /// The DNS client for servers named by host.
@@ -333,6 +335,7 @@ fn validate(path: &Path, raw: ConfigFile, dirs: &Dirs) -> Result<Config, Diagnos
         request_id: raw.request_id,
         workers,
         drain_delay_mode: raw.drain_delay_mode,
+        limits_store: raw.limits_store.clone(),
         upgrade_socket: raw
             .upgrade_socket
             .as_deref()

@@ -37,10 +37,11 @@ pub fn backup_of<'r>(rules: &'r RuleSet, service: &Service) -> Option<(usize, &'
 pub async fn admit<'r>(
     g: &'r Generation,
     fwd: &Forward,
+    store: Option<&crate::limit_store::Store>,
     rec: &mut Record,
 ) -> Result<Admitted<'r>, ProxyError> {
     if let Some((limit, key)) = fwd.limit {
-        rate_limit(g, limit, key, rec)?;
+        rate_limit(g, limit, key, store, rec).await?;
     }
     let service: &Service = g.rules.service(fwd.service);
     rec.set_service(fwd.service);
@@ -88,9 +89,24 @@ pub async fn admit<'r>(
 
 /// Counts the request against its route's rate limit; over it, the refusal and when to
 /// come back. Judged before a pool slot is taken, so refused requests cost no slot.
-fn rate_limit(g: &Generation, limit: usize, key: u64, rec: &mut Record) -> Result<(), ProxyError> {
+async fn rate_limit(
+    g: &Generation,
+    limit: usize,
+    key: u64,
+    store: Option<&crate::limit_store::Store>,
+    rec: &mut Record,
+) -> Result<(), ProxyError> {
     let limiter = &g.limiters[limit];
-    match limiter.check(key, rec.start) {
+    // Shared when a store is configured and answers; else this instance's own table.
+    let shared = match store {
+        Some(store) => store.check(&limiter.spec, key).await,
+        None => None,
+    };
+    let verdict = match shared {
+        Some(v) => limiter.count(v),
+        None => limiter.check(key, rec.start),
+    };
+    match verdict {
         limit::Verdict::Pass { remaining } => {
             rec.rate = Some((limit as u32, remaining));
             Ok(())

@@ -69,6 +69,8 @@ pub struct Shared {
     pub health: HealthTable,
     /// Servers' DNS names and their addresses.
     pub resolver: Arc<crate::resolve::Resolver>,
+    /// Where rate limits are shared with other instances (`limits_store:`), if anywhere.
+    pub limits_store: Option<Arc<crate::limit_store::Store>>,
 }
 
 impl Shared {
@@ -189,7 +191,8 @@ async fn serve(
     let (Ok(host), Some(path), Some(site)) = (host, path, site) else {
         return Err(ProxyError::BadRequest("no request"));
     };
-    let admitted = admit::admit(g, &fwd, rec).await?;
+    let store = shared.limits_store.as_deref();
+    let admitted = admit::admit(g, &fwd, store, rec).await?;
     let target = exchange::Target {
         site,
         host,

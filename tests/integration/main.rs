@@ -26,6 +26,7 @@ mod resumption;
 mod routing;
 mod runtime_api;
 mod servers;
+mod shared_limits;
 mod stats;
 mod systemd;
 mod tcp;

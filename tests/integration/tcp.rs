@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// A real redis-server (Debian package) on `port`, answering PING before this returns.
-fn redis(port: u16) -> Kill {
+pub fn redis(port: u16) -> Kill {
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
