@@ -49,6 +49,8 @@
 //! - `handover`: listening sockets passed to `run --upgrade`.
 //! - `check`, `ops/` (`reload`, `switch`, `explain`).
 //! - `runtime_api/`: HAProxy's runtime API on a Unix socket, and the server-state file.
+//! - `fleet`: operator states (MAINT, DRAIN, weights) shared with other instances through
+//!   the `limits_store`.
 //! - `server`: wires everything for `gatehouse run`; `demo/` (feature `demo`) runs it
 //!   with stand-in servers.
 pub mod accept;
@@ -64,6 +66,7 @@ pub mod deadline;
 pub mod demo;
 pub mod diag;
 pub mod fallback;
+pub mod fleet;
 pub mod generation;
 pub mod h1;
 pub mod h2stream;

@@ -74,6 +74,14 @@ impl Store {
         })
     }
 
+    /// A handle on the store's connection while it answers (cheap: it is multiplexed).
+    pub fn connection(&self) -> Option<redis::aio::MultiplexedConnection> {
+        self.conn
+            .load_full()
+            .filter(|_| self.is_up())
+            .map(|c| (*c).clone())
+    }
+
     /// Whether limited requests are judged by the store now.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)

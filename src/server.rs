@@ -368,6 +368,11 @@ pub async fn start(config: Config, upgrade: bool) -> anyhow::Result<Running> {
     tokio::spawn(crate::memory::return_freed(stop.clone()));
     if let Some(store) = shared.limits_store.clone() {
         let stop = stop.clone();
+        tokio::spawn(crate::fleet::share(
+            shared.clone(),
+            store.clone(),
+            stop.clone(),
+        ));
         tokio::spawn(async move { store.watch(stop).await });
     }
     let checked = shared.clone();

@@ -21,6 +21,7 @@ const ORDER: &[&str] = &[
     "stats",
     "share",
     "limit",
+    "limit_store",
     "pool",
     "health",
     "resolve",
@@ -47,6 +48,7 @@ const ORDER: &[&str] = &[
     "check",
     "ops",
     "runtime_api",
+    "fleet",
     "server",
     "demo",
 ];

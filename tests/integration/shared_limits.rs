@@ -107,3 +107,61 @@ async fn two_instances_share_a_limit_and_fall_back_to_local() {
         "shared again: {again} of 140 passed"
     );
 }
+
+/// The server's admin state and weight columns in `show servers state` of `s`.
+fn server_row(s: &Stack, server: &str) -> (String, String) {
+    let sock = s.dir.path().join("config/gatehouse-api.sock");
+    let state = crate::harness::socat(&sock, "show servers state ui\n");
+    let row = state
+        .lines()
+        .find(|l| l.contains(&format!(" {server} ")))
+        .unwrap_or_else(|| panic!("{server} in {state}"))
+        .to_string();
+    let cols: Vec<&str> = row.split(' ').collect();
+    (cols[6].to_string(), cols[7].to_string())
+}
+
+async fn wait_row(s: &Stack, server: &str, want: (&str, &str), what: &str) {
+    wait_until(what, Duration::from_secs(3), async || {
+        let (a, w) = server_row(s, server);
+        (a.as_str(), w.as_str()) == want
+    })
+    .await;
+}
+
+/// An operator's MAINT or weight on one instance takes effect on the other within a
+/// second through the same store, and an instance restarted without its state file
+/// takes the fleet's state back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_state_reaches_every_instance() {
+    let port = free_port();
+    let _store = redis(port);
+    let (a, mut b) = (instance(port).await, instance(port).await);
+    store_up(&a, true).await;
+    store_up(&b, true).await;
+    let sock = |s: &Stack| s.dir.path().join("config/gatehouse-api.sock");
+    crate::harness::socat(&sock(&a), "disable server ui/ui-blue-1\n");
+    wait_row(&b, "ui-blue-1", ("1", "1"), "MAINT on the other instance").await;
+    crate::harness::socat(&sock(&b), "set weight ui/ui-blue-2 7\n");
+    wait_row(
+        &a,
+        "ui-blue-2",
+        ("0", "7"),
+        "the weight on the other instance",
+    )
+    .await;
+    // B restarts without its state file: the fleet's state comes back from the store.
+    let _ = Command::new("kill")
+        .args(["-TERM", &b.pid().to_string()])
+        .status();
+    let _ = b.child.wait();
+    let _ = std::fs::remove_file(b.dir.path().join("config/servers.state"));
+    let (child, https, _, _) = crate::harness::spawn_proxy(&b.config_path(), &b.stderr_log);
+    b.child = child;
+    b.https = https;
+    wait_row(&b, "ui-blue-1", ("1", "1"), "MAINT after a restart").await;
+    wait_row(&b, "ui-blue-2", ("0", "7"), "the weight after a restart").await;
+    // And back to READY from the restarted one.
+    crate::harness::socat(&sock(&b), "enable server ui/ui-blue-1\n");
+    wait_row(&a, "ui-blue-1", ("0", "1"), "READY on the other instance").await;
+}
