@@ -4,7 +4,10 @@
 One origin (nginx, its own core, never the bottleneck); each proxy in turn on the other
 core (taskset), with the same P-256 certificate, keep-alive to the origin, one worker,
 no access logs. Proxies are interleaved (A B C A B C ...), medians are reported with the
-ratio to haproxy from the same run. Run: benches/load.sh [--quick] [--rounds N].
+ratio to the best peer of each scenario from the same run. Run: benches/load.sh [--quick]
+[--rounds N]. Debian 12's HAProxy 2.6 and nginx 1.22 are `haproxy` and `nginx`; Debian 13's
+HAProxy 3.0 and nginx 1.26 (OpenSSL 3.5) are `haproxy3` and `nginx3`, run from the chroot
+that benches/peers/debian13.sh builds once (they join the default run when it exists).
 Ratios are information, never a pass/fail: only a broken harness fails.
 """
 import argparse
@@ -68,12 +71,12 @@ def wait_port(port, timeout=10):
 
 
 class Proxy:
-    def __init__(self, name, argv, d):
-        self.name, self.argv, self.dir, self.p = name, argv, d, None
+    def __init__(self, name, argv, d, env=None):
+        self.name, self.argv, self.dir, self.p, self.env = name, argv, d, None, env
 
     def start(self):
         log = open(os.path.join(self.dir, f"{self.name}.log"), "w")
-        self.p = subprocess.Popen(["taskset", "-c", PROXY_CPU] + self.argv, stdout=log, stderr=log)
+        self.p = subprocess.Popen(["taskset", "-c", PROXY_CPU] + self.argv, stdout=log, stderr=log, env=self.env)
         try:
             wait_port(18443)
             wait_port(18080)
@@ -88,6 +91,21 @@ class Proxy:
             self.p.wait()
         self.p = None
         time.sleep(0.3)
+
+
+def peers_root():
+    """The Debian 13 chroot of benches/peers/debian13.sh, if it has been built."""
+    root = os.environ.get("GATEHOUSE_PEERS", os.path.expanduser("~/.cache/gatehouse-peers/trixie"))
+    return root if os.path.exists(os.path.join(root, ".gatehouse-peers-done")) else None
+
+
+def in_chroot(root, binary):
+    """argv running a chroot's binary through its own loader and libraries: no mounts, and
+    the bench's files keep their paths. OpenSSL reads no host config (its defaults)."""
+    libs = ":".join(os.path.join(root, p) for p in ["usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu"])
+    env = dict(os.environ, OPENSSL_CONF="/dev/null")
+    return [os.path.join(root, "lib64", "ld-linux-x86-64.so.2"), "--library-path", libs,
+            os.path.join(root, binary.lstrip("/"))], env
 
 
 def run_wrk(url, conns, dur, headers=()):
@@ -186,7 +204,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--idle", type=int, default=9900, help="idle keep-alive connections for the memory row (HAProxy 2.6 tops out at ~9,990 under the 20,000-fd hard limit of these machines)")
-    ap.add_argument("--only", default="gatehouse,haproxy,nginx")
+    ap.add_argument("--only", default=None,
+                    help="proxies to run (default gatehouse,haproxy,nginx, plus haproxy3,nginx3 when the "
+                         "Debian 13 chroot of benches/peers/debian13.sh exists)")
     ap.add_argument("--scenarios", default="", help="comma-separated words; run only scenarios whose name contains one (e.g. h2,plain)")
     ap.add_argument("--no-memory", action="store_true", help="skip the idle-memory row")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=BINARY",
@@ -204,6 +224,11 @@ def main():
         SETTLE = 1
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    root = peers_root()
+    if a.only is None:
+        a.only = "gatehouse,haproxy,nginx" + (",haproxy3,nginx3" if root else "")
+    if not root and any(n in a.only.split(",") for n in ["haproxy3", "nginx3"]):
+        sys.exit("haproxy3/nginx3 need the Debian 13 chroot: run benches/peers/debian13.sh")
     for tool in ["wrk", "h2load", "haproxy", "nginx", "taskset", "openssl"]:
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             sys.exit(f"missing {tool}: run .ci/run (or apt-get install haproxy nginx wrk nghttp2-client)")
@@ -224,6 +249,14 @@ def main():
     render(os.path.join(PEERS, "origin-nginx.conf"), os.path.join(d, "origin.conf"), d)
     render(os.path.join(PEERS, "haproxy.cfg"), os.path.join(d, "haproxy.cfg"), d)
     render(os.path.join(PEERS, "nginx-proxy.conf"), os.path.join(d, "nginx-proxy.conf"), d)
+    # nginx 1.26 takes HTTP/2 as a server directive (the listen flag is deprecated); its
+    # pid and error log apart from 1.22's.
+    with open(os.path.join(d, "nginx-proxy.conf")) as f:
+        conf3 = f.read().replace("ssl http2 reuseport", "ssl reuseport").replace(
+            "        ssl_certificate ", "        http2 on;\n        ssl_certificate ", 1).replace(
+            "nginx-proxy.", "nginx3-proxy.")
+    with open(os.path.join(d, "nginx3-proxy.conf"), "w") as f:
+        f.write(conf3)
     render(os.path.join(PEERS, "gatehouse", "gatehouse.yaml"), os.path.join(d, "gatehouse.yaml"), d)
     shutil.copy(os.path.join(PEERS, "gatehouse", "rules.yaml"), os.path.join(d, "rules.yaml"))
 
@@ -235,6 +268,11 @@ def main():
         "haproxy": Proxy("haproxy", ["haproxy", "-db", "-f", os.path.join(d, "haproxy.cfg")], d),
         "nginx": Proxy("nginx", ["nginx", "-c", os.path.join(d, "nginx-proxy.conf")], d),
     }
+    if root:
+        argv, env = in_chroot(root, "/usr/sbin/haproxy")
+        all_proxies["haproxy3"] = Proxy("haproxy3", argv + ["-db", "-f", os.path.join(d, "haproxy.cfg")], d, env)
+        argv, env = in_chroot(root, "/usr/sbin/nginx")
+        all_proxies["nginx3"] = Proxy("nginx3", argv + ["-c", os.path.join(d, "nginx3-proxy.conf")], d, env)
     for v in a.variant:
         name, _, binary = v.partition("=")
         all_proxies[name] = Proxy(name, [os.path.abspath(binary), "run", "-c", os.path.join(d, "gatehouse.yaml")], d)
@@ -289,22 +327,27 @@ def main():
         origin.send_signal(signal.SIGKILL)
         origin.wait()
 
-    base = "haproxy" if "haproxy" in [p.name for p in proxies] else proxies[0].name
+    names = [p.name for p in proxies]
+    peers = [n for n in names if n in ("haproxy", "nginx", "haproxy3", "nginx3")] or names[:1]
+    med = {k: statistics.median(r["value"] for r in rs) for k, rs in results.items()}
+    mcpu = {k: statistics.median(c) for k, c in cpu.items()}
+    what = "the best peer" if peers != names[:1] else names[0]
     lines = [f"Run {time.strftime('%Y-%m-%d %H:%M')} · {a.rounds} round(s) × {a.duration}s · proxy pinned to CPU {PROXY_CPU}, "
              f"load + origin on CPU {LOAD_CPU} · {os.cpu_count()} cores · {time.time() - start:.0f}s total", "",
-             "| scenario | proxy | median | ratio to " + base + " | p50 ms | p99 ms | CPU µs/req |",
-             "|---|---|---|---|---|---|---|"]
+             f"Ratios are to {what} of each scenario (highest median among {', '.join(peers)}).", "",
+             "| scenario | proxy | median | ratio | p50 ms | p99 ms | CPU µs/req | CPU ratio |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, unit, _ in SCENARIOS:
-        b = statistics.median(r["value"] for r in results[(base, name)])
+        best = max(peers, key=lambda n: med[(n, name)])
         for p in proxies:
             rs = results[(p.name, name)]
-            v = statistics.median(r["value"] for r in rs)
+            v, c = med[(p.name, name)], mcpu[(p.name, name)]
             p50 = [r["p50"] for r in rs if r["p50"] is not None]
             p99 = [r["p99"] for r in rs if r["p99"] is not None]
-            lines.append(f"| {name} | {p.name} | {v:,.1f} {unit} | {v / b:.2f} | "
-                         f"{statistics.median(p50):.2f} | {statistics.median(p99):.2f} | "
-                         f"{statistics.median(cpu[(p.name, name)]):.1f} |" if p50 else
-                         f"| {name} | {p.name} | {v:,.1f} {unit} | {v / b:.2f} | – | – | {statistics.median(cpu[(p.name, name)]):.1f} |")
+            lat = f"{statistics.median(p50):.2f} | {statistics.median(p99):.2f}" if p50 else "– | –"
+            mark = " (best peer)" if p.name == best and len(peers) > 1 else ""
+            lines.append(f"| {name} | {p.name}{mark} | {v:,.1f} {unit} | {v / med[(best, name)]:.2f} | {lat} | "
+                         f"{c:.1f} | {c / mcpu[(best, name)]:.2f} |")
     lines += ["", "| memory | proxy | idle RSS at start | idle RSS after the load | peak RSS under the load | idle TLS keep-alive conns | RSS holding them (fresh process) | idle plain keep-alive conns | RSS holding them (fresh process) |",
               "|---|---|---|---|---|---|---|---|---|"]
     for p in [p for p in proxies if p.name in mem]:
