@@ -108,6 +108,29 @@ def in_chroot(root, binary):
             os.path.join(root, binary.lstrip("/"))], env
 
 
+def start_strace(pid, d):
+    """strace -c attached to every thread of the proxy (it slows the proxy: rates taken
+    with it say nothing; counts per request do)."""
+    out = os.path.join(d, f"strace-{pid}.txt")
+    t = subprocess.Popen(["strace", "-c", "-f", "-o", out, "-p", str(pid)], stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return t, out
+
+
+def stop_strace(tracer, requests):
+    """The summary's calls per request, largest first."""
+    t, out = tracer
+    t.send_signal(signal.SIGINT)
+    t.wait(30)
+    calls = {}
+    for line in open(out):
+        f = line.split()
+        if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
+            calls[f[-1]] = int(f[3])
+    top = sorted(calls.items(), key=lambda kv: -kv[1])[:8]
+    return ", ".join(f"{k} {v / max(requests, 1):.2f}" for k, v in top)
+
+
 def run_wrk(url, conns, dur, headers=()):
     cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{dur}s", "--latency"]
     for h in headers:
@@ -209,6 +232,8 @@ def main():
                          "Debian 13 chroot of benches/peers/debian13.sh exists)")
     ap.add_argument("--scenarios", default="", help="comma-separated words; run only scenarios whose name contains one (e.g. h2,plain)")
     ap.add_argument("--no-memory", action="store_true", help="skip the idle-memory row")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="count each proxy's system calls per request under strace -c (rates are then meaningless)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=BINARY",
                     help="another gatehouse binary run with the same config, for A/B runs (name it in --only)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results", "latest.md"))
@@ -292,7 +317,11 @@ def main():
                         fresh[p.name] = proc_status(p.p.pid, "VmRSS:")
                     for name, unit, fn in SCENARIOS:
                         c0, u0 = proc_stat_cpu(p.p.pid), proc_stat_cpu(p.p.pid, True)
+                        tracer = start_strace(p.p.pid, d) if a.syscalls else None
                         r = fn(a.duration)
+                        if tracer:
+                            print(f"round {rnd + 1} {p.name:9} {name:42} syscalls per request: "
+                                  f"{stop_strace(tracer, r['total'])}", flush=True)
                         c1, u1 = proc_stat_cpu(p.p.pid), proc_stat_cpu(p.p.pid, True)
                         if r["total"] == 0 or r["errors"] > r["total"] * 0.01:
                             raise RuntimeError(f"{p.name}: {name}: {r}")

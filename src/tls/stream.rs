@@ -31,8 +31,9 @@ const RECV_FIRST: usize = 4 * 1024;
 /// expansion) always fits, and an upload is read a record or two at a time.
 const RECV_MAX: usize = 34 * 1024;
 /// Plaintext taken per write: bounds the send buffer of a connection whose client reads
-/// slowly (the rest of the caller's data waits for the next write).
-const WRITE_MAX: usize = 64 * 1024;
+/// slowly (the rest of the caller's data waits for the next write). As large as a body
+/// read (`upstream::direct`), so a read leaves in one send.
+const WRITE_MAX: usize = 128 * 1024;
 /// Room kept per record for the header, content type, nonce and tag.
 const RECORD_OVERHEAD: usize = 64;
 /// Largest plaintext record (RFC 8446 §5.1).
