@@ -77,7 +77,7 @@ enum Want<'a> {
 }
 
 /// Completes the TLS handshake on `io`: the ClientHello read, the server's flight sent,
-/// the client's Finished read, and the session ticket written out.
+/// the client's Finished read; a TLS 1.3 session ticket is queued for the first write.
 pub async fn accept<S>(io: S, config: Arc<ServerConfig>) -> io::Result<TlsStream<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -125,9 +125,17 @@ where
         }
         std::future::poll_fn(|cx| s.poll_fill(cx)).await?;
     }
-    // The server's last flight (and TLS 1.3's session ticket) goes out before the first
-    // request is awaited.
-    std::future::poll_fn(|cx| s.poll_send(cx)).await?;
+    if s.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+        // All that is left is the session ticket, which no client waits for: it leaves
+        // with the first response, in one send and one wake-up of the client, not two.
+        // Kept in a buffer of its own size while the connection waits for a request.
+        s.control_queued = false;
+        s.send.truncate(s.send_end);
+        s.send.shrink_to_fit();
+    } else {
+        // TLS 1.2: the server's last flight (its Finished); the client waits for it.
+        std::future::poll_fn(|cx| s.poll_send(cx)).await?;
+    }
     Ok(s)
 }
 

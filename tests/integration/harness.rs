@@ -475,9 +475,18 @@ impl Client {
     /// A TLS client config trusting the demo CA, for tests that keep one across
     /// connections (session resumption).
     pub fn tls_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
+        self.tls_config_versions(alpn, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// As `tls_config`, offering only `versions` (a TLS 1.2 client, say).
+    pub fn tls_config_versions(
+        &self,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> rustls::ClientConfig {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .expect("versions")
             .with_root_certificates(self.roots.clone())
             .with_no_client_auth();

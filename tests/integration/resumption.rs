@@ -114,3 +114,74 @@ async fn tls13_sessions_resume_with_one_fresh_ticket_per_connection() {
         String::from_utf8_lossy(&answer)
     );
 }
+
+/// TLS 1.3's session ticket leaves with the first answer, not on its own: after the
+/// handshake the client is sent nothing (so it is not woken for a ticket alone) until it
+/// asks; then the answer brings the ticket, and the ticket resumes.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls13_ticket_leaves_with_the_first_answer() {
+    let s = Stack::start().await;
+    let c = s.client();
+    let store = Arc::new(Counting {
+        inner: ClientSessionMemoryCache::new(16),
+        tickets: AtomicUsize::new(0),
+    });
+    let mut cfg = c.tls_config(&[b"http/1.1"]);
+    cfg.resumption = rustls::client::Resumption::store(store.clone());
+    let cfg = Arc::new(cfg);
+    let mut tls = c.connect_with(cfg.clone(), "data.localhost").await.unwrap();
+    let mut peek = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(500), tls.get_ref().0.peek(&mut peek));
+    assert!(
+        early.await.is_err(),
+        "the server sent bytes before the first request (a ticket on its own)"
+    );
+    let answer = closing_get(&mut tls, "data.localhost").await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        store.tickets.load(Ordering::SeqCst),
+        1,
+        "the answer brought the ticket"
+    );
+    let tls = c.connect_with(cfg, "data.localhost").await.unwrap();
+    assert_eq!(
+        tls.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+}
+
+/// TLS 1.2 clients: the server's last flight (its Finished) is sent at once, since the
+/// client waits for it before it may send a request; the session resumes.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls12_handshakes_finish_and_resume() {
+    let s = Stack::start().await;
+    let c = s.client();
+    let cfg = Arc::new(c.tls_config_versions(&[b"http/1.1"], &[&rustls::version::TLS12]));
+    for round in 0..2 {
+        let connect = c.connect_with(cfg.clone(), "data.localhost");
+        let mut tls = tokio::time::timeout(Duration::from_secs(5), connect)
+            .await
+            .expect("TLS 1.2 handshake finished")
+            .unwrap();
+        assert_eq!(
+            tls.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        let expected = [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed][round];
+        assert_eq!(
+            tls.get_ref().1.handshake_kind(),
+            Some(expected),
+            "connection {round}"
+        );
+        let answer = closing_get(&mut tls, "data.localhost").await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+}
