@@ -6,7 +6,7 @@ For A/B work on the hot path: a change that saves 2 % of the proxy's own instruc
 invisible in req/s here but plain in this count. It says nothing about the kernel's share
 (about 70 % of plain HTTP/1.1 CPU on loopback); benches/load.sh stays the measure of record.
 
-    python3 benches/instructions.py [-n 5000] [--scenarios plain,h2,https1,1m] [--keep DIR]
+    python3 benches/instructions.py [-n 5000] [--scenarios plain,h2,https1,1m,newtls] [--keep DIR]
         [--access-log off|text|haproxy|json] [--log-to file|stderr] [--limit local|redis]
         BINARY...
 
@@ -33,11 +33,13 @@ SCENARIOS = {
     "h2": ["-c", "16", "-m", "10", "https://localhost:18443/small"],
     # Record-file downloads: 1 MiB bodies over HTTPS keep-alive (use a smaller -n, e.g. 500).
     "1m": ["--h1", "-c", "16", "https://localhost:18443/1m.bin"],
+    # New TLS connections: one request per connection (as many connections as requests).
+    "newtls": ["--h1", "-c", "{n}", "https://localhost:18443/small"],
 }
 
 
 def h2load(args, n):
-    *opts, url = args
+    *opts, url = [a.replace("{n}", str(n)) for a in args]
     r = subprocess.run(["h2load", *opts, "-n", str(n), url], capture_output=True, text=True, timeout=600)
     ok = re.search(r"(\d+) succeeded", r.stdout)
     return int(ok.group(1)) if ok else 0
