@@ -63,17 +63,22 @@ where
     answer
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tls13_sessions_resume_with_one_fresh_ticket_per_connection() {
-    let s = Stack::start().await;
-    let c = s.client();
+/// An HTTP/1.1 client config whose session store counts the tickets it is given.
+fn counting_client(c: &crate::harness::Client) -> (Arc<Counting>, Arc<rustls::ClientConfig>) {
     let store = Arc::new(Counting {
         inner: ClientSessionMemoryCache::new(16),
         tickets: AtomicUsize::new(0),
     });
     let mut cfg = c.tls_config(&[b"http/1.1"]);
     cfg.resumption = rustls::client::Resumption::store(store.clone());
-    let cfg = Arc::new(cfg);
+    (store, Arc::new(cfg))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls13_sessions_resume_with_one_fresh_ticket_per_connection() {
+    let s = Stack::start().await;
+    let c = s.client();
+    let (store, cfg) = counting_client(&c);
     for round in 0..3 {
         let mut tls = c.connect_with(cfg.clone(), "data.localhost").await.unwrap();
         let kind = tls.get_ref().1.handshake_kind();
@@ -122,13 +127,7 @@ async fn tls13_sessions_resume_with_one_fresh_ticket_per_connection() {
 async fn tls13_ticket_leaves_with_the_first_answer() {
     let s = Stack::start().await;
     let c = s.client();
-    let store = Arc::new(Counting {
-        inner: ClientSessionMemoryCache::new(16),
-        tickets: AtomicUsize::new(0),
-    });
-    let mut cfg = c.tls_config(&[b"http/1.1"]);
-    cfg.resumption = rustls::client::Resumption::store(store.clone());
-    let cfg = Arc::new(cfg);
+    let (store, cfg) = counting_client(&c);
     let mut tls = c.connect_with(cfg.clone(), "data.localhost").await.unwrap();
     let mut peek = [0u8; 64];
     let early = tokio::time::timeout(Duration::from_millis(500), tls.get_ref().0.peek(&mut peek));
