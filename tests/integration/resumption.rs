@@ -74,6 +74,13 @@ fn counting_client(c: &crate::harness::Client) -> (Arc<Counting>, Arc<rustls::Cl
     (store, Arc::new(cfg))
 }
 
+/// A closing GET to data.localhost on `tls`, answered 200.
+async fn answered_200<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(tls: &mut S) {
+    let answer = closing_get(tls, "data.localhost").await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tls13_sessions_resume_with_one_fresh_ticket_per_connection() {
     let s = Stack::start().await;
@@ -93,12 +100,7 @@ async fn tls13_sessions_resume_with_one_fresh_ticket_per_connection() {
             Some(rustls::ProtocolVersion::TLSv1_3)
         );
         // Tickets come after the handshake: a request's answer carries them in.
-        let answer = closing_get(&mut tls, "data.localhost").await;
-        assert!(
-            answer.starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&answer)
-        );
+        answered_200(&mut tls).await;
         assert_eq!(
             store.tickets.load(Ordering::SeqCst),
             round + 1,
@@ -135,12 +137,7 @@ async fn tls13_ticket_leaves_with_the_first_answer() {
         early.await.is_err(),
         "the server sent bytes before the first request (a ticket on its own)"
     );
-    let answer = closing_get(&mut tls, "data.localhost").await;
-    assert!(
-        answer.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
+    answered_200(&mut tls).await;
     assert_eq!(
         store.tickets.load(Ordering::SeqCst),
         1,
@@ -176,11 +173,6 @@ async fn tls12_handshakes_finish_and_resume() {
             Some(expected),
             "connection {round}"
         );
-        let answer = closing_get(&mut tls, "data.localhost").await;
-        assert!(
-            answer.starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&answer)
-        );
+        answered_200(&mut tls).await;
     }
 }
