@@ -32,7 +32,7 @@ const MAX_HEADERS: usize = 128;
 /// First read of a response: most small responses arrive whole in it.
 const FIRST_READ: usize = 8 * 1024;
 /// Largest read of a body. 128 KiB reads (with the TLS stream's 128 KiB writes) take a
-/// 1 MiB download in ~9 reads and ~9 sends instead of ~18 each: proxy CPU per download
+/// 1 MiB download in ~10 reads and ~10 sends instead of ~18 each: proxy CPU per download
 /// −33 % against 64 KiB; 256 KiB saved only 1–2 % more (docs/performance.md).
 const MAX_READ: usize = 128 * 1024;
 /// Longest chunk-size line (with extensions) or trailer line of a chunked body.
