@@ -111,10 +111,23 @@ impl Stack {
             standins.start(&name, addr).await.expect("stand-in");
         }
         // The stats port is chosen here (not 0) so CLI commands reading the config reach it.
-        let stats_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
+        // Its reservation stays bound for the stack's life (SO_REUSEPORT, never listening,
+        // so the proxy binds beside it): released, the port could go to another test's
+        // proxy binding port 0, and with SO_REUSEPORT both would then answer on it (a
+        // stats request once landed in the wrong process and was cut off).
+        let hold = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        hold.set_reuse_address(true).expect("reuseaddr");
+        hold.set_reuse_port(true).expect("reuseport");
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        hold.bind(&any.into()).expect("bind");
+        let stats_port = hold
+            .local_addr()
+            .expect("addr")
+            .as_socket()
+            .expect("inet")
             .port();
+        reserved.push(hold);
         config = config.replace(
             "bind: 127.0.0.1:8404",
             &format!("bind: 127.0.0.1:{stats_port}"),
